@@ -1,0 +1,345 @@
+"""Typed, frozen study configuration, loaded from YAML plus command-line overrides.
+
+A config file has five sections, all optional::
+
+    study:        {name, storage, n_trials, timeout, sampler, pruner, seed, ...}
+    model:        {name, max_length}
+    data:         {name | train_file, text_column, label_column, ...}
+    train:        {n_epochs, device, precision, learning_rate, batch_size, ...}
+    search_space: {learning_rate: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}, batch_size: 32, ...}
+
+Every mistake raises :class:`~hpsearch.errors.ConfigError` with the place, the value received, what is allowed
+and, for a typo, the likely key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpsearch.errors import ConfigError
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
+PRUNERS = ("hyperband", "successive-halving", "median", "percentile", "none")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LR_SCHEDULERS = ("linear", "cosine", "constant")
+BUILTIN_DATASETS = ("demo",)
+STORAGE_ENV = "HPSEARCH_STORAGE"
+
+
+@dataclass(frozen=True)
+class StudySection:
+    name: str = "hpsearch"  # study name; defaults to the config file's stem
+    storage: str | None = None  # SQLAlchemy URL or journal file; None: $HPSEARCH_STORAGE, else studies/<name>.db
+    n_trials: int = 20  # total finished (complete + pruned) trials for the whole study, all workers together
+    timeout: float | None = None  # seconds this invocation may search before it stops starting trials
+    sampler: str = "tpe"  # tpe | random | grid | cmaes | gp | qmc
+    pruner: str = "hyperband"  # hyperband | successive-halving | median | percentile | none
+    seed: int | None = 0  # sampler seed; each extra worker adds its index so workers do not repeat each other
+    heartbeat_interval: int = 30  # seconds between a running trial's heartbeats on an RDB store
+    grace_period: int | None = None  # seconds without heartbeat before a trial is stale; None: 2 * interval
+    max_retries: int = 3  # times a trial whose worker died is re-queued with the same hyperparameters
+    n_startup_trials: int = 5  # sampler warm-up trials (random) and median/percentile pruner warm-up
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "tiny"  # `tiny` (built-in, offline), a hub id or a local folder with a saved model
+    max_length: int = 128  # tokens per example, longer texts are truncated
+    revision: str | None = None  # hub revision (branch, tag or commit) for reproducible downloads
+
+
+@dataclass(frozen=True)
+class DataSection:
+    name: str | None = "demo"  # `demo` (built-in, offline) or a hub data set (e.g. `glue`); None with train_file
+    subset: str | None = None  # hub configuration, e.g. `sst2`
+    train_split: str = "train"
+    validation_split: str | None = "validation"  # None or missing: carved from train with the seed
+    train_file: str | None = None  # local csv, tsv, json, jsonl or parquet
+    validation_file: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None  # second text for pair tasks (NLI, paraphrase)
+    label_column: str = "label"
+    validation_fraction: float = 0.1  # share of train carved out when there is no validation split
+    max_train_samples: int | None = None  # first N training rows (after a seeded shuffle), for quick runs
+    max_validation_samples: int | None = None
+    demo_size: int = 3000  # examples in the built-in demo data set
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    n_epochs: int = 3  # maximum epochs per trial; pruners use epochs as the resource
+    device: str = "auto"  # auto: cuda when present, else cpu
+    precision: str = "auto"  # auto: bf16 on GPUs that support it, fp16 (with scaler) on older GPUs, fp32 on cpu
+    learning_rate: float = 5.0e-5
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    dropout: float = 0.1
+    seed: int = 0  # model initialisation and data order of each trial
+    lr_scheduler: str = "linear"  # linear | cosine | constant
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 128
+    group_by_length: bool = True  # batches of similar length: less padding, same statistics
+    checkpoint_dir: str = "checkpoints"  # per-epoch checkpoints for resuming trials; share it across nodes
+    save_best: bool = False  # keep the best trial's model checkpoint so no retraining is needed
+
+
+# Hyperparameters a trial may set, and the checks their values must pass.
+HYPERPARAMETERS: dict[str, tuple[type, Any]] = {
+    "learning_rate": (float, lambda v: v > 0 or "must be > 0"),
+    "batch_size": (int, lambda v: v >= 1 or "must be >= 1"),
+    "weight_decay": (float, lambda v: v >= 0 or "must be >= 0"),
+    "warmup_ratio": (float, lambda v: 0 <= v <= 1 or "must be in [0, 1]"),
+    "dropout": (float, lambda v: 0 <= v < 1 or "must be in [0, 1)"),
+    "seed": (int, lambda v: v >= 0 or "must be >= 0"),
+    "lr_scheduler": (str, lambda v: v in LR_SCHEDULERS or f"must be one of {', '.join(LR_SCHEDULERS)}"),
+    "max_grad_norm": (float, lambda v: v > 0 or "must be > 0"),
+}
+
+DEFAULT_SEARCH_SPACE: dict[str, Any] = {
+    "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+    "batch_size": {"type": "categorical", "choices": [8, 16, 32, 64]},
+}
+
+SECTIONS = {"study": StudySection, "model": ModelSection, "data": DataSection, "train": TrainSection}
+
+
+@dataclass(frozen=True)
+class Config:
+    study: StudySection = field(default_factory=StudySection)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    search_space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACE))
+    source: str = "<defaults>"  # where the config came from, for messages
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data, as stored on the study (storage password masked)."""
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        out["study"]["storage"] = mask_password(out["study"]["storage"])
+        out["search_space"] = dict(self.search_space)
+        return out
+
+
+def did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(sorted(options))}"
+
+
+def mask_password(url: str | None) -> str | None:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    if not url or "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" not in creds:
+        return url
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+def _coerce(where: str, value: Any, annotation: Any) -> Any:
+    """Check one value against a field's annotation; accept `1e-5` (a string to YAML 1.1) as a float."""
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _build_section(source: str, name: str, raw: Any) -> Any:
+    cls = SECTIONS[name]
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {name}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key '{key}' in {name}{did_you_mean(str(key), known)}")
+        values[key] = _coerce(f"{source}: {name}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def _check_choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where}: unknown value {value!r}{did_you_mean(str(value), allowed)}")
+
+
+def _validate(cfg: Config) -> None:
+    src, s, m, d, t = cfg.source, cfg.study, cfg.model, cfg.data, cfg.train
+    _check_choice(f"{src}: study.sampler", s.sampler, SAMPLERS)
+    _check_choice(f"{src}: study.pruner", s.pruner, PRUNERS)
+    _check_choice(f"{src}: train.device", t.device, DEVICES)
+    _check_choice(f"{src}: train.precision", t.precision, PRECISIONS)
+    positive = {
+        "study.n_trials": s.n_trials,
+        "study.heartbeat_interval": s.heartbeat_interval,
+        "model.max_length": m.max_length,
+        "data.demo_size": d.demo_size,
+        "train.n_epochs": t.n_epochs,
+        "train.eval_batch_size": t.eval_batch_size,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{src}: {key}: must be >= 1, got {value}")
+    for key, value in {
+        "study.timeout": s.timeout,
+        "study.grace_period": s.grace_period,
+        "data.max_train_samples": d.max_train_samples,
+        "data.max_validation_samples": d.max_validation_samples,
+    }.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{src}: {key}: must be > 0 (or left out), got {value}")
+    if s.max_retries < 0 or s.n_startup_trials < 0:
+        raise ConfigError(f"{src}: study.max_retries and study.n_startup_trials must be >= 0")
+    if not s.name.strip():
+        raise ConfigError(f"{src}: study.name: must not be empty")
+    if not 0 < d.validation_fraction < 1:
+        raise ConfigError(f"{src}: data.validation_fraction: must be in (0, 1), got {d.validation_fraction}")
+    if d.train_file and d.name:
+        raise ConfigError(
+            f"{src}: data: give either data.name ({d.name!r}) or data.train_file ({d.train_file!r}), not both;"
+            " set `name: null` to use local files"
+        )
+    if not d.train_file and not d.name:
+        raise ConfigError(f"{src}: data: give data.name (`demo` or a hub data set) or data.train_file")
+    if d.validation_file and not d.train_file:
+        raise ConfigError(f"{src}: data.validation_file needs data.train_file")
+    for key in ("learning_rate", "batch_size", "weight_decay", "warmup_ratio", "dropout", "seed", "lr_scheduler",
+                "max_grad_norm"):
+        check_hyperparameter(f"{src}: train.{key}", key, getattr(t, key))
+    from hpsearch.space import parse_space  # the space module owns the search-space rules
+
+    parse_space(cfg.search_space, source=src)
+
+
+def check_hyperparameter(where: str, name: str, value: Any) -> Any:
+    """Coerce and range-check one hyperparameter value; returns the coerced value."""
+    kind, rule = HYPERPARAMETERS[name]
+    value = _coerce(where, value, kind)
+    verdict = rule(value)
+    if verdict is not True:
+        raise ConfigError(f"{where}: {verdict}, got {value!r}")
+    return value
+
+
+def parse_set(items: typing.Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``["train.n_epochs=2", "search_space.batch_size=16"]`` -> nested overrides, values parsed as YAML."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set train.n_epochs=2")
+        allowed = [*SECTIONS, "search_space"]
+        if section not in allowed:
+            raise ConfigError(f"--set {item!r}: unknown section '{section}'{did_you_mean(section, allowed)}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass a YAML file such as studies/demo.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections study, model, data, train, search_space")
+    return raw
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: typing.Iterable[str] = (),
+) -> Config:
+    """Read a config file, apply ``--set`` items and then the explicit flags in ``overrides``.
+
+    ``overrides`` maps study keys (``storage``, ``n_trials``, ...) to values; None values are ignored.
+    The storage falls back to ``$HPSEARCH_STORAGE`` and then to ``sqlite:///studies/<name>.db``.
+    """
+    raw = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "<defaults>"
+    allowed = [*SECTIONS, "search_space"]
+    for section in raw:
+        if section not in allowed:
+            raise ConfigError(f"{source}: unknown section '{section}'{did_you_mean(str(section), allowed)}")
+    merged: dict[str, Any] = {name: dict(raw.get(name) or {}) if isinstance(raw.get(name), dict) else raw.get(name)
+                              for name in allowed}
+    for section, values in parse_set(sets).items():
+        if merged.get(section) is None:
+            merged[section] = {}
+        if not isinstance(merged[section], dict):
+            raise ConfigError(f"{source}: {section}: expected a mapping of keys, got {merged[section]!r}")
+        merged[section].update(values)
+    if merged["study"] is None:
+        merged["study"] = {}
+    if isinstance(merged["study"], dict):
+        merged["study"].update({k: v for k, v in (overrides or {}).items() if v is not None})
+        if "name" not in merged["study"] and path is not None:
+            merged["study"]["name"] = Path(path).stem
+    sections = {name: _build_section(source, name, merged[name]) for name in SECTIONS}
+    space_raw = merged["search_space"]
+    if space_raw is not None and not isinstance(space_raw, dict):
+        raise ConfigError(f"{source}: search_space: expected a mapping of hyperparameters, got {space_raw!r}")
+    space = {**DEFAULT_SEARCH_SPACE, **(space_raw or {})}
+    study = sections["study"]
+    if study.storage is None:
+        storage = os.environ.get(STORAGE_ENV) or f"sqlite:///studies/{study.name}.db"
+        sections["study"] = dataclasses.replace(study, storage=storage)
+    cfg = Config(**sections, search_space=space, source=source)
+    _validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<study>") -> Config:
+    """Rebuild a Config from :meth:`Config.to_dict` output (e.g. the copy stored on a study)."""
+    sections = {name: _build_section(source, name, data.get(name)) for name in SECTIONS}
+    return Config(**sections, search_space=dict(data.get("search_space") or DEFAULT_SEARCH_SPACE), source=source)

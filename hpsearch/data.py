@@ -1,0 +1,259 @@
+"""Text classification data: the built-in demo set, local files or a hub data set, through ``datasets``.
+
+``load_data`` returns plain lists (texts, optional text pairs, label ids) for train and validation, with the
+label names; ``tokenize`` turns them into token ids once per worker process and caches the result, so trials
+after the first pay nothing for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpsearch.config import DataSection, did_you_mean
+from hpsearch.errors import ConfigError
+
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+MAX_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class Split:
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class TextData:
+    train: Split
+    validation: Split
+    label_names: list[str]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def majority_error(self) -> float:
+        """Validation error of always predicting the most common training class: the bar to beat."""
+        counts = [0] * self.num_labels
+        for y in self.train.labels:
+            counts[y] += 1
+        top = max(range(self.num_labels), key=counts.__getitem__)
+        return 1 - sum(y == top for y in self.validation.labels) / len(self.validation)
+
+
+# --- the built-in demo data set ---------------------------------------------------------------------------
+
+_POSITIVE = "good great excellent wonderful delightful charming moving brilliant superb enjoyable fresh funny".split()
+_NEGATIVE = "bad awful boring dull terrible tedious clumsy weak bland painful stale messy".split()
+_SUBJECTS = "the movie|this film|the story|the acting|the plot|the ending|the soundtrack|the script|the cast".split("|")
+_VERBS = "is|was|felt|seemed|turned out".split("|")
+_ADVERBS = ["", "", "very ", "really ", "quite ", "truly ", "rather "]
+_NEGATIONS = ["not ", "never ", "hardly "]
+_FILLERS = ["", "", "", " overall", " to me", " at times", " for a sequel", " in the end"]
+
+
+def make_demo_dataset(n: int, seed: int = 0, noise: float = 0.05) -> dict[str, list[str]]:
+    """A learnable sentiment-like task: lexicon words, negation that flips them, a contrast clause
+    (``..., but ...``) whose second half decides, and ``noise`` of labels flipped at random.
+
+    Bag-of-words cannot solve the negations and contrasts, so a model must learn word order, and the
+    learning rate decides whether it does within a few epochs. Deterministic for a given ``seed``.
+    """
+    rng = random.Random(seed)
+
+    def clause() -> tuple[str, bool]:
+        positive = rng.random() < 0.5
+        word = rng.choice(_POSITIVE if positive else _NEGATIVE)
+        negated = rng.random() < 0.35
+        adverb = rng.choice(_ADVERBS)
+        negation = rng.choice(_NEGATIONS) if negated else ""
+        text = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {negation}{adverb}{word}{rng.choice(_FILLERS)}"
+        return text, positive != negated
+
+    texts, labels = [], []
+    for _ in range(n):
+        text, positive = clause()
+        if rng.random() < 0.3:
+            second, positive = clause()
+            text = f"{text} , but {second}"
+        if rng.random() < noise:
+            positive = not positive
+        texts.append(text + " .")
+        labels.append("positive" if positive else "negative")
+    return {"text": texts, "label": labels}
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+
+
+def _load_file(path: str, where: str):
+    import datasets
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{where}: file not found: {path}")
+    fmt = FILE_FORMATS.get(file.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"{where}: unsupported file type '{file.suffix}' ({path}); use {', '.join(FILE_FORMATS)}")
+    kwargs: dict[str, Any] = {}
+    if fmt == "csv":
+        # Text is text: keep "NA"/"null" as words; a TSV has no quoting (SST-2 has bare quotes).
+        kwargs = {"keep_default_na": False}
+        if file.suffix.lower() == ".tsv":
+            kwargs.update(delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
+        return datasets.load_dataset(fmt, data_files=str(file), split="train", **kwargs)
+    except Exception as exc:  # datasets raises many types for a malformed file
+        raise ConfigError(f"{where}: could not read {path}: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _load_hub(cfg: DataSection):
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(cfg.name, cfg.subset)
+    except Exception as exc:
+        raise ConfigError(
+            f"data.name: could not load data set {cfg.name!r}"
+            f"{f' (subset {cfg.subset!r})' if cfg.subset else ''}: {str(exc).splitlines()[0][:300]}"
+        ) from None
+    if cfg.train_split not in loaded:
+        raise ConfigError(f"data.train_split: no split {cfg.train_split!r}{did_you_mean(cfg.train_split, loaded)}")
+    validation = None
+    if cfg.validation_split:
+        if cfg.validation_split not in loaded:
+            raise ConfigError(
+                f"data.validation_split: no split {cfg.validation_split!r}{did_you_mean(cfg.validation_split, loaded)}"
+                "; set it to null to carve one from train"
+            )
+        validation = loaded[cfg.validation_split]
+    return loaded[cfg.train_split], validation
+
+
+def _raw_splits(cfg: DataSection, seed: int):
+    """(train, validation or None) as ``datasets.Dataset`` objects."""
+    import datasets
+
+    if cfg.train_file:
+        train = _load_file(cfg.train_file, "data.train_file")
+        validation = _load_file(cfg.validation_file, "data.validation_file") if cfg.validation_file else None
+        return train, validation
+    if cfg.name == "demo":
+        data = make_demo_dataset(cfg.demo_size, seed=1234)
+        return datasets.Dataset.from_dict(data), None
+    return _load_hub(cfg)
+
+
+def _check_columns(cfg: DataSection, dataset, which: str) -> None:
+    for key in ("text_column", "text_pair_column", "label_column"):
+        column = getattr(cfg, key)
+        if column is not None and column not in dataset.column_names:
+            raise ConfigError(
+                f"data.{key}: no column {column!r} in the {which} data{did_you_mean(column, dataset.column_names)}"
+            )
+
+
+def _texts(cfg: DataSection, dataset, column: str, which: str) -> list[str]:
+    values = list(dataset[column])
+    for i, value in enumerate(values):
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(
+                f"data.{'text_column' if column == cfg.text_column else 'text_pair_column'}: {which} row {i} of"
+                f" column {column!r} holds {value!r}, not text; remove or fill empty rows"
+            )
+    return values
+
+
+def _label_names(cfg: DataSection, train_labels: list[Any], feature: Any) -> list[str]:
+    names = getattr(feature, "names", None)
+    if names:  # a datasets ClassLabel already maps ids to names
+        return list(names)
+    for i, value in enumerate(train_labels):
+        if value is None or isinstance(value, float) and not value.is_integer() or isinstance(value, (list, dict)):
+            raise ConfigError(
+                f"data.label_column: train row {i} has label {value!r}; labels must be classes"
+                " (integers or strings), not continuous values or empty cells"
+            )
+    distinct = sorted({str(int(v)) if isinstance(v, float) else str(v) for v in train_labels},
+                      key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+    if len(distinct) < 2:
+        raise ConfigError(f"data.label_column {cfg.label_column!r}: only one class ({distinct[0]!r}); need at least 2")
+    if len(distinct) > MAX_CLASSES or len(distinct) > 0.5 * len(train_labels):
+        raise ConfigError(
+            f"data.label_column {cfg.label_column!r}: {len(distinct)} distinct values in {len(train_labels)} rows"
+            " (e.g. " + ", ".join(repr(d) for d in distinct[:3]) + "); these are not class labels"
+            "; check that the column holds classes"
+        )
+    return distinct
+
+
+def _labels(cfg: DataSection, dataset, names: list[str], which: str) -> list[int]:
+    index = {name: i for i, name in enumerate(names)}
+    feature = dataset.features[cfg.label_column]
+    if getattr(feature, "names", None):
+        return list(dataset[cfg.label_column])
+    out = []
+    for i, value in enumerate(list(dataset[cfg.label_column])):
+        key = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        if key not in index:
+            raise ConfigError(
+                f"data.label_column: {which} row {i} has label {value!r}, which the training data never uses"
+                f" (classes: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
+            )
+        out.append(index[key])
+    return out
+
+
+def _split(cfg: DataSection, dataset, names: list[str], which: str) -> Split:
+    texts = _texts(cfg, dataset, cfg.text_column, which)
+    pairs = _texts(cfg, dataset, cfg.text_pair_column, which) if cfg.text_pair_column else None
+    return Split(texts, pairs, _labels(cfg, dataset, names, which))
+
+
+def load_data(cfg: DataSection, seed: int = 0) -> TextData:
+    """Load, check and split the data named by ``cfg``; every problem is a :class:`ConfigError`.
+
+    The same ``seed`` gives every worker the same split and subsample, whatever node it runs on.
+    """
+    train, validation = _raw_splits(cfg, seed)
+    _check_columns(cfg, train, "train")
+    if validation is None:
+        if len(train) < 10:
+            raise ConfigError(f"data: only {len(train)} training rows; need at least 10 to carve a validation split")
+        parts = train.train_test_split(test_size=cfg.validation_fraction, seed=seed)
+        train, validation = parts["train"], parts["test"]
+    _check_columns(cfg, validation, "validation")
+    if cfg.max_train_samples and cfg.max_train_samples < len(train):
+        train = train.shuffle(seed=seed).select(range(cfg.max_train_samples))
+    if cfg.max_validation_samples and cfg.max_validation_samples < len(validation):
+        validation = validation.shuffle(seed=seed).select(range(cfg.max_validation_samples))
+    names = _label_names(cfg, list(train[cfg.label_column]), train.features[cfg.label_column])
+    return TextData(_split(cfg, train, names, "train"), _split(cfg, validation, names, "validation"), names)
+
+
+# --- tokenization, once per worker -------------------------------------------------------------------------
+
+_TOKENIZED: dict[tuple, tuple[dict[str, list], dict[str, list]]] = {}
+
+
+def tokenize(data: TextData, tokenizer, max_length: int, key: Any) -> tuple[dict[str, list], dict[str, list]]:
+    """Unpadded ``input_ids`` (and ``token_type_ids`` for text pairs) of train and validation; batches pad
+    themselves. Cached under ``key`` for the life of the worker process."""
+    cache_key = (key, max_length, id(tokenizer))
+    if cache_key not in _TOKENIZED:
+
+        def encode(split: Split) -> dict[str, list]:
+            encoded = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length,
+                                return_attention_mask=False, return_token_type_ids=split.pairs is not None)
+            return {k: encoded[k] for k in ("input_ids", "token_type_ids") if k in encoded}
+
+        _TOKENIZED[cache_key] = (encode(data.train), encode(data.validation))
+    return _TOKENIZED[cache_key]

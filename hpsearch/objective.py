@@ -1,0 +1,151 @@
+"""The Optuna objective: the only module that touches both a Trial and the training loop.
+
+Per epoch, in this order (optuna-examples' pytorch_checkpoint): report the validation error at ``step=epoch``,
+save the checkpoint and record its path on the trial, then ask ``should_prune``. A retried trial (its worker
+died or was stopped) inherits the path and its learning curve, and resumes after the last saved epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hpsearch.config import Config
+from hpsearch.data import TextData
+from hpsearch.models import ModelFactory
+from hpsearch.space import SearchSpace, suggest
+
+CHECKPOINT_ATTR = "checkpoint_path"
+TUNABLE = ("learning_rate", "batch_size", "weight_decay", "warmup_ratio", "dropout", "seed", "lr_scheduler",
+           "max_grad_norm")
+
+
+class Interrupted(Exception):
+    """A stop was requested (SIGINT/SIGTERM); the trial's last epoch is checkpointed and it must be re-queued."""
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def hyperparameters(cfg: Config, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """The train section's values, overridden by the fixed and searched values of the search space."""
+    values = {name: getattr(cfg.train, name) for name in TUNABLE}
+    values.update(suggest(trial, space))
+    return values
+
+
+def checkpoint_path(cfg: Config, trial_number: int) -> Path:
+    return Path(cfg.train.checkpoint_dir).resolve() / cfg.study.name / f"trial-{trial_number}.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write to a temporary file first: a worker killed mid-write leaves the previous checkpoint intact."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict[str, Any] | None:
+    import torch
+
+    if not path or not Path(path).is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class Objective:
+    """Callable objective for one worker: data, tokenization and pretrained weights are shared by its trials."""
+
+    def __init__(self, cfg: Config, space: SearchSpace, data: TextData, factory: ModelFactory,
+                 encoded: tuple[dict, dict], reporter: Any = None, stop: threading.Event | None = None):
+        self.cfg, self.space, self.data, self.factory = cfg, space, data, factory
+        self.train_enc, self.val_enc = encoded
+        self.reporter = reporter
+        self.stop = stop or threading.Event()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from hpsearch.train import FineTuning, resolve_device
+
+        cfg = self.cfg
+        hp = hyperparameters(cfg, trial, self.space)
+        device = resolve_device(cfg.train.device)
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        curve = dict(frozen.intermediate_values)  # inherited when this trial retries a dead one
+        trial.set_user_attr("worker", worker_name())
+        trial.set_user_attr("device", str(device) if device.type != "cuda" else _gpu_name())
+        run = FineTuning(self.factory.build(int(hp["seed"]), float(hp["dropout"])), self.train_enc,
+                         self.data.train.labels, self.val_enc, self.data.validation.labels, hp, cfg.train,
+                         pad_id=self.factory.tokenizer.pad_token_id, device=device)
+        resumed = load_checkpoint(frozen.user_attrs.get(CHECKPOINT_ATTR, ""))
+        if resumed is not None:
+            run.load_state_dict(resumed)
+            trial.set_user_attr("resumed_from_epoch", run.epoch)
+            if self.reporter:
+                self.reporter.resumed(trial.number, run.epoch, frozen.system_attrs.get("failed_trial"))
+        val_losses = list(frozen.user_attrs.get("val_losses", []))
+        train_seconds = float(frozen.user_attrs.get("train_seconds", 0.0))
+        path = checkpoint_path(cfg, trial.number)
+        try:
+            for result in run.epochs():
+                train_seconds += result.train_seconds + result.eval_seconds
+                if result.diverged:
+                    trial.set_user_attr("prune_reason", f"diverged: {result.reason}")
+                    trial.set_user_attr("train_seconds", round(train_seconds, 3))
+                    trial.set_user_attr("epochs_run", result.epoch - 1)
+                    if self.reporter:
+                        self.reporter.diverged(trial.number, hp, result)
+                    raise optuna.TrialPruned(f"diverged: {result.reason}")
+                if result.epoch not in curve:
+                    trial.report(result.val_error, result.epoch)
+                curve[result.epoch] = result.val_error
+                val_losses.append(round(result.val_loss, 5))
+                save_checkpoint(path, {**run.state_dict(), "config": cfg.to_dict(), "hyperparameters": hp,
+                                       "trial": trial.number, "label_names": self.data.label_names})
+                best_epoch = min(curve, key=lambda e: (curve[e], e))
+                self._record(trial, path, result, curve, best_epoch, val_losses, train_seconds)
+                if self.reporter:
+                    self.reporter.epoch(trial.number, hp, result, cfg.train.n_epochs)
+                if self.stop.is_set():
+                    raise Interrupted(f"stopped after epoch {result.epoch}")
+                if trial.should_prune():
+                    trial.set_user_attr("prune_reason", f"pruned by {cfg.study.pruner} after epoch {result.epoch}:"
+                                                        f" val_error {result.val_error:.4f}")
+                    raise optuna.TrialPruned(f"val_error {result.val_error:.4f} at epoch {result.epoch}")
+            return min(curve.values())
+        finally:
+            run.release()
+
+    @staticmethod
+    def _record(trial, path, result, curve, best_epoch, val_losses, train_seconds) -> None:
+        attrs = {
+            CHECKPOINT_ATTR: str(path),
+            "best_epoch": best_epoch,
+            "epochs_run": result.epoch,
+            "val_losses": val_losses,
+            "train_seconds": round(train_seconds, 3),
+            "samples_per_second": round(result.samples_per_second, 1),
+            "padding_efficiency": round(result.real_tokens / max(1, result.padded_tokens), 4),
+            "micro_batch_size": result.micro_batch_size,
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+
+
+def epoch_summary(result) -> dict[str, Any]:
+    return {k: v for k, v in asdict(result).items() if k not in ("reason",)}

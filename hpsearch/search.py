@@ -1,0 +1,280 @@
+"""One worker's search: validate everything, then run trials until the study-wide budget is met.
+
+Order matters: config, search space, device, data and model are checked before the store is opened, so a
+mistake costs no GPU time and writes nothing; the store is checked before trial 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.config import Config
+from hpsearch.errors import StorageError, TrialFailure
+from hpsearch.objective import CHECKPOINT_ATTR, Interrupted, Objective
+from hpsearch.space import SearchSpace, parse_space
+from hpsearch.study import (
+    OVER_BUDGET_ATTR,
+    best_trial,
+    check_storage,
+    counts,
+    describe_storage,
+    is_over_budget,
+    open_study,
+    quiet_optuna_warnings,
+    remaining_budget,
+)
+
+MAX_CONSECUTIVE_FAILURES = 3
+log = logging.getLogger("hpsearch")
+
+
+class Reporter:
+    """Progress lines on stderr; one line per epoch and per finished trial."""
+
+    def __init__(self, stream: TextIO | None = None, prefix: str = ""):
+        self.stream = stream or sys.stderr
+        self.prefix = prefix
+
+    def line(self, text: str) -> None:
+        self.stream.write(f"{self.prefix}{text}\n")
+        self.stream.flush()
+
+    @staticmethod
+    def _hp(hp: dict[str, Any]) -> str:
+        return f"lr={hp['learning_rate']:.2e} bs={hp['batch_size']}"
+
+    def epoch(self, number: int, hp: dict[str, Any], r, n_epochs: int) -> None:
+        self.line(f"trial {number} epoch {r.epoch}/{n_epochs}  loss {r.train_loss:.4f}  val_loss {r.val_loss:.4f}"
+                  f"  val_error {r.val_error:.4f}  {r.samples_per_second:.0f} samples/s  [{self._hp(hp)}]")
+
+    def diverged(self, number: int, hp: dict[str, Any], r) -> None:
+        self.line(f"trial {number} diverged and stopped: {r.reason}  [{self._hp(hp)}]")
+
+    def resumed(self, number: int, epoch: int, original: int | None) -> None:
+        self.line(f"trial {number} resumes trial {original} after epoch {epoch} from its checkpoint")
+
+    def finished(self, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE:
+            self.line(f"trial {trial.number} complete: val_error {trial.value:.4f} (best epoch "
+                      f"{trial.user_attrs.get('best_epoch')})")
+        elif trial.state == TrialState.PRUNED:
+            self.line(f"trial {trial.number} pruned: {trial.user_attrs.get('prune_reason', '')}")
+        else:
+            self.line(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', '')}")
+
+
+@dataclass
+class SearchResult:
+    study_name: str
+    storage: str
+    counts: dict[str, int]
+    best_number: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    stopped_by: str  # budget | timeout | signal | failures
+    trials_run: list[int] = field(default_factory=list)
+
+
+def prepare(cfg: Config):
+    """Everything a worker needs before trial 0; every mistake raises ConfigError here."""
+    from hpsearch.data import load_data, tokenize
+    from hpsearch.models import get_factory
+    from hpsearch.train import resolve_device
+
+    space = parse_space(cfg.search_space, cfg.source)
+    if cfg.study.sampler == "grid":
+        space.grid()  # raises for a range without finite values
+    resolve_device(cfg.train.device)
+    check_storage(cfg.study.storage)
+    data = load_data(cfg.data, seed=cfg.study.seed or 0)
+    factory = get_factory(cfg.model, data.label_names, data.train.texts, cfg.data)
+    encoded = tokenize(data, factory.tokenizer, cfg.model.max_length, (cfg.data, factory.key))
+    return space, data, factory, encoded
+
+
+def requeue(study: optuna.Study, number: int, reason: str) -> None:
+    """Mark an interrupted trial failed and queue a copy with the same params, checkpoint and learning curve:
+    the next worker resumes it where it stopped (the same mechanism as a dead worker's heartbeat retry)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
+
+
+def _heartbeat(study: optuna.Study, trial: optuna.Trial):
+    # Optuna's own thread that refreshes a running trial's heartbeat (no public constructor exists for it).
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return get_heartbeat_thread(trial._trial_id, study._storage)
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if is_heartbeat_enabled(study._storage):
+        with quiet_optuna_warnings():
+            optuna.storages.fail_stale_trials(study)
+
+
+def cleanup_checkpoints(study: optuna.Study) -> None:
+    """Delete the checkpoints no one needs: keep the best trial's and those running or queued trials use."""
+    from pathlib import Path
+
+    trials = study.get_trials(deepcopy=False)
+    best = best_trial(study)
+    keep = {t.user_attrs.get(CHECKPOINT_ATTR) for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
+    if best is not None:
+        keep.add(best.user_attrs.get(CHECKPOINT_ATTR))
+    for t in trials:
+        path = t.user_attrs.get(CHECKPOINT_ATTR)
+        if path and path not in keep and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+            Path(path).unlink(missing_ok=True)
+
+
+class _StopOnSignal:
+    """First SIGINT/SIGTERM: finish the running epoch, checkpoint, re-queue the trial, exit. Second: stop now."""
+
+    def __init__(self, stop: threading.Event, reporter: Reporter):
+        self.stop, self.reporter, self.previous = stop, reporter, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.stop.set()
+        self.reporter.line(f"{signal.Signals(signum).name}: finishing this epoch, then checkpointing and "
+                           "re-queueing the trial; press Ctrl-C again to stop at once")
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def run_search(cfg: Config, worker: int = 0, reporter: Reporter | None = None,
+               stop: threading.Event | None = None) -> SearchResult:
+    """Run trials of ``cfg``'s study until it has ``n_trials`` finished trials (all workers together), the
+    timeout passes, or a stop is requested. Safe to run in many processes and nodes at once."""
+    reporter = reporter or Reporter()
+    stop = stop or threading.Event()
+    space, data, factory, encoded = prepare(cfg)
+    study = open_study(cfg, space, worker)
+    reporter.line(f"study '{cfg.study.name}' in {describe_storage(cfg.study.storage)}: {len(data.train)} train /"
+                  f" {len(data.validation)} validation examples, {data.num_labels} classes, model {cfg.model.name};"
+                  f" majority-class val_error {data.majority_error():.4f}")
+    objective = Objective(cfg, space, data, factory, encoded, reporter, stop)
+    with _StopOnSignal(stop, reporter):
+        stopped_by, ran = _loop(cfg, study, objective, reporter, stop, space)
+    return _result(cfg, study, stopped_by, ran)
+
+
+def _loop(cfg: Config, study: optuna.Study, objective: Objective, reporter: Reporter, stop: threading.Event,
+          space: SearchSpace) -> tuple[str, list[int]]:
+    started, failures, ran, waited = time.monotonic(), 0, [], False
+    n_trials = cfg.study.n_trials
+    while True:
+        if stop.is_set():
+            return "signal", ran
+        if cfg.study.timeout is not None and time.monotonic() - started > cfg.study.timeout:
+            reporter.line(f"timeout of {cfg.study.timeout:g} s reached; rerun the same command to go on")
+            return "timeout", ran
+        _fail_stale(study)
+        c = counts(study)
+        finished = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+        if finished >= n_trials:
+            return "budget", ran
+        if remaining_budget(study, n_trials) <= 0 and not c[TrialState.WAITING]:
+            # Other workers hold the last trials. Wait: if one dies, its trial comes back here to be retried.
+            if not waited:
+                reporter.line(f"{finished}/{n_trials} trials finished, {c[TrialState.RUNNING]} running elsewhere;"
+                              " waiting in case one must be retried")
+                waited = True
+            if not _has_heartbeat(study):
+                return "budget", ran
+            stop.wait(min(5.0, cfg.study.heartbeat_interval))
+            continue
+        with quiet_optuna_warnings():
+            trial = study.ask()
+        if is_over_budget(study, trial, n_trials):
+            trial.set_user_attr(OVER_BUDGET_ATTR, "another worker took the last trial of the budget")
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        ran.append(trial.number)
+        state = _run_one(study, trial, objective, reporter)
+        if state == TrialState.FAIL:
+            failures += 1
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                reporter.line(f"{failures} trials failed in a row; stopping this worker (see `hpsearch show`)")
+                return "failures", ran
+        elif state is not None:
+            failures = 0
+
+
+def _has_heartbeat(study: optuna.Study) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, reporter: Reporter) -> TrialState | None:
+    """Run and tell one trial; returns its final state, or None when it was re-queued after a stop."""
+    value, state = None, TrialState.COMPLETE
+    try:
+        with _heartbeat(study, trial):
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except TrialFailure as exc:
+                state = TrialState.FAIL
+                trial.set_user_attr("fail_reason", str(exc))
+            except Interrupted as exc:
+                trial.set_user_attr("fail_reason", f"interrupted ({exc}); re-queued")
+                study.tell(trial, state=TrialState.FAIL)
+                requeue(study, trial.number, str(exc))
+                reporter.line(f"trial {trial.number} checkpointed and re-queued; rerun the command to resume it")
+                return None
+            except Exception as exc:
+                state = TrialState.FAIL
+                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
+                log.debug("trial %d failed", trial.number, exc_info=True)
+    except KeyboardInterrupt:
+        trial.set_user_attr("fail_reason", "interrupted at once (second signal); re-queued from its last epoch")
+        study.tell(trial, state=TrialState.FAIL)
+        requeue(study, trial.number, "interrupted")
+        raise
+    try:
+        frozen = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except Exception as exc:
+        raise StorageError(f"storage: could not record trial {trial.number}: {exc}") from None
+    reporter.finished(frozen)
+    cleanup_checkpoints(study)
+    return state
+
+
+def _result(cfg: Config, study: optuna.Study, stopped_by: str, ran: list[int]) -> SearchResult:
+    c = counts(study)
+    best = best_trial(study)
+    return SearchResult(
+        study_name=cfg.study.name,
+        storage=describe_storage(cfg.study.storage),
+        counts={state.name.lower(): n for state, n in c.items()},
+        best_number=best.number if best else None,
+        best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {},
+        stopped_by=stopped_by,
+        trials_run=ran,
+    )

@@ -1,0 +1,299 @@
+"""Config -> ``optuna.Study``: storage, heartbeat and retry, sampler, pruner, direction, study-wide budget.
+
+The study is built here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.config import Config, mask_password
+from hpsearch.errors import ConfigError, StorageError
+from hpsearch.space import SearchSpace
+
+DIRECTION = "minimize"  # the study minimises validation error
+CONFIG_ATTR = "hpsearch_config"
+OVER_BUDGET_ATTR = "hpsearch_over_budget"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Keys that change what a trial measures: resuming a study with other values would mix incomparable trials.
+IDENTITY_KEYS = {
+    "model": ("name", "max_length", "revision"),
+    "data": ("name", "subset", "train_split", "validation_split", "train_file", "validation_file", "text_column",
+             "text_pair_column", "label_column", "validation_fraction", "max_train_samples",
+             "max_validation_samples", "demo_size"),
+    "train": ("n_epochs",),
+}
+
+
+@contextlib.contextmanager
+def quiet_optuna_warnings():
+    """Silence the warnings Optuna gives for what hpsearch does on purpose: heartbeats are experimental API,
+    and our own ask/tell loop runs the heartbeat thread and stale-trial check that ``Study.optimize`` would."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
+
+
+def _journal_path(url: str) -> str | None:
+    if url.startswith("journal:"):
+        return url.removeprefix("journal:").removeprefix("//")
+    if "://" not in url and url.endswith(".log"):
+        return url
+    return None
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
+def _normalise_url(url: str) -> str:
+    """Accept the short scheme `postgresql://` with psycopg 3 installed (SQLAlchemy defaults to psycopg2)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("mysql://"):
+        return "mysql+pymysql://" + url.split("://", 1)[1]
+    return url
+
+
+def describe_storage(url: str) -> str:
+    return mask_password(url) or ""
+
+
+def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> optuna.storages.BaseStorage:
+    """Open (and with ``create``, initialise) the store at ``url``; a bad or unreachable URL is a ConfigError.
+
+    ``create=False`` is for read-only commands: a SQLite or journal file that does not exist is an error,
+    never an empty new file.
+    """
+    journal = _journal_path(url)
+    if journal is not None:
+        if not create and not Path(journal).is_file():
+            raise ConfigError(f"storage: journal file {journal} does not exist; check --storage")
+        Path(journal).parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(journal))
+    if "://" not in url:
+        raise ConfigError(
+            f"storage: {url!r} is not a storage URL; use sqlite:///studies/NAME.db, postgresql+psycopg://USER@HOST/DB,"
+            " or a journal file ending in .log"
+        )
+    url = _normalise_url(url)
+    engine_kwargs: dict[str, Any] = {}
+    path = _sqlite_path(url)
+    if path is not None:
+        if not create and not path.is_file():
+            raise ConfigError(f"storage: no study store at {path}; check --storage or run `hpsearch search` first")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _enable_wal(path)
+        # Workers on one node wait for the write lock instead of failing with "database is locked".
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    heartbeat: dict[str, Any] = {}
+    if cfg is not None:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        with quiet_optuna_warnings():
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=cfg.study.max_retries, inherit_intermediate_values=True)
+        heartbeat = {
+            "heartbeat_interval": cfg.study.heartbeat_interval,
+            "grace_period": cfg.study.grace_period or 2 * cfg.study.heartbeat_interval,
+            # Re-queue a dead worker's trial with its params, user attrs (checkpoint path) and learning curve.
+            "heartbeat_stale_trial_callback": retry,
+        }
+    try:
+        with quiet_optuna_warnings():
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    except ImportError as exc:
+        raise ConfigError(f"storage: {describe_storage(url)} needs a driver ({exc}); "
+                          "for PostgreSQL install `hpsearch[postgres]`") from None
+    except Exception as exc:  # sqlalchemy raises ArgumentError, OperationalError, ...
+        first = str(exc).strip().splitlines()[0][:300]
+        raise ConfigError(f"storage: cannot open {describe_storage(url)}: {first}") from None
+
+
+def check_storage(url: str) -> None:
+    """Check that the store answers, writing nothing: a typo in a URL must not cost a GPU-hour of data loading."""
+    import os
+
+    journal = _journal_path(url)
+    file = Path(journal) if journal is not None else _sqlite_path(_normalise_url(url)) if "://" in url else None
+    if "://" not in url and journal is None:
+        open_storage(url, create=False)  # raises the "not a storage URL" message
+    if file is not None:
+        parent = file.parent.resolve()
+        while not parent.exists():
+            parent = parent.parent
+        if not os.access(parent, os.W_OK):
+            raise ConfigError(f"storage: cannot write {file}: {parent} is not writable")
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(_normalise_url(url), pool_pre_ping=True)
+    except ImportError as exc:
+        raise ConfigError(f"storage: {describe_storage(url)} needs a database driver ({exc});"
+                          " for PostgreSQL run `pip install 'hpsearch[postgres]'`") from None
+    except Exception as exc:
+        raise ConfigError(f"storage: {describe_storage(url)} is not a valid storage URL ({exc})") from None
+    try:
+        with engine.connect() as con:
+            con.execute(sqlalchemy.text("SELECT 1"))
+    except Exception as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
+        raise ConfigError(f"storage: cannot reach {describe_storage(url)}: {first}") from None
+    finally:
+        engine.dispose()
+
+
+def _enable_wal(path: Path) -> None:
+    """WAL lets readers (dashboard, `show`) work while workers write; the setting lives in the file."""
+    try:
+        with sqlite3.connect(path, timeout=60) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+        con.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"storage: cannot open SQLite file {path}: {exc}") from None
+
+
+def make_sampler(cfg: Config, space: SearchSpace, worker: int = 0) -> optuna.samplers.BaseSampler:
+    seed = None if cfg.study.seed is None else cfg.study.seed + worker
+    n_startup = cfg.study.n_startup_trials
+    name = cfg.study.sampler
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=n_startup, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
+    return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+
+
+def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
+    n_epochs, name = cfg.train.n_epochs, cfg.study.pruner
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_epochs, reduction_factor=3)
+    if name == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.study.n_startup_trials, n_warmup_steps=0)
+    if name == "percentile":
+        return optuna.pruners.PercentilePruner(25.0, n_startup_trials=cfg.study.n_startup_trials)
+    return optuna.pruners.NopPruner()
+
+
+def _check_same_study(cfg: Config, stored: dict[str, Any], study_name: str) -> None:
+    """Refuse to add trials that measure something else to an existing study."""
+    current = cfg.to_dict()
+    for section, keys in IDENTITY_KEYS.items():
+        for key in keys:
+            old, new = stored.get(section, {}).get(key), current[section][key]
+            if old != new:
+                raise ConfigError(
+                    f"{cfg.source}: {section}.{key} is {new!r} but study '{study_name}' was created with {old!r};"
+                    " trials would not be comparable. Use another --study-name, or set it back"
+                )
+    old_space, new_space = stored.get("search_space", {}), current["search_space"]
+    if json.dumps(old_space, sort_keys=True) != json.dumps(new_space, sort_keys=True):
+        changed = sorted(k for k in {*old_space, *new_space} if old_space.get(k) != new_space.get(k))
+        raise ConfigError(
+            f"{cfg.source}: search_space differs from the one study '{study_name}' was created with"
+            f" (changed: {', '.join(changed)}); use another --study-name for a new space"
+        )
+
+
+def open_study(cfg: Config, space: SearchSpace, worker: int = 0) -> optuna.Study:
+    """Create or resume the study described by ``cfg`` (explicit name, ``load_if_exists``, direction,
+    heartbeat and retry), after checking that a resumed study measures the same thing."""
+    storage = open_storage(cfg.study.storage, cfg)
+    name = cfg.study.name
+    existing = {s.study_name: s for s in _summaries(storage)}
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg, space, worker),
+                                  pruner=make_pruner(cfg))
+        stored = study.user_attrs.get(CONFIG_ATTR)
+        if stored:
+            _check_same_study(cfg, stored, name)
+        if study.direction != optuna.study.StudyDirection.MINIMIZE:
+            raise ConfigError(f"storage: study '{name}' maximises; hpsearch studies minimise val_error")
+    else:
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(cfg, space, worker),
+                                        pruner=make_pruner(cfg), direction=DIRECTION, load_if_exists=True)
+        except Exception as exc:
+            raise StorageError(f"storage: could not create study '{name}': {exc}") from None
+    study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
+    return study
+
+
+def _summaries(storage) -> list[optuna.study.StudySummary]:
+    try:
+        return optuna.get_all_study_summaries(storage, include_best_trial=False)
+    except Exception as exc:
+        raise StorageError(f"storage: could not list studies: {str(exc).splitlines()[0][:300]}") from None
+
+
+def load_existing_study(storage_url: str, name: str) -> optuna.Study:
+    """A study for reading (show, best, export, report); never creates anything."""
+    storage = open_storage(storage_url, create=False)
+    names = [s.study_name for s in _summaries(storage)]
+    if name not in names:
+        from hpsearch.config import did_you_mean
+
+        hint = did_you_mean(name, names) if names else "; the store has no studies yet"
+        raise ConfigError(f"study '{name}' not found in {describe_storage(storage_url)}{hint}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def counts(study: optuna.Study) -> Counter:
+    """Trials by state, leaving out the ones a worker started past the budget and gave back at once."""
+    return Counter(t.state for t in study.get_trials(deepcopy=False) if OVER_BUDGET_ATTR not in t.user_attrs)
+
+
+def remaining_budget(study: optuna.Study, n_trials: int) -> int:
+    """Trials this study may still start: ``n_trials`` minus finished, running and queued ones."""
+    c = counts(study)
+    return n_trials - (c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING] + c[TrialState.WAITING])
+
+
+def is_over_budget(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    """True when ``trial`` (just asked for) lies past the budget because other workers asked first.
+
+    Trial numbers order the asks: the trials numbered before this one that still count are the ones that won.
+    A retry of a dead worker's trial always runs; it replaces one that was already counted.
+    """
+    trials = study.get_trials(deepcopy=False)
+    if any(t.number == trial.number and "failed_trial" in t.system_attrs for t in trials):
+        return False
+    ahead = sum(
+        1 for t in trials
+        if t.number < trial.number and t.state != TrialState.FAIL and OVER_BUDGET_ATTR not in t.user_attrs
+    )
+    return ahead >= n_trials
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
