@@ -90,6 +90,7 @@ class TrainSection:
     max_grad_norm: float = 1.0
     eval_batch_size: int = 128
     group_by_length: bool = True  # batches of similar length: less padding, same statistics
+    divergence_stop: bool = True  # stop a trial whose loss turns NaN, explodes or is worse than chance; false: record
     checkpoint_dir: str = "checkpoints"  # per-epoch checkpoints for resuming trials; share it across nodes
     save_best: bool = False  # keep the best trial's model checkpoint so no retraining is needed
 
@@ -198,10 +199,14 @@ def _build_section(source: str, name: str, raw: Any) -> Any:
 
 def _check_choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{where}: unknown value {value!r}{did_you_mean(str(value), allowed)}")
+        hint = did_you_mean(str(value), allowed)
+        if "allowed" not in hint:  # a short list: name them all, the guess may be wrong
+            hint += f" (allowed: {', '.join(allowed)})"
+        raise ConfigError(f"{where}: unknown value {value!r}{hint}")
 
 
-def _validate(cfg: Config) -> None:
+def _validate(cfg: Config) -> dict[str, Any]:
+    """Check every cross-key rule; returns the search space in canonical form."""
     src, s, m, d, t = cfg.source, cfg.study, cfg.model, cfg.data, cfg.train
     _check_choice(f"{src}: study.sampler", s.sampler, SAMPLERS)
     _check_choice(f"{src}: study.pruner", s.pruner, PRUNERS)
@@ -246,7 +251,10 @@ def _validate(cfg: Config) -> None:
         check_hyperparameter(f"{src}: train.{key}", key, getattr(t, key))
     from hpsearch.space import parse_space  # the space module owns the search-space rules
 
-    parse_space(cfg.search_space, source=src)
+    space = parse_space(cfg.search_space, source=src)
+    if s.sampler == "grid":
+        space.grid()  # a continuous range has no grid: say so now, not after the data loaded
+    return space.to_dict()
 
 
 def check_hyperparameter(where: str, name: str, value: Any) -> Any:
@@ -284,10 +292,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found; pass a YAML file such as studies/demo.yaml")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        where = f" line {mark.line + 1}:" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -318,7 +328,17 @@ def load_config(
             merged[section] = {}
         if not isinstance(merged[section], dict):
             raise ConfigError(f"{source}: {section}: expected a mapping of keys, got {merged[section]!r}")
-        merged[section].update(values)
+        for key, value in values.items():
+            name, dot, spec_key = key.partition(".")
+            if section == "search_space" and dot:  # --set search_space.learning_rate.high=1e-2
+                spec = merged[section].get(name, DEFAULT_SEARCH_SPACE.get(name))
+                if not isinstance(spec, dict):
+                    raise ConfigError(f"--set search_space.{key}: search_space.{name} is not a searched range"
+                                      f" ({spec!r}); set the whole spec, e.g. --set 'search_space.{name}="
+                                      "{type: float, low: 0.0, high: 0.1}'")
+                merged[section][name] = {**spec, spec_key: value}
+            else:
+                merged[section][key] = value
     if merged["study"] is None:
         merged["study"] = {}
     if isinstance(merged["study"], dict):
@@ -335,8 +355,8 @@ def load_config(
         storage = os.environ.get(STORAGE_ENV) or f"sqlite:///studies/{study.name}.db"
         sections["study"] = dataclasses.replace(study, storage=storage)
     cfg = Config(**sections, search_space=space, source=source)
-    _validate(cfg)
-    return cfg
+    # `1e-5` (a string to YAML 1.1) is stored as the number it means, so resumed studies compare equal.
+    return dataclasses.replace(cfg, search_space=_validate(cfg))
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<study>") -> Config:

@@ -8,12 +8,13 @@ after the first pay nothing for it.
 from __future__ import annotations
 
 import csv
+import difflib
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpsearch.config import DataSection, did_you_mean
+from hpsearch.config import BUILTIN_DATASETS, DataSection, did_you_mean
 from hpsearch.errors import ConfigError
 
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -121,9 +122,12 @@ def _load_hub(cfg: DataSection):
     try:
         loaded = datasets.load_dataset(cfg.name, cfg.subset)
     except Exception as exc:
+        close = difflib.get_close_matches(cfg.name.lower(), BUILTIN_DATASETS, n=1, cutoff=0.6)
+        hint = (f"; did you mean the built-in '{close[0]}'?" if close
+                else "; check the name, your network or HF_DATASETS_OFFLINE")
         raise ConfigError(
             f"data.name: could not load data set {cfg.name!r}"
-            f"{f' (subset {cfg.subset!r})' if cfg.subset else ''}: {str(exc).splitlines()[0][:300]}"
+            f"{f' (subset {cfg.subset!r})' if cfg.subset else ''}: {str(exc).splitlines()[0][:300]}{hint}"
         ) from None
     if cfg.train_split not in loaded:
         raise ConfigError(f"data.train_split: no split {cfg.train_split!r}{did_you_mean(cfg.train_split, loaded)}")
@@ -141,6 +145,10 @@ def _load_hub(cfg: DataSection):
 def _raw_splits(cfg: DataSection, seed: int):
     """(train, validation or None) as ``datasets.Dataset`` objects."""
     import datasets
+
+    # hpsearch prints its own progress; datasets' bars would bury the one-line errors on stderr.
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
 
     if cfg.train_file:
         train = _load_file(cfg.train_file, "data.train_file")
@@ -177,7 +185,8 @@ def _label_names(cfg: DataSection, train_labels: list[Any], feature: Any) -> lis
     if names:  # a datasets ClassLabel already maps ids to names
         return list(names)
     for i, value in enumerate(train_labels):
-        if value is None or isinstance(value, float) and not value.is_integer() or isinstance(value, (list, dict)):
+        if (value is None or isinstance(value, float) and not value.is_integer() or isinstance(value, (list, dict))
+                or isinstance(value, str) and not value.strip()):
             raise ConfigError(
                 f"data.label_column: train row {i} has label {value!r}; labels must be classes"
                 " (integers or strings), not continuous values or empty cells"
@@ -207,6 +216,8 @@ def _labels(cfg: DataSection, dataset, names: list[str], which: str) -> list[int
             raise ConfigError(
                 f"data.label_column: {which} row {i} has label {value!r}, which the training data never uses"
                 f" (classes: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
+                + ("; raise data.max_train_samples so every class is sampled" if cfg.max_train_samples
+                   else "")
             )
         out.append(index[key])
     return out
@@ -247,7 +258,11 @@ _TOKENIZED: dict[tuple, tuple[dict[str, list], dict[str, list]]] = {}
 def tokenize(data: TextData, tokenizer, max_length: int, key: Any) -> tuple[dict[str, list], dict[str, list]]:
     """Unpadded ``input_ids`` (and ``token_type_ids`` for text pairs) of train and validation; batches pad
     themselves. Cached under ``key`` for the life of the worker process."""
-    cache_key = (key, max_length, id(tokenizer))
+    # The texts are part of the key: the same config with another study seed carves another split, and
+    # encodings of one split paired with labels of the other would train on noise without a word.
+    texts = (tuple(data.train.texts), tuple(data.train.pairs or ()), tuple(data.validation.texts),
+             tuple(data.validation.pairs or ()))
+    cache_key = (key, max_length, id(tokenizer), hash(texts))
     if cache_key not in _TOKENIZED:
 
         def encode(split: Split) -> dict[str, list]:

@@ -34,17 +34,34 @@ def resolve_model_name(name: str) -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
-def train_tiny_tokenizer(texts: list[str], vocab_size: int = 4000):
-    """A lower-cased WordPiece tokenizer learned from the training texts (seconds, offline)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+def train_tiny_tokenizer(texts: list[str], vocab_size: int = 8000):
+    """A lower-cased WordPiece tokenizer built from the training texts (a second, offline).
+
+    The vocabulary is the most frequent words (ties broken alphabetically) plus every character seen, alone and
+    as a ``##`` continuation, so rare words still split into pieces. It is built deterministically rather than
+    with ``tokenizers``' trainer, whose ties fall differently in each process: a trial resumed by another worker
+    must read its checkpoint with the very same token ids.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab_list = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    room = max(0, vocab_size - len(vocab_list))
+    taken = set(vocab_list)
+    frequent = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if w not in taken]
+    vocab_list += frequent[:room]
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab_list)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                                             show_progress=False))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
@@ -83,21 +100,32 @@ class ModelFactory:
         from transformers.utils import logging as hf_logging
 
         local = Path(self.source).is_dir()
+        if not local and _looks_like_path(self.source):
+            raise ConfigError(f"model.name: folder {self.cfg.name!r} not found; give a folder written by"
+                              " save_pretrained, a hub id such as bert-base-uncased, or `tiny`")
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.source, revision=self.cfg.revision)
-            # A fresh head is expected (its size is the label count): silence "newly initialized" chatter.
-            verbosity = hf_logging.get_verbosity()
+            # A fresh head is expected (its size is the label count): silence "newly initialized" chatter,
+            # and the weight-loading bar that would bury hpsearch's own lines on stderr.
+            verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
             hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
             try:
                 model = AutoModelForSequenceClassification.from_pretrained(
                     self.source, revision=self.cfg.revision, ignore_mismatched_sizes=True, **self._labels()
                 )
             finally:
                 hf_logging.set_verbosity(verbosity)
+                if bars:
+                    hf_logging.enable_progress_bar()
         except (OSError, ValueError) as exc:
             hint = "check the folder" if local else "check the model id, your network or HF_HUB_OFFLINE"
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"model.name: could not load {self.cfg.name!r} ({first}); {hint}") from None
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions and self.cfg.max_length > positions:
+            raise ConfigError(f"model.max_length: {self.cfg.name!r} reads at most {positions} tokens,"
+                              f" got max_length={self.cfg.max_length}; set model.max_length <= {positions}")
         model.eval()
         return tokenizer, model
 
@@ -130,6 +158,11 @@ class ModelFactory:
         return model
 
 
+def _looks_like_path(name: str) -> bool:
+    """A local folder, not a hub id (``org/name``): the hub is never asked about a path the user mistyped."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or Path(name).exists()
+
+
 def _classifier_head(model):
     for name in ("classifier", "score", "classification_head", "logits_proj"):
         if hasattr(model, name):
@@ -142,7 +175,8 @@ _FACTORIES: dict[tuple, ModelFactory] = {}
 
 def get_factory(cfg: ModelSection, label_names: list[str], train_texts: list[str], data_key: Any) -> ModelFactory:
     """One factory per (model, data) in this worker process: weights and tokenizer are loaded once."""
-    key = (cfg, tuple(label_names), data_key)
+    # The texts belong to the key: the tiny tokenizer is trained on them, and another seed carves other ones.
+    key = (cfg, tuple(label_names), data_key, hash(tuple(train_texts)))
     if key not in _FACTORIES:
         logging.getLogger("hpsearch").info("loading model %s", cfg.name)
         _FACTORIES[key] = ModelFactory(cfg, label_names, train_texts)

@@ -13,6 +13,7 @@ database rows and dashboard labels, so never rename one inside an existing study
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import optuna
@@ -46,32 +47,52 @@ class Param:
             return trial.suggest_int(self.name, self.low, self.high, log=self.log, step=self.step or 1)
         return trial.suggest_categorical(self.name, list(self.choices))
 
-    def grid_values(self) -> list[Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """The spec in canonical form (numbers as numbers, defaults left out), as stored on the study."""
+        if self.type == "categorical":
+            return {"type": "categorical", "choices": list(self.choices)}
+        spec: dict[str, Any] = {"type": self.type, "low": self.low, "high": self.high}
+        if self.log:
+            spec["log"] = True
+        if self.step is not None:
+            spec["step"] = self.step
+        return spec
+
+    def grid_values(self, source: str = "<config>") -> list[Any]:
         """Every value a grid search visits; floats need a step (a log range has no finite grid)."""
         if self.type == "categorical":
             return list(self.choices)
         if self.step is None and self.type == "float":
             raise ConfigError(
-                f"search_space.{self.name}: the grid sampler needs finite values;"
+                f"{source}: search_space.{self.name}: the grid sampler needs finite values, got a continuous"
+                f"{' log' if self.log else ''} range [{self.low:g}, {self.high:g}];"
                 " give `step` or use `type: categorical` with choices"
             )
         step = self.step or 1
         n = int(round((self.high - self.low) / step)) + 1
+        # Rounded: 0.1 * 3 is 0.30000000000000004, which would be a grid value no one wrote.
         values = [self.low + i * step for i in range(n)]
-        return [v for v in values if v <= self.high + 1e-12]
+        if self.type == "float":
+            values = [round(v, 12) for v in values]
+        return [v for v in values if v <= self.high]
 
 
 @dataclass(frozen=True)
 class SearchSpace:
     params: tuple[Param, ...]
     fixed: dict[str, Any]
+    source: str = "<config>"  # the config file, for messages
 
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.params]
 
     def grid(self) -> dict[str, list[Any]]:
-        return {p.name: p.grid_values() for p in self.params}
+        return {p.name: p.grid_values(self.source) for p in self.params}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole space in canonical form: ``parse_space(space.to_dict())`` gives the same space."""
+        return {**{p.name: p.to_dict() for p in self.params}, **self.fixed}
 
     def grid_size(self) -> int:
         size = 1
@@ -106,6 +127,11 @@ def _parse_param(where: str, name: str, spec: dict[str, Any]) -> Param:
     for key in spec:
         if key not in SPEC_KEYS[kind]:
             raise ConfigError(f"{where}: unknown key '{key}' for type {kind}{did_you_mean(str(key), SPEC_KEYS[kind])}")
+    wanted = HYPERPARAMETERS[name][0]
+    if kind != "categorical" and wanted is not float and not (wanted is int and kind == "int"):
+        allowed = "int or categorical" if wanted is int else "categorical"
+        raise ConfigError(f"{where}: {name} takes {wanted.__name__} values, so type must be {allowed},"
+                          f" got {kind}")
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -132,6 +158,10 @@ def _parse_param(where: str, name: str, spec: dict[str, Any]) -> Param:
         raise ConfigError(f"{where}: low must be < high, got low={low}, high={high}")
     if log and low <= 0:
         raise ConfigError(f"{where}: log scale needs low > 0, got low={low}")
+    if step is not None and (Decimal(str(high)) - Decimal(str(low))) % Decimal(str(step)) != 0:
+        # Optuna would quietly move `high` (with a warning); say so before any trial runs.
+        raise ConfigError(f"{where}: high - low must be a multiple of step,"
+                          f" got low={low}, high={high}, step={step}")
     check_hyperparameter(f"{where}.low", name, low)
     check_hyperparameter(f"{where}.high", name, high)
     return Param(name, kind, low=low, high=high, log=log, step=step)
@@ -150,7 +180,7 @@ def parse_space(raw: dict[str, Any], source: str = "<config>") -> SearchSpace:
             params.append(_parse_param(where, name, spec))
         else:
             fixed[name] = check_hyperparameter(where, name, spec)
-    return SearchSpace(tuple(params), fixed)
+    return SearchSpace(tuple(params), fixed, source)
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:

@@ -14,6 +14,9 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread per process: tests start several workers at once on a 2-core machine, and oversubscribed
+# threads ran 14x slower per step than one thread each.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("HPSEARCH_STORAGE", None)
 
 ROOT = Path(__file__).resolve().parents[1]

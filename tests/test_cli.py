@@ -1,0 +1,230 @@
+"""Bad input through the CLI: exit 2, one line on stderr, no traceback, and nothing written to any store."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from conftest import tiny_config, write_config
+
+from hpsearch.cli import cli
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def assert_one_line_error(result, *words: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hpsearch: error: "), lines[0]
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_nothing_written(workdir: Path) -> None:
+    assert not (workdir / "studies").exists()
+    assert not list(workdir.rglob("*.db")) and not list(workdir.rglob("*.log"))
+    assert not (workdir / "checkpoints").exists()
+
+
+def write_rows(path: Path, header: list[str], rows: list[list]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def file_data(workdir: Path, labels: list, validation_labels: list | None = None, **data) -> dict:
+    """A data section over generated TSV files with the given train (and validation) labels."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    write_rows(
+        workdir / "train.tsv",
+        ["sentence", "label"],
+        [[f"{words[i % 10]} {words[(i * 3) % 10]} row {i}", y] for i, y in enumerate(labels)],
+    )
+    section = {"name": None, "train_file": "train.tsv", "text_column": "sentence", **data}
+    if validation_labels is not None:
+        write_rows(
+            workdir / "validation.tsv",
+            ["sentence", "label"],
+            [[f"{words[i % 10]} held out {i}", y] for i, y in enumerate(validation_labels)],
+        )
+        section["validation_file"] = "validation.tsv"
+    return section
+
+
+# Each case: (id, config sections or raw text, extra CLI args, words the error line must contain).
+BAD_INPUTS = [
+    (
+        "unknown key",
+        {"train": {"n_epoch": 2}},
+        [],
+        ["unknown key 'n_epoch' in train", "did you mean 'n_epochs'"],
+    ),
+    (
+        "low >= high",
+        {"search_space": {"learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}},
+        [],
+        ["low must be < high"],
+    ),
+    ("unknown sampler flag", {}, ["--sampler", "tpr"], ["study.sampler", "did you mean 'tpe'"]),
+    ("unknown pruner in --set", {}, ["--set", "study.pruner=medain"], ["did you mean 'median'"]),
+    ("bad --set", {}, ["--set", "train.n_epochs"], ["expected section.key=value"]),
+    (
+        "grid with continuous log range",
+        {},
+        ["--sampler", "grid"],
+        ["search_space.learning_rate", "grid sampler needs finite values"],
+    ),
+    ("non-URL storage", {}, ["--storage", "studies/t.db"], ["not a storage URL", "sqlite:///"]),
+    (
+        "unreachable store",
+        {},
+        ["--storage", "postgresql+psycopg://nobody@127.0.0.1:1/x"],
+        ["storage: cannot reach postgresql+psycopg://nobody@127.0.0.1:1/x"],
+    ),
+    (
+        "missing data file",
+        {"data": {"name": None, "train_file": "nope.csv"}},
+        [],
+        ["data.train_file: file not found: nope.csv"],
+    ),
+    (
+        "unsupported data file",
+        {"data": {"name": None, "train_file": "study.yaml"}},
+        [],
+        ["unsupported file type '.yaml'"],
+    ),
+    ("missing model folder", {"model": {"name": "./no-such-model"}}, [], ["model.name", "no-such-model"]),
+    ("max_length zero", {"model": {"max_length": 0}}, [], ["model.max_length: must be >= 1"]),
+]
+
+
+@pytest.mark.parametrize("case,sections,args,words", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, case, sections, args, words):
+    config = write_config(workdir / "study.yaml", tiny_config(**sections))
+    result = invoke("search", str(config), *args)
+    assert_one_line_error(result, *words)
+    assert_nothing_written(workdir)
+
+
+def test_missing_config_file(workdir):
+    assert_one_line_error(invoke("search", "studies/nope.yaml"), "studies/nope.yaml: config file not found")
+    assert_nothing_written(workdir)
+
+
+def test_invalid_yaml_names_the_line(workdir):
+    (workdir / "bad.yaml").write_text("study:\n  name: x\n  n_trials: [3\n", encoding="utf-8")
+    assert_one_line_error(invoke("search", "bad.yaml"), "bad.yaml: line 4:", "not valid YAML")
+    assert_nothing_written(workdir)
+
+
+@pytest.mark.parametrize(
+    "case,make,words",
+    [
+        (
+            "missing column",
+            lambda w: file_data(w, [0, 1] * 20, text_column="sentense"),
+            ["data.text_column: no column 'sentense' in the train data; did you mean 'sentence'?"],
+        ),
+        (
+            "missing label column",
+            lambda w: file_data(w, [0, 1] * 20, label_column="labels"),
+            ["data.label_column: no column 'labels'", "did you mean 'label'"],
+        ),
+        (
+            "float labels",
+            lambda w: file_data(w, [0.25, 0.5, 0.75, 1.5] * 10),
+            ["data.label_column", "labels must be classes", "not continuous values"],
+        ),
+        (
+            "nearly unique labels",
+            lambda w: file_data(w, [f"id-{i}" for i in range(40)]),
+            ["distinct values in", "not class labels"],
+        ),
+        ("one class", lambda w: file_data(w, ["pos"] * 40), ["only one class ('pos')"]),
+        ("empty label cells", lambda w: file_data(w, ["pos", "neg", ""] * 20), ["empty"]),
+        (
+            "validation label unseen in train",
+            lambda w: file_data(w, ["pos", "neg"] * 20, ["pos", "neg", "meh"]),
+            ["data.label_column: validation row 2 has label 'meh'", "never uses", "classes: neg, pos"],
+        ),
+    ],
+)
+def test_bad_data_exits_2_and_writes_nothing(workdir, case, make, words):
+    config = write_config(workdir / "study.yaml", tiny_config(data=None) | {"data": make(workdir)})
+    assert_one_line_error(invoke("search", str(config)), *words)
+    assert_nothing_written(workdir)
+
+
+@pytest.fixture
+def existing_store(workdir) -> str:
+    """A real store with one study and one finished trial, as a previous search would leave it."""
+    url = f"sqlite:///{workdir}/studies/t.db"
+    (workdir / "studies").mkdir()
+    study = optuna.create_study(study_name="t", storage=url)
+    trial = study.ask()
+    trial.suggest_float("learning_rate", 1e-5, 1e-1, log=True)
+    study.tell(trial, 0.3)
+    return url
+
+
+def snapshot(url: str) -> list[tuple[str, int]]:
+    return [(s.study_name, s.n_trials) for s in optuna.get_all_study_summaries(url, include_best_trial=False)]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "train.n_epoch=1"],
+        ["--sampler", "grid"],
+        ["--set", "data.name=null", "--set", "data.train_file=missing.tsv"],
+        ["--study-name", "other", "--set", "data.text_column=txt"],
+    ],
+    ids=["typo", "grid", "missing file", "new study with missing column"],
+)
+def test_rejected_command_adds_no_study_or_trial_to_an_existing_store(workdir, existing_store, args):
+    before = snapshot(existing_store)
+    config = write_config(workdir / "study.yaml", tiny_config())
+    assert_one_line_error(invoke("search", str(config), "--storage", existing_store, *args))
+    assert snapshot(existing_store) == before == [("t", 1)]
+    assert not (workdir / "checkpoints").exists()
+
+
+def test_debug_shows_the_traceback(workdir):
+    result = invoke("--debug", "search", "nope.yaml")
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("hpsearch: error: ")
+
+
+@pytest.mark.parametrize("command", [["show", "t"], ["best", "t"], ["export", "t"], ["studies"]])
+def test_reading_a_missing_store_creates_nothing(workdir, command):
+    assert_one_line_error(invoke(*command))
+    assert_nothing_written(workdir)
+
+
+def test_reading_an_unknown_study_suggests_the_stored_one(workdir, existing_store):
+    assert_one_line_error(
+        invoke("show", "tt", "--storage", existing_store), "study 'tt' not found", "did you mean 't'"
+    )
+    assert snapshot(existing_store) == [("t", 1)]
+
+
+def test_usage_error_is_one_line(workdir):
+    assert_one_line_error(invoke("search", "a.yaml", "--n-trials", "many"), "--n-trials")
+
+
+def test_help_lists_the_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("search", "studies", "show", "best", "export"):
+        assert command in result.output

@@ -1,0 +1,205 @@
+"""Data: the built-in demo set, local files in every format, label mapping, splits, tokenization once."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from hpsearch.config import DataSection
+from hpsearch.data import load_data, make_demo_dataset, tokenize
+from hpsearch.errors import ConfigError
+from hpsearch.models import train_tiny_tokenizer
+
+ROWS = [  # (text, topic) for a 3-class task with string labels
+    (f"{w} {n}", topic)
+    for n in range(20)
+    for w, topic in (
+        ("goal scored in the match", "sport"),
+        ("shares fell on the market", "business"),
+        ("new phone chip released", "tech"),
+    )
+]
+
+
+def test_demo_data_set_is_deterministic_and_balanced():
+    a, b = make_demo_dataset(1000), make_demo_dataset(1000)
+    assert a == b
+    assert make_demo_dataset(1000, seed=1) != a
+    counts = Counter(a["label"])
+    assert set(counts) == {"positive", "negative"}
+    assert 0.4 < counts["positive"] / 1000 < 0.6
+    assert len(set(a["text"])) > 900  # varied sentences, not a handful repeated
+    assert any(" not " in t or " never " in t for t in a["text"]) and any(", but" in t for t in a["text"])
+
+
+def test_demo_section_loads_with_a_carved_validation_split():
+    data = load_data(DataSection(name="demo", demo_size=400), seed=0)
+    assert (len(data.train), len(data.validation)) == (360, 40)
+    assert data.label_names == ["negative", "positive"]
+    assert set(data.train.labels) == {0, 1}
+    assert 0.3 < data.majority_error() <= 0.5
+
+
+def write_table(path, rows, text="text", label="label"):
+    import pandas as pd
+
+    frame = pd.DataFrame({text: [r[0] for r in rows], label: [r[1] for r in rows]})
+    suffix = path.suffix
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".tsv":
+        frame.to_csv(path, index=False, sep="\t")
+    elif suffix == ".json":
+        path.write_text(json.dumps(frame.to_dict(orient="records")), encoding="utf-8")
+    elif suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif suffix == ".parquet":
+        frame.to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl", ".parquet"])
+def test_local_file_formats_load_with_string_labels_mapped(tmp_path, suffix):
+    train = write_table(tmp_path / f"train{suffix}", ROWS, text="utterance", label="intent")
+    validation = write_table(tmp_path / f"validation{suffix}", ROWS[:9], text="utterance", label="intent")
+    cfg = DataSection(
+        name=None,
+        train_file=str(train),
+        validation_file=str(validation),
+        text_column="utterance",
+        label_column="intent",
+    )
+    data = load_data(cfg)
+    assert data.label_names == ["business", "sport", "tech"]
+    assert len(data.train) == 60 and len(data.validation) == 9
+    assert data.train.texts[0] == ROWS[0][0]  # no split was carved: order kept
+    assert [data.label_names[y] for y in data.validation.labels] == [r[1] for r in ROWS[:9]]
+
+
+def test_tsv_keeps_quotes_and_na_words_as_text(tmp_path):
+    path = tmp_path / "train.tsv"
+    lines = ["sentence\tlabel"] + [
+        f'"quoted start {i}\t{i % 2}' if i % 5 == 0 else f"NA {i}\t{i % 2}" for i in range(40)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = load_data(DataSection(name=None, train_file=str(path), text_column="sentence"))
+    texts = data.train.texts + data.validation.texts
+    assert len(texts) == 40
+    assert '"quoted start 0' in texts and "NA 1" in texts
+
+
+def test_integer_labels_are_ordered_numerically(tmp_path):
+    rows = [(f"text number {i}", [2, 10, 1][i % 3]) for i in range(60)]
+    path = write_table(tmp_path / "train.csv", rows)
+    data = load_data(DataSection(name=None, train_file=str(path)))
+    assert data.label_names == ["1", "2", "10"]
+
+
+def test_validation_split_is_carved_with_the_seed(tmp_path):
+    path = write_table(tmp_path / "train.csv", ROWS)
+    cfg = DataSection(name=None, train_file=str(path), validation_fraction=0.2)
+    first, again, other = load_data(cfg, seed=3), load_data(cfg, seed=3), load_data(cfg, seed=4)
+    assert first == again
+    assert (len(first.train), len(first.validation)) == (48, 12)
+    assert first.validation.texts != other.validation.texts
+    assert not set(first.train.texts) & set(first.validation.texts)
+
+
+def test_max_samples_take_a_seeded_subset(tmp_path):
+    path = write_table(tmp_path / "train.csv", ROWS)
+    cfg = DataSection(name=None, train_file=str(path), max_train_samples=20, max_validation_samples=5)
+    data = load_data(cfg, seed=0)
+    assert (len(data.train), len(data.validation)) == (20, 5)
+    assert load_data(cfg, seed=0) == data
+    everything = load_data(DataSection(name=None, train_file=str(path)), seed=0)
+    assert set(data.train.texts) <= set(everything.train.texts)
+    # A cap above the size changes nothing.
+    bigger = DataSection(name=None, train_file=str(path), max_train_samples=10_000)
+    assert load_data(bigger, seed=0) == everything
+
+
+def test_empty_text_is_rejected(tmp_path):
+    path = write_table(tmp_path / "train.csv", [*ROWS, ("  ", "tech")])
+    with pytest.raises(ConfigError, match="data.text_column: .*holds '  ', not text"):
+        load_data(DataSection(name=None, train_file=str(path)))
+
+
+def test_malformed_file_is_a_config_error(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match="data.train_file: could not read"):
+        load_data(DataSection(name=None, train_file=str(path)))
+
+
+def test_text_pairs_produce_token_type_ids(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "premise": [f"a man plays {i}" for i in range(40)],
+            "hypothesis": [f"someone plays {i}" if i % 2 else f"nobody sleeps {i}" for i in range(40)],
+            "label": ["entailment" if i % 2 else "contradiction" for i in range(40)],
+        }
+    )
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    cfg = DataSection(
+        name=None,
+        train_file=str(tmp_path / "train.csv"),
+        text_column="premise",
+        text_pair_column="hypothesis",
+    )
+    data = load_data(cfg)
+    assert data.train.pairs is not None and len(data.train.pairs) == len(data.train.texts)
+    tokenizer = train_tiny_tokenizer(data.train.texts + data.train.pairs)
+    train, validation = tokenize(data, tokenizer, 32, "pairs")
+    assert set(train) == {"input_ids", "token_type_ids"} and "token_type_ids" in validation
+    types, ids = train["token_type_ids"][0], train["input_ids"][0]
+    assert len(types) == len(ids) and types[0] == 0 and types[-1] == 1  # [CLS] a [SEP] b [SEP]
+
+
+def test_single_texts_have_no_token_type_ids_and_respect_max_length():
+    data = load_data(DataSection(name="demo", demo_size=200))
+    tokenizer = train_tiny_tokenizer(data.train.texts)
+    train, _ = tokenize(data, tokenizer, 8, "single")
+    assert set(train) == {"input_ids"}
+    assert max(len(ids) for ids in train["input_ids"]) == 8
+    assert (
+        tokenizer.decode(train["input_ids"][0], skip_special_tokens=True).split()[0]
+        == data.train.texts[0].split()[0]
+    )
+
+
+def test_tokenization_is_cached_per_worker():
+    data = load_data(DataSection(name="demo", demo_size=200))
+    tokenizer = train_tiny_tokenizer(data.train.texts)
+    first = tokenize(data, tokenizer, 32, "cached")
+    assert tokenize(data, tokenizer, 32, "cached") is first
+    assert tokenize(data, tokenizer, 16, "cached") is not first
+
+
+def test_tokenization_cache_tells_apart_splits_of_the_same_config():
+    # Same data section, other seed: another carved split. Its encodings must be its own.
+    cfg = DataSection(name="demo", demo_size=200)
+    a, b = load_data(cfg, seed=0), load_data(cfg, seed=1)
+    tokenizer = train_tiny_tokenizer(a.train.texts)
+    enc_a, enc_b = tokenize(a, tokenizer, 32, cfg), tokenize(b, tokenizer, 32, cfg)
+    assert enc_b[0]["input_ids"] == tokenizer(b.train.texts, truncation=True, max_length=32)["input_ids"]
+    assert enc_a[0]["input_ids"] != enc_b[0]["input_ids"]
+
+
+@pytest.mark.parametrize(
+    "name,words",
+    [
+        ("glue", ["data.name: could not load data set 'glue' (subset 'sst2')", "HF_DATASETS_OFFLINE"]),
+        ("Demo", ["did you mean the built-in 'demo'?"]),
+    ],
+)
+def test_hub_data_set_offline_is_one_line(monkeypatch, name, words):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ConfigError) as info:
+        load_data(DataSection(name=name, subset="sst2" if name == "glue" else None))
+    assert "\n" not in str(info.value)
+    for word in words:
+        assert word in str(info.value)

@@ -1,0 +1,339 @@
+"""End to end through the CLI: a real search on a real SQLite file, read back by every command and Optuna."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import ROOT, tiny_config, write_config
+from optuna.trial import TrialState
+
+from hpsearch.cli import cli
+from hpsearch.config import DataSection, load_config
+from hpsearch.data import load_data
+
+DEMO_SIZE = 800  # small enough for seconds per trial, big enough that a good learning rate clearly learns
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads are many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if t.state in FINISHED]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> SimpleNamespace:
+    """studies/demo.yaml (its space, sampler and pruner) on a smaller demo set, searched once per module."""
+    folder = tmp_path_factory.mktemp("demo")
+    cfg = yaml.safe_load((ROOT / "studies" / "demo.yaml").read_text(encoding="utf-8"))
+    cfg["data"]["demo_size"] = DEMO_SIZE
+    cfg["train"] = {**cfg.get("train", {}), "n_epochs": 3, "checkpoint_dir": str(folder / "checkpoints")}
+    cfg["model"]["max_length"] = 32
+    cfg["study"]["storage"] = f"sqlite:///{folder}/studies/demo.db"
+    config = write_config(folder / "demo.yaml", cfg)
+    result = invoke("search", config)
+    assert result.exit_code == 0, result.output
+    url = cfg["study"]["storage"]
+    return SimpleNamespace(
+        folder=folder,
+        config=config,
+        url=url,
+        result=result,
+        cfg=cfg,
+        study=optuna.load_study(study_name="demo", storage=url),
+    )
+
+
+@pytest.mark.slow
+def test_demo_search_has_pruned_and_complete_trials_inside_the_space(demo):
+    study = demo.study
+    assert len(study.trials) == 12 and len(finished(study)) == 12
+    states = [t.state for t in study.trials]
+    assert TrialState.COMPLETE in states and TrialState.PRUNED in states
+    for t in study.trials:
+        assert 1e-5 <= t.params["learning_rate"] <= 1e-1
+        assert t.params["batch_size"] in (8, 16, 32, 64)
+        assert set(t.intermediate_values) <= {1, 2, 3}  # step = epoch
+    for t in study.trials:
+        if t.state == TrialState.COMPLETE:
+            assert t.value == min(t.intermediate_values.values())
+            assert t.user_attrs["epochs_run"] == 3 and t.user_attrs["best_epoch"] in (1, 2, 3)
+            assert t.user_attrs["device"] == "cpu" and t.user_attrs["train_seconds"] > 0
+    summary = json.loads(demo.result.stdout.strip().splitlines()[-1])
+    assert summary["best_trial"] == study.best_trial.number and summary["best_value"] == study.best_value
+
+
+@pytest.mark.slow
+def test_best_demo_trial_beats_the_majority_class_baseline(demo):
+    data = load_data(DataSection(name="demo", demo_size=DEMO_SIZE), seed=0)
+    assert demo.study.best_value <= data.majority_error() - 0.1, (
+        demo.study.best_value,
+        data.majority_error(),
+    )
+
+
+@pytest.mark.slow
+def test_stored_config_is_the_resolved_config(demo):
+    stored = demo.study.user_attrs["hpsearch_config"]
+    assert stored == load_config(demo.config).to_dict()
+    assert stored["data"]["demo_size"] == DEMO_SIZE and stored["study"]["n_trials"] == 12
+
+
+@pytest.mark.slow
+def test_show_lists_every_trial(demo):
+    result = invoke("show", "demo", "--storage", demo.url)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["number", "state", "value"]
+    rows = [line.split() for line in lines[1:] if line.split() and line.split()[0].isdigit()]
+    by_number = {int(row[0]): row[1] for row in rows}
+    assert by_number == {t.number: t.state.name.lower() for t in demo.study.trials}
+
+
+@pytest.mark.slow
+def test_show_json_matches_the_store(demo):
+    result = invoke("show", "demo", "--storage", demo.url, "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["counts"]["complete"] == sum(t.state == TrialState.COMPLETE for t in demo.study.trials)
+    assert shown["counts"]["pruned"] == sum(t.state == TrialState.PRUNED for t in demo.study.trials)
+    for row, t in zip(shown["trials"], demo.study.trials, strict=True):
+        assert (row["number"], row["state"], row["value"], row["params"]) == (
+            t.number,
+            t.state.name,
+            t.value,
+            t.params,
+        )
+        assert row["intermediate_values"] == {str(k): v for k, v in t.intermediate_values.items()}
+
+
+@pytest.mark.slow
+def test_best_pastes_back_as_a_config_that_fixes_the_values(demo, tmp_path):
+    result = invoke("best", "demo", "--storage", demo.url)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"# best trial {demo.study.best_trial.number} of study 'demo'")
+    pasted = yaml.safe_load(result.stdout)
+    assert pasted["search_space"]["learning_rate"] == demo.study.best_params["learning_rate"]
+    path = tmp_path / "best.yaml"
+    path.write_text(result.stdout, encoding="utf-8")
+    cfg = load_config(path)
+    from hpsearch.space import parse_space
+
+    space = parse_space(cfg.search_space)
+    assert space.params == ()  # nothing left to search
+    assert space.fixed == demo.study.best_params
+    assert cfg.model.max_length == 32 and cfg.data.demo_size == DEMO_SIZE  # the same model and data
+    assert cfg.train.n_epochs == demo.study.best_trial.user_attrs["best_epoch"]
+    as_json = json.loads(invoke("best", "demo", "--storage", demo.url, "--format", "json").stdout)
+    assert as_json["val_error"] == demo.study.best_value and as_json["trial"] == demo.study.best_trial.number
+
+
+@pytest.mark.slow
+def test_export_csv_and_json_to_files(demo, tmp_path):
+    out = tmp_path / "trials.csv"
+    result = invoke("export", "demo", "--storage", demo.url, "--format", "csv", "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert [int(r["number"]) for r in rows] == [t.number for t in demo.study.trials]
+    for r, t in zip(rows, demo.study.trials, strict=True):
+        assert r["state"] == t.state.name
+        assert float(r["params_learning_rate"]) == pytest.approx(t.params["learning_rate"])
+        assert int(r["params_batch_size"]) == t.params["batch_size"]
+        if 1 in t.intermediate_values:
+            assert float(r["val_error_epoch_1"]) == pytest.approx(t.intermediate_values[1])
+    out_json = tmp_path / "trials.json"
+    assert invoke("export", "demo", "--storage", demo.url, "--format", "json", "-o", out_json).exit_code == 0
+    exported = json.loads(out_json.read_text(encoding="utf-8"))
+    assert [r["params"] for r in exported["trials"]] == [t.params for t in demo.study.trials]
+
+
+@pytest.mark.slow
+def test_studies_lists_the_default_stores(demo, monkeypatch):
+    monkeypatch.chdir(demo.folder)  # `studies` without --storage reads studies/*.db here
+    result = invoke("studies")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("demo: ")
+    rows = json.loads(invoke("studies", "--json").stdout)
+    assert len(rows) == 1 and rows[0]["study"] == "demo" and rows[0]["n_trials"] == 12
+    assert rows[0]["trials"]["complete"] + rows[0]["trials"]["pruned"] == 12
+    assert rows[0]["best_value"] == demo.study.best_value
+
+
+def copy_store(url: str, folder: Path) -> str:
+    """A consistent copy of a SQLite store (WAL included), for tests that add trials."""
+    target = folder / "copy.db"
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    return f"sqlite:///{target}"
+
+
+@pytest.mark.slow
+def test_more_n_trials_adds_exactly_the_missing_trials_then_nothing(demo, tmp_path):
+    url = copy_store(demo.url, tmp_path)
+    result = invoke("search", demo.config, "--storage", url, "--n-trials", 14)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="demo", storage=url)
+    assert [t.number for t in study.trials] == list(range(14))
+    assert len(finished(study)) == 14
+    assert [(t.params, t.state) for t in study.trials[:12]] == [
+        (t.params, t.state) for t in demo.study.trials
+    ]
+    # The budget is met: the same command runs nothing and says so.
+    again = invoke("search", demo.config, "--storage", url, "--n-trials", 14)
+    assert again.exit_code == 0, again.output
+    assert len(optuna.load_study(study_name="demo", storage=url).trials) == 14
+    assert json.loads(again.stdout.strip().splitlines()[-1])["best_trial"] == study.best_trial.number
+
+
+@pytest.mark.slow
+def test_tiny_fine_tunes_on_sst2_through_the_cli(workdir, sst2_dir):
+    # studies/sst2.yaml as shipped, on a few hundred rows; its relative paths are replaced by the fixture's.
+    result = invoke(
+        "search",
+        ROOT / "studies" / "sst2.yaml",
+        "--n-trials",
+        2,
+        "--pruner",
+        "none",
+        "--set",
+        f"data.train_file={sst2_dir / 'train.tsv'}",
+        "--set",
+        f"data.validation_file={sst2_dir / 'validation.tsv'}",
+        "--set",
+        "data.max_train_samples=300",
+        "--set",
+        "data.max_validation_samples=100",
+        "--set",
+        "train.n_epochs=1",
+        "--set",
+        "model.max_length=32",
+    )
+    assert result.exit_code == 0, result.output
+    assert "300 train / 100 validation examples, 2 classes" in result.stderr
+    study = optuna.load_study(study_name="sst2", storage=f"sqlite:///{workdir}/studies/sst2.db")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert all(0 <= t.value <= 1 and t.user_attrs["epochs_run"] == 1 for t in study.trials)
+    assert study.user_attrs["hpsearch_config"]["data"]["text_column"] == "sentence"
+
+
+def test_sst2_study_file_points_at_the_shared_data():
+    cfg = load_config(ROOT / "studies" / "sst2.yaml")
+    assert cfg.model.name == "tiny" and cfg.data.text_column == "sentence" and cfg.data.max_train_samples
+    assert cfg.data.train_file == "../shared/data/sst2/train.tsv"
+    assert cfg.data.validation_file == "../shared/data/sst2/validation.tsv"
+
+
+def test_demo_study_file_is_the_documented_demo():
+    cfg = load_config(ROOT / "studies" / "demo.yaml")
+    assert (cfg.study.name, cfg.study.n_trials, cfg.model.name, cfg.data.name) == ("demo", 12, "tiny", "demo")
+    assert cfg.search_space["learning_rate"] == {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}
+    assert cfg.search_space["batch_size"] == {"type": "categorical", "choices": [8, 16, 32, 64]}
+
+
+INTENTS = {
+    "book_flight": ["book a flight to {}", "i need a plane ticket to {}", "fly me to {} tomorrow"],
+    "weather": ["what is the weather in {}", "will it rain in {}", "is it sunny in {} today"],
+    "play_music": ["play some jazz by {}", "put on the latest album from {}", "i want to hear {}"],
+    "set_alarm": ["wake me up at {} am", "set an alarm for {}", "alarm at {} please"],
+}
+FILLERS = {
+    "book_flight": ["paris", "tokyo", "lima"],
+    "weather": ["oslo", "rome", "cairo"],
+    "play_music": ["miles", "nina", "bach"],
+    "set_alarm": ["six", "seven", "eight"],
+}
+
+
+def write_intents(path: Path, n: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["id", "utterance", "intent"])
+        for i in range(n):
+            intent = rng.choice(sorted(INTENTS))
+            writer.writerow([i, rng.choice(INTENTS[intent]).format(rng.choice(FILLERS[intent])), intent])
+    return path
+
+
+@pytest.mark.slow
+def test_another_tsv_data_set_with_other_columns_and_four_classes(workdir):
+    write_intents(workdir / "intents_train.tsv", 400, seed=0)
+    write_intents(workdir / "intents_dev.tsv", 80, seed=1)
+    config = write_config(
+        workdir / "intents.yaml",
+        tiny_config(
+            study={"name": "intents", "n_trials": 3},
+            data={
+                "name": None,
+                "train_file": "intents_train.tsv",
+                "validation_file": "intents_dev.tsv",
+                "text_column": "utterance",
+                "label_column": "intent",
+                "demo_size": 3000,
+            },
+            train={"n_epochs": 2},
+            search_space={
+                "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                "batch_size": 16,
+            },
+        ),
+    )
+    result = invoke("search", config)
+    assert result.exit_code == 0, result.output
+    assert "400 train / 80 validation examples, 4 classes" in result.stderr
+    study = optuna.load_study(study_name="intents", storage=f"sqlite:///{workdir}/studies/intents.db")
+    assert len(finished(study)) == 3
+    data = load_data(load_config(config).data)
+    assert data.label_names == sorted(INTENTS)
+    assert study.best_value < data.majority_error()
+
+
+def test_grid_sampler_stops_when_the_grid_is_exhausted(make_config, workdir):
+    config = make_config(
+        study={"sampler": "grid", "n_trials": 4},
+        data={"demo_size": 200},
+        train={"n_epochs": 1},
+        search_space={"learning_rate": 1e-3, "batch_size": {"type": "categorical", "choices": [16, 32]}},
+    )
+    result = invoke("search", config)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{workdir}/studies/t.db")
+    assert sorted(t.params["batch_size"] for t in finished(study)) == [16, 32]
+
+
+@pytest.mark.slow
+def test_resuming_with_a_changed_config_is_refused_and_adds_nothing(demo, tmp_path):
+    url = copy_store(demo.url, tmp_path)
+    result = invoke("search", demo.config, "--storage", url, "--n-trials", 20, "--set", "train.n_epochs=2")
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert (
+        line.startswith("hpsearch: error: ")
+        and "train.n_epochs is 2 but study 'demo' was created with 3" in line
+    )
+    study = optuna.load_study(study_name="demo", storage=url)
+    assert len(study.trials) == 12
+    assert study.user_attrs["hpsearch_config"]["train"]["n_epochs"] == 3
