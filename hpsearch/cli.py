@@ -33,6 +33,7 @@ class HpsearchGroup(click.Group):
 
     def main(self, args=None, prog_name=None, **kwargs):
         debug = "--debug" in (sys.argv[1:] if args is None else list(args))
+        self.argv = ["hpsearch", *(sys.argv[1:] if args is None else args)]  # for the study note
         try:
             return super().main(args, prog_name or "hpsearch", standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:
@@ -45,12 +46,10 @@ class HpsearchGroup(click.Group):
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            click.echo("hpsearch: aborted", err=True)
-            sys.exit(130)
-        except KeyboardInterrupt:
-            click.echo("hpsearch: interrupted; the running trial was re-queued, rerun the command to resume",
-                       err=True)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            # click turns Ctrl-C into Abort; the search has already re-queued its running trial by then.
+            click.echo("hpsearch: interrupted; a running trial was re-queued from its last epoch, rerun the"
+                       " command to resume", err=True)
             sys.exit(130)
         except Exception as exc:  # a bug, not a user mistake: still one line unless --debug
             if debug:
@@ -77,6 +76,10 @@ def _translate(func):
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
             raise _Fail(str(exc), 1) from None
+        finally:
+            from hpsearch.study import close_storages
+
+            close_storages()
 
     return wrapper
 
@@ -124,18 +127,32 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--seed", type=int, help="Sampler seed.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override any config key, e.g. --set train.n_epochs=2 (repeatable; values are YAML).")
-@click.option("--worker-index", type=int, default=0, hidden=True, help="Worker number, offsets the sampler seed.")
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), metavar="N",
+              help="Start N worker processes on this study (CPU); each line is prefixed with [wK].")
+@click.option("--gpus", metavar="all|0,1,3",
+              help="Start one worker process per GPU, with CUDA_VISIBLE_DEVICES set; lines prefixed with [gpuK].")
+@click.option("--worker-index", type=click.IntRange(min=0), default=0, show_default=True,
+              help="This worker's number (the first one with --workers/--gpus); offsets the sampler seed so "
+                   "workers do not repeat each other. Give each node its own range.")
 @_translate
-def search(config_file, storage, study_name, n_trials, timeout, sampler, pruner, seed, sets, worker_index):
+def search(config_file, storage, study_name, n_trials, timeout, sampler, pruner, seed, sets, n_workers, gpus,
+           worker_index):
     """Run or resume the search described by CONFIG.
 
     Every trial fine-tunes the model and reports its validation error after each epoch; trials that fall
     behind are pruned, diverging ones stopped at once. Running the same command again resumes the study:
     --n-trials is the total for the study, so `--n-trials 8` after 5 finished trials runs 3 more.
 
+    Many workers share one study and its budget: --workers 4 (CPU) or --gpus all start one process each;
+    the same command on another node (same --storage) joins the study. A worker killed mid-trial is noticed
+    by the heartbeat and its trial resumes from its last epoch's checkpoint. Ctrl-C or SIGTERM lets the
+    running epoch finish, checkpoints and re-queues the trial, and exits 130 or 143; rerun to resume.
+
     \b
     Example:
       hpsearch search studies/demo.yaml --n-trials 12 --set train.n_epochs=2
+      hpsearch search studies/sst2.yaml --gpus all --storage postgresql+psycopg://hp@db/hpsearch
+      hpsearch search studies/demo.yaml --workers 2
     """
     from hpsearch.search import run_search
 
@@ -143,13 +160,68 @@ def search(config_file, storage, study_name, n_trials, timeout, sampler, pruner,
         "storage": storage, "name": study_name, "n_trials": n_trials, "timeout": timeout, "sampler": sampler,
         "pruner": pruner, "seed": seed,
     }, sets=sets)
-    result = run_search(cfg, worker=worker_index)
+    if n_workers is not None or gpus is not None:
+        _search_with_workers(cfg, config_file, n_workers, gpus, worker_index)
+        return
+    result = run_search(cfg, worker=worker_index, command=getattr(cli, "argv", None))
     _summary(cfg, result)
     click.echo(json.dumps({"study": result.study_name, "best_trial": result.best_number,
                            "best_value": result.best_value, "best_params": result.best_params,
                            "trials": result.counts, "stopped_by": result.stopped_by}))
     if result.stopped_by == "failures":
         raise _Fail("trials keep failing; see `hpsearch show " + result.study_name + "` for the reasons", 1)
+    if result.signal is not None:
+        sys.exit(128 + result.signal)  # stopped before the study finished: 130 (SIGINT) or 143 (SIGTERM)
+
+
+def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None:
+    """--workers/--gpus: one `hpsearch search` process per worker, same arguments, then the study summary."""
+    from hpsearch.results import state_counts
+    from hpsearch.study import best_trial, check_storage, load_existing_study
+    from hpsearch.workers import finished_trials, parse_gpus, plan_workers, run_workers
+
+    if n_workers is not None and gpus is not None:
+        raise ConfigError("give either --workers N (CPU) or --gpus LIST, not both")
+    check_storage(cfg.study.storage)
+    done = finished_trials(cfg.study.storage, cfg.study.name)
+    if done is not None and done >= cfg.study.n_trials:
+        click.echo(f"budget met: study '{cfg.study.name}' has {done}/{cfg.study.n_trials} finished trials;"
+                   " no worker started (raise --n-trials to run more)", err=True)
+        click.echo(json.dumps({"study": cfg.study.name, "trials": {"finished": done}, "stopped_by": "budget",
+                               "workers": 0}))
+        return
+    plan = plan_workers(n_workers, parse_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if gpus else None,
+                        first_index)
+    ctx = click.get_current_context()
+    command = [sys.executable, "-m", "hpsearch", *(["--debug"] if ctx.obj.get("debug") else []), "search",
+               config_file]
+    for name, value in ctx.params.items():
+        if name in ("config_file", "n_workers", "gpus", "worker_index") or value is None or value == ():
+            continue
+        flag = "--" + name.replace("_", "-")
+        command += [x for v in value for x in ("--set", v)] if name == "sets" else [flag, str(value)]
+    click.echo(f"hpsearch: starting {len(plan)} workers on study '{cfg.study.name}': "
+               + ", ".join(w.label for w in plan), err=True)
+    code, signum = run_workers(plan, command)
+    if signum is None and code not in (0, 1):
+        sys.exit(code)  # the first worker rejected the input (exit 2) and said why; no other worker started
+    if finished_trials(cfg.study.storage, cfg.study.name) is None:
+        sys.exit(code or 1)  # the first worker stopped before it created the study, and said why
+    study = load_existing_study(cfg.study.storage, cfg.study.name)
+    counts = {k: v for k, v in state_counts(study).items() if v}
+    best = best_trial(study)
+    done = counts.get("complete", 0) + counts.get("pruned", 0)
+    click.echo(f"study '{cfg.study.name}': {done}/{cfg.study.n_trials} trials finished by {len(plan)}"
+               f" workers ({counts})", err=True)
+    click.echo(json.dumps({"study": cfg.study.name, "best_trial": best.number if best else None,
+                           "best_value": best.value if best else None,
+                           "best_params": dict(best.params) if best else {}, "trials": counts,
+                           "stopped_by": "signal" if signum else "budget" if done >= cfg.study.n_trials
+                           else "failures", "workers": len(plan)}))
+    if signum is not None:
+        sys.exit(128 + signum)
+    if code != 0:
+        raise _Fail(f"a worker failed; see its [label] lines above and `hpsearch show {cfg.study.name}`", 1)
 
 
 def _summary(cfg, result) -> None:
@@ -165,7 +237,7 @@ def _summary(cfg, result) -> None:
                            result.best_params.items())
         lines.append(f"best: trial {result.best_number}, val_error {result.best_value:.4f} ({params})")
     lines.append(f"inspect: hpsearch show {result.study_name} --storage {result.storage}")
-    lines.append(f"dashboard: optuna-dashboard {result.storage}")
+    lines.append(f"dashboard: hpsearch dashboard --storage {result.storage}")
     click.echo("\n".join(lines), err=True)
 
 
@@ -207,20 +279,54 @@ def studies(storage, as_json):
 def show(study, storage, as_json):
     """Show a study's trials: number, state, value, params, epochs run, duration.
 
+    Below the table, the running trials: worker (host:pid), device, epoch reached, seconds since the last
+    heartbeat, and STALE when the worker is presumably dead (the next worker fails and retries the trial).
+
     \b
     Example:
       hpsearch show demo
       hpsearch show demo --json | jq '.trials[0]'
     """
-    from hpsearch.results import format_table, state_counts, trial_rows
+    from hpsearch import results
+    from hpsearch.cost import compute_cost
     from hpsearch.study import load_existing_study
 
     st = load_existing_study(_storage_for(study, storage), study)
-    rows = trial_rows(st)
+    rows = results.trial_rows(st)
+    running = results.running_status(st)
+    cost = compute_cost(st)
     if as_json:
-        click.echo(json.dumps({"study": study, "counts": state_counts(st), "trials": rows}, indent=2, default=str))
+        click.echo(json.dumps({"study": study, "counts": results.state_counts(st), "trials": rows,
+                               "running": running, "cost": cost.to_dict()}, indent=2, default=str))
         return
-    click.echo(format_table(rows))
+    click.echo(results.format_table(rows))
+    click.echo(f"cost: {cost.summary()}")
+    if running:
+        click.echo(results.format_running(running, results.grace_seconds(st)))
+
+
+@cli.command()
+@click.argument("study")
+@click.argument("trial_number", metavar="TRIAL", type=int)
+@storage_option
+@_translate
+def requeue(study, trial_number, storage):
+    """Fail a running trial whose worker is gone and queue it to resume from its last checkpoint.
+
+    On SQLite and PostgreSQL the heartbeat does this by itself once the grace period has passed. A
+    journal-file store has no heartbeat: a killed worker's trial stays running there until you requeue it.
+    A trial whose heartbeat is recent is refused, since its worker is alive.
+
+    \b
+    Example:
+      hpsearch show demo --storage /shared/hpsearch.log      # find the trial left running
+      hpsearch requeue demo 7 --storage /shared/hpsearch.log
+    """
+    from hpsearch.search import requeue_dead_trial
+    from hpsearch.study import load_existing_study
+
+    queued = requeue_dead_trial(load_existing_study(_storage_for(study, storage), study), trial_number)
+    click.echo(f"trial {trial_number} failed and re-queued as trial {queued}; the next worker resumes it", err=True)
 
 
 @cli.command()
@@ -232,7 +338,8 @@ def show(study, storage, as_json):
 def best(study, storage, fmt):
     """Print the best trial's hyperparameters, ready to paste into a config.
 
-    Plain values under search_space fix those hyperparameters; n_epochs is the best trial's best epoch.
+    Plain values under search_space fix those hyperparameters (searched and fixed alike); model, data and
+    train carry the study's settings that differ from the defaults; n_epochs is the best trial's best epoch.
 
     \b
     Example:
@@ -247,7 +354,8 @@ def best(study, storage, fmt):
         return
     click.echo(f"# best trial {cfg['trial']} of study '{cfg['study']}': val_error {cfg['val_error']:.4f}"
                f" at epoch {cfg['best_epoch']}")
-    click.echo(yaml.safe_dump({k: cfg[k] for k in ("model", "train", "search_space")}, sort_keys=False).rstrip())
+    click.echo(yaml.safe_dump({k: cfg[k] for k in ("model", "data", "train", "search_space")},
+                              sort_keys=False).rstrip())
 
 
 @cli.command()
@@ -273,6 +381,115 @@ def export(study, storage, fmt, output):
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+@cli.command()
+@click.option("--storage", metavar="URL",
+              help=f"Study store to show. Default: ${STORAGE_ENV}, else the one studies/*.db (ask when several).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 exposes the dashboard to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port to listen on (0: any free port).")
+@click.option("--allow-writes", is_flag=True,
+              help="Let the page delete and rename studies and tell trials (off: only notes can be edited).")
+@_translate
+def dashboard(storage, host, port, allow_writes):
+    """Serve optuna-dashboard over a study store: learning curves, params, per-trial attributes and notes.
+
+    Each study has a note (model, data, search space, budget, the launching command, the cost) and each
+    pruned, diverged or failed trial a note saying why. Stop with Ctrl-C.
+
+    \b
+    Example:
+      hpsearch dashboard                                   # the one store under studies/
+      hpsearch dashboard --storage sqlite:///studies/demo.db --port 8081
+      ssh -L 8080:localhost:8080 gpu-node                  # then open http://localhost:8080 here
+    """
+    from hpsearch.dashboard import DashboardServer, default_storage
+    from hpsearch.study import describe_storage
+
+    url = storage or default_storage()
+    server = DashboardServer(url, host=host, port=port, allow_writes=allow_writes)
+    where = ("localhost only; pass --host 0.0.0.0 to expose it" if server.loopback_only
+             else f"listening on {host}: anyone who can reach this address can read the studies")
+    click.echo(f"hpsearch: dashboard for {describe_storage(url)} at {server.url} ({where}); Ctrl-C stops it",
+               err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("hpsearch: dashboard stopped", err=True)
+
+
+@cli.command()
+@click.argument("study")
+@storage_option
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="HTML file to write, or a folder for --format png.")
+@click.option("--format", "fmt", type=click.Choice(["html", "png"]), default="html", show_default=True,
+              help="html: one self-contained file (plotly.js inline); png: one image per figure (needs kaleido "
+                   "and Chrome/Chromium).")
+@_translate
+def report(study, storage, output, fmt):
+    """Write a report of STUDY: optimization history, learning curves, learning rate and batch size against
+    validation error, parameter importances, the best trial and what the study cost.
+
+    The HTML file needs no server and no network: send it, open it anywhere.
+
+    \b
+    Example:
+      hpsearch report demo -o demo.html
+      hpsearch report demo --format png -o demo-figures/
+    """
+    from hpsearch.report import write_html, write_pngs
+    from hpsearch.study import load_existing_study
+
+    st = load_existing_study(_storage_for(study, storage), study)
+    if fmt == "png":
+        paths = write_pngs(st, output)
+        click.echo(f"wrote {len(paths)} PNG files to {output}: {', '.join(p.name for p in paths)}", err=True)
+        return
+    path = write_html(st, output)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)", err=True)
+
+
+@cli.command("train-best")
+@click.argument("study")
+@storage_option
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="New (or empty) folder for the model, tokenizer, hyperparameters.yaml and results.json.")
+@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Seeds per configuration; the first is the trial's own seed.")
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Retrain the k best complete trials; the one with the lowest mean val_error is saved.")
+@click.option("--from-checkpoint", is_flag=True,
+              help="Export the best trial's kept checkpoint (its last epoch) instead of retraining.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+              help="Device to train on (default: the study's train.device).")
+@_translate
+def train_best(study, storage, output, n_seeds, top_k, from_checkpoint, device):
+    """Turn the best trial into a model: retrain its configuration with several seeds for its best epoch
+    count, report the mean and spread of the validation error, and save the best model with save_pretrained.
+
+    Results (per seed, mean, std, min, max) go to stdout as JSON and to OUTPUT/results.json. The folder loads
+    with AutoModelForSequenceClassification.from_pretrained(OUTPUT) and AutoTokenizer.from_pretrained(OUTPUT).
+
+    \b
+    Example:
+      hpsearch train-best demo -o models/demo-best
+      hpsearch train-best demo --seeds 5 --top-k 3 -o models/demo-top3
+    """
+    from hpsearch.best_model import export_checkpoint
+    from hpsearch.best_model import train_best as retrain
+    from hpsearch.study import load_existing_study
+
+    st = load_existing_study(_storage_for(study, storage), study)
+    if from_checkpoint:
+        result = export_checkpoint(st, output, device=device)
+    else:
+        result = retrain(st, output, n_seeds=n_seeds, top_k=top_k, device=device)
+    click.echo(f"saved trial {result['chosen_trial']} (seed {result['saved_seed']}, val_error "
+               f"{result['saved_val_error']:.4f}) to {output}", err=True)
+    click.echo(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
 
 
 def main() -> None:

@@ -117,7 +117,8 @@ class Objective:
                     self.reporter.epoch(trial.number, hp, result, cfg.train.n_epochs)
                 if self.stop.is_set():
                     raise Interrupted(f"stopped after epoch {result.epoch}")
-                if trial.should_prune():
+                # A trial that trained every epoch is complete, whatever the pruner thinks of its last one.
+                if result.epoch < cfg.train.n_epochs and trial.should_prune():
                     trial.set_user_attr("prune_reason", f"pruned by {cfg.study.pruner} after epoch {result.epoch}:"
                                                         f" val_error {result.val_error:.4f}")
                     raise optuna.TrialPruned(f"val_error {result.val_error:.4f} at epoch {result.epoch}")
@@ -139,6 +140,8 @@ class Objective:
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
+        if result.divergence:  # a rule fired but train.divergence_stop is off: how often would it have been wrong?
+            trial.set_user_attr("divergence_observed", result.divergence)
 
 
 def _gpu_name() -> str:

@@ -108,15 +108,30 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
 
         raise ConfigError(f"study '{study.study_name}' has no complete trial yet; run or resume the search first")
     cfg = study.user_attrs.get(CONFIG_ATTR, {})
+    # Values the study held fixed belong to the recipe: without them a pasted config would search them again.
+    fixed = {k: v for k, v in cfg.get("search_space", {}).items() if not isinstance(v, dict)}
+    n_epochs = best.user_attrs.get("best_epoch") or cfg.get("train", {}).get("n_epochs")
     return {
         "study": study.study_name,
         "trial": best.number,
         "val_error": best.value,
         "best_epoch": best.user_attrs.get("best_epoch"),
-        "search_space": dict(best.params),
-        "train": {"n_epochs": best.user_attrs.get("best_epoch") or cfg.get("train", {}).get("n_epochs")},
-        "model": {"name": cfg.get("model", {}).get("name")},
+        "model": _changed(cfg, "model", always=("name",)),
+        "data": _changed(cfg, "data", always=("name",)),
+        "train": {**_changed(cfg, "train"), "n_epochs": n_epochs},
+        "search_space": {**fixed, **best.params},
     }
+
+
+def _changed(cfg: dict[str, Any], section: str, always: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The keys of a stored config section that differ from the defaults (the rest need not be pasted)."""
+    import dataclasses
+
+    from hpsearch.config import SECTIONS
+
+    defaults = dataclasses.asdict(SECTIONS[section]())
+    stored = cfg.get(section, {})
+    return {k: v for k, v in stored.items() if k in always or (k in defaults and v != defaults[k])}
 
 
 def export(study: optuna.Study, fmt: str) -> str:
@@ -134,6 +149,80 @@ def export(study: optuna.Study, fmt: str) -> str:
         writer.writerow([r[k] for k in base] + [r["params"].get(n) for n in names]
                         + [r["intermediate_values"].get(str(s)) for s in steps])
     return buf.getvalue()
+
+
+def _heartbeat_ages(study: optuna.Study, trial_ids: list[int]) -> dict[int, float] | None:
+    """Seconds since each running trial's last heartbeat, read from the store's ``trial_heartbeats`` table.
+
+    Optuna 5 has no public reader for heartbeats, so this reads RDBStorage's table directly, read-only, and
+    measures the age against the database's clock, as Optuna's own stale check does. None: the store keeps no
+    heartbeats (journal file).
+    """
+    storage = getattr(study._storage, "_backend", study._storage)  # load_study wraps RDBStorage in a cache
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return None
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    session = storage.scoped_session()
+    try:
+        now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+        beat = models.TrialHeartbeatModel
+        query = session.query(beat.trial_id, beat.heartbeat).filter(beat.trial_id.in_(trial_ids))
+        rows = query.all() if trial_ids else []
+    finally:
+        session.rollback()
+        storage.scoped_session.remove()
+    return {trial_id: (now - beat.replace(tzinfo=None)).total_seconds() for trial_id, beat in rows}
+
+
+def grace_seconds(study: optuna.Study) -> float:
+    """How long a running trial may go without a heartbeat before a worker fails and retries it."""
+    cfg = study.user_attrs.get(CONFIG_ATTR, {}).get("study", {})
+    interval = cfg.get("heartbeat_interval") or 30
+    return float(cfg.get("grace_period") or 2 * interval)
+
+
+def running_status(study: optuna.Study) -> list[dict[str, Any]]:
+    """The running trials: worker (host:pid), device, epoch reached, seconds since the last heartbeat, and
+    whether it is stale (its worker is presumably dead; the next worker to look fails and retries it)."""
+    running = [t for t in visible_trials(study) if t.state == TrialState.RUNNING]
+    ages = _heartbeat_ages(study, [t._trial_id for t in running])
+    grace = grace_seconds(study)
+    n_epochs = study.user_attrs.get(CONFIG_ATTR, {}).get("train", {}).get("n_epochs")
+    rows = []
+    for t in running:
+        age = None if ages is None else ages.get(t._trial_id)
+        rows.append({
+            "number": t.number,
+            "worker": t.user_attrs.get("worker"),
+            "device": t.user_attrs.get("device"),
+            "epoch": max(t.intermediate_values, default=0),
+            "n_epochs": n_epochs,
+            "retry_of": t.system_attrs.get("failed_trial"),
+            "resumed_from_epoch": t.user_attrs.get("resumed_from_epoch") if "failed_trial" in t.system_attrs
+            else None,
+            "heartbeat_age_s": None if age is None else round(age, 1),
+            "stale": age is not None and age > grace,
+        })
+    return rows
+
+
+def format_running(rows: list[dict[str, Any]], grace: float) -> str:
+    lines = [f"running trials ({len(rows)}):"]
+    for r in rows:
+        if r["heartbeat_age_s"] is None:
+            beat = "no heartbeat (journal store, or not started yet)"
+        else:
+            beat = f"last heartbeat {r['heartbeat_age_s']:.0f}s ago"
+        line = (f"  trial {r['number']}  worker {r['worker'] or '?'}  {r['device'] or ''}"
+                f"  epoch {r['epoch']}/{r['n_epochs'] or '?'}  {beat}")
+        if r["retry_of"] is not None:
+            line += f"  (retry of {r['retry_of']}, resumed after epoch {r['resumed_from_epoch'] or 0})"
+        if r["stale"]:
+            line += f"  STALE: no heartbeat for over {grace:.0f}s; the next worker fails and retries it"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.config import Config
+from hpsearch.dashboard import write_study_note, write_trial_note
 from hpsearch.errors import StorageError, TrialFailure
 from hpsearch.objective import CHECKPOINT_ATTR, Interrupted, Objective
 from hpsearch.space import SearchSpace, parse_space
@@ -82,18 +83,19 @@ class SearchResult:
     best_params: dict[str, Any]
     stopped_by: str  # budget | timeout | signal | failures
     trials_run: list[int] = field(default_factory=list)
+    signal: int | None = None  # SIGINT/SIGTERM that stopped this worker
 
 
 def prepare(cfg: Config):
     """Everything a worker needs before trial 0; every mistake raises ConfigError here."""
     from hpsearch.data import load_data, tokenize
     from hpsearch.models import get_factory
-    from hpsearch.train import resolve_device
+    from hpsearch.train import resolve_device, resolve_precision
 
     space = parse_space(cfg.search_space, cfg.source)
     if cfg.study.sampler == "grid":
         space.grid()  # raises for a range without finite values
-    resolve_device(cfg.train.device)
+    resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))  # fp16 on a CPU is refused here
     check_storage(cfg.study.storage)
     data = load_data(cfg.data, seed=cfg.study.seed or 0)
     factory = get_factory(cfg.model, data.label_names, data.train.texts, cfg.data)
@@ -107,7 +109,36 @@ def requeue(study: optuna.Study, number: int, reason: str) -> None:
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
+    with quiet_optuna_warnings():
+        RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
+
+
+def requeue_dead_trial(study: optuna.Study, number: int) -> int:
+    """By hand, for a running trial whose worker is gone (a journal-file store has no heartbeat to notice):
+    fail it and queue a copy that resumes from its checkpoint. Returns the number of the queued trial.
+
+    Refused for a trial that is not running, or whose heartbeat is younger than the grace period: its worker
+    is alive, and failing the trial under it would waste the work it is doing.
+    """
+    from hpsearch.errors import ConfigError
+    from hpsearch.results import grace_seconds, running_status
+
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or trial.state != TrialState.RUNNING:
+        state = "does not exist" if trial is None else f"is {trial.state.name.lower()}, not running"
+        raise ConfigError(f"study '{study.study_name}': trial {number} {state}; only a running trial can be"
+                          " re-queued (see `hpsearch show`)")
+    status = next(r for r in running_status(study) if r["number"] == number)
+    if status["heartbeat_age_s"] is not None and not status["stale"]:
+        raise ConfigError(f"study '{study.study_name}': trial {number} is alive (worker {status['worker']},"
+                          f" last heartbeat {status['heartbeat_age_s']:.0f}s ago,"
+                          f" grace {grace_seconds(study):.0f}s);"
+                          " stop its worker first, or wait: a dead worker's trial is retried by itself")
+    with quiet_optuna_warnings():
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker gone; re-queued by hand")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    requeue(study, number, "re-queued by hand")
+    return max(t.number for t in study.get_trials(deepcopy=False))
 
 
 def _heartbeat(study: optuna.Study, trial: optuna.Trial):
@@ -134,10 +165,18 @@ def cleanup_checkpoints(study: optuna.Study) -> None:
     keep = {t.user_attrs.get(CHECKPOINT_ATTR) for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
     if best is not None:
         keep.add(best.user_attrs.get(CHECKPOINT_ATTR))
+    # Failing a stale or stopped trial and queueing its retry are two steps: between them no queued trial
+    # names the checkpoint yet, so keep a failed trial's checkpoint until its retry exists (or for good, once
+    # its retries are used up: it is the only copy of that work).
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     for t in trials:
         path = t.user_attrs.get(CHECKPOINT_ATTR)
-        if path and path not in keep and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
-            Path(path).unlink(missing_ok=True)
+        if not path or path in keep or t.state in (TrialState.RUNNING, TrialState.WAITING):
+            continue
+        reason = t.user_attrs.get("fail_reason", "re-queued")  # a stale trial has none: Optuna failed it
+        if t.state == TrialState.FAIL and t.number not in retried and "re-queued" in reason:
+            continue
+        Path(path).unlink(missing_ok=True)
 
 
 class _StopOnSignal:
@@ -145,6 +184,8 @@ class _StopOnSignal:
 
     def __init__(self, stop: threading.Event, reporter: Reporter):
         self.stop, self.reporter, self.previous = stop, reporter, {}
+        self.signum: int | None = None  # the first signal received; the CLI exits with 128 + signum
+        self.first_at = 0.0
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -154,7 +195,12 @@ class _StopOnSignal:
 
     def _handle(self, signum, frame):
         if self.stop.is_set():
+            # Slurm signals every process of a job and `--workers` passes the signal on too: a repeat within a
+            # second is the same request, not a second Ctrl-C.
+            if time.monotonic() - self.first_at < 1.0:
+                return
             raise KeyboardInterrupt
+        self.signum, self.first_at = signum, time.monotonic()
         self.stop.set()
         self.reporter.line(f"{signal.Signals(signum).name}: finishing this epoch, then checkpointing and "
                            "re-queueing the trial; press Ctrl-C again to stop at once")
@@ -165,7 +211,7 @@ class _StopOnSignal:
 
 
 def run_search(cfg: Config, worker: int = 0, reporter: Reporter | None = None,
-               stop: threading.Event | None = None) -> SearchResult:
+               stop: threading.Event | None = None, command: list[str] | None = None) -> SearchResult:
     """Run trials of ``cfg``'s study until it has ``n_trials`` finished trials (all workers together), the
     timeout passes, or a stop is requested. Safe to run in many processes and nodes at once."""
     reporter = reporter or Reporter()
@@ -175,10 +221,14 @@ def run_search(cfg: Config, worker: int = 0, reporter: Reporter | None = None,
     reporter.line(f"study '{cfg.study.name}' in {describe_storage(cfg.study.storage)}: {len(data.train)} train /"
                   f" {len(data.validation)} validation examples, {data.num_labels} classes, model {cfg.model.name};"
                   f" majority-class val_error {data.majority_error():.4f}")
+    write_study_note(study, cfg, command, data)  # what the dashboard shows about this study
     objective = Objective(cfg, space, data, factory, encoded, reporter, stop)
-    with _StopOnSignal(stop, reporter):
+    with _StopOnSignal(stop, reporter) as guard:
         stopped_by, ran = _loop(cfg, study, objective, reporter, stop, space)
-    return _result(cfg, study, stopped_by, ran)
+    write_study_note(study, cfg, command, data)  # now with this run's trials, the best one and the cost
+    result = _result(cfg, study, stopped_by, ran)
+    result.signal = guard.signum if stopped_by == "signal" else None
+    return result
 
 
 def _loop(cfg: Config, study: optuna.Study, objective: Objective, reporter: Reporter, stop: threading.Event,
@@ -195,6 +245,8 @@ def _loop(cfg: Config, study: optuna.Study, objective: Objective, reporter: Repo
         c = counts(study)
         finished = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
         if finished >= n_trials:
+            reporter.line(f"budget met: study '{cfg.study.name}' has {finished}/{n_trials} finished trials; this"
+                          " worker stops (raise --n-trials to run more)")
             return "budget", ran
         if remaining_budget(study, n_trials) <= 0 and not c[TrialState.WAITING]:
             # Other workers hold the last trials. Wait: if one dies, its trial comes back here to be retried.
@@ -206,6 +258,9 @@ def _loop(cfg: Config, study: optuna.Study, objective: Objective, reporter: Repo
                 return "budget", ran
             stop.wait(min(5.0, cfg.study.heartbeat_interval))
             continue
+        if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+            reporter.line(f"all {space.grid_size()} grid points tried; the grid search is complete")
+            return "grid", ran
         with quiet_optuna_warnings():
             trial = study.ask()
         if is_over_budget(study, trial, n_trials):
@@ -230,7 +285,24 @@ def _has_heartbeat(study: optuna.Study) -> bool:
 
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, reporter: Reporter) -> TrialState | None:
-    """Run and tell one trial; returns its final state, or None when it was re-queued after a stop."""
+    """Run and tell one trial; returns its final state, or None when it was re-queued (after a stop, or by
+    another worker that found its heartbeat stale)."""
+    try:
+        return _run_and_tell(study, trial, objective, reporter)
+    except (optuna.exceptions.UpdateFinishedTrialError, StorageError, ValueError):
+        if study._storage.get_trial(trial._trial_id).state != TrialState.FAIL:
+            raise
+        # Another worker's stale check failed this trial while it ran here: this worker's heartbeats were late
+        # by more than the grace period (an overloaded machine or store). The retry it queued resumes from the
+        # last checkpoint; going on here is safe, crashing would only lose this worker.
+        reporter.line(f"trial {trial.number} was failed and re-queued by another worker: no heartbeat from this"
+                      " one for longer than study.grace_period; its retry resumes from the last checkpoint and"
+                      " this worker goes on (raise study.grace_period on an overloaded machine)")
+        return None
+
+
+def _run_and_tell(study: optuna.Study, trial: optuna.Trial, objective: Objective,
+                  reporter: Reporter) -> TrialState | None:
     value, state = None, TrialState.COMPLETE
     try:
         with _heartbeat(study, trial):
@@ -247,6 +319,8 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, rep
                 requeue(study, trial.number, str(exc))
                 reporter.line(f"trial {trial.number} checkpointed and re-queued; rerun the command to resume it")
                 return None
+            except optuna.exceptions.UpdateFinishedTrialError:
+                raise  # another worker failed this trial as stale: see _run_one
             except Exception as exc:
                 state = TrialState.FAIL
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
@@ -261,6 +335,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, rep
     except Exception as exc:
         raise StorageError(f"storage: could not record trial {trial.number}: {exc}") from None
     reporter.finished(frozen)
+    write_trial_note(study, frozen)  # why it was pruned, diverged or failed
     cleanup_checkpoints(study)
     return state
 

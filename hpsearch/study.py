@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import sqlite3
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -70,6 +72,23 @@ def _normalise_url(url: str) -> str:
     return url
 
 
+def _driver_hint(url: str) -> str:
+    """The install command for the database driver ``url`` needs."""
+    if url.startswith("mysql"):
+        return "for MySQL run `pip install 'hpsearch[mysql]'` (PyMySQL)"
+    return "for PostgreSQL run `pip install 'hpsearch[postgres]'` (psycopg 3)"
+
+
+_ENGINES: list = []  # database engines this process opened; close_storages() returns their connections
+
+
+def close_storages() -> None:
+    """Close the database connections this process opened (psycopg warns about connections left to the GC).
+    Safe at any time: an engine used again afterwards simply reconnects."""
+    while _ENGINES:
+        _ENGINES.pop().dispose()
+
+
 def describe_storage(url: str) -> str:
     return mask_password(url) or ""
 
@@ -117,15 +136,29 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
             # Re-queue a dead worker's trial with its params, user attrs (checkpoint path) and learning curve.
             "heartbeat_stale_trial_callback": retry,
         }
-    try:
-        with quiet_optuna_warnings():
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-    except ImportError as exc:
-        raise ConfigError(f"storage: {describe_storage(url)} needs a driver ({exc}); "
-                          "for PostgreSQL install `hpsearch[postgres]`") from None
-    except Exception as exc:  # sqlalchemy raises ArgumentError, OperationalError, ...
-        first = str(exc).strip().splitlines()[0][:300]
-        raise ConfigError(f"storage: cannot open {describe_storage(url)}: {first}") from None
+    for attempt in range(1, 6):
+        try:
+            with quiet_optuna_warnings():
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            _ENGINES.append(storage.engine)
+            return storage
+        except ImportError as exc:
+            raise ConfigError(f"storage: {describe_storage(url)} needs a driver ({exc});"
+                              f" {_driver_hint(url)}") from None
+        except Exception as exc:  # sqlalchemy raises ArgumentError, OperationalError, ...
+            first = str(exc).strip().splitlines()[0][:300]
+            if attempt < 5 and _is_schema_race(first):
+                time.sleep(0.2 + random.random())  # let the winner finish the tables
+                continue
+            raise ConfigError(f"storage: cannot open {describe_storage(url)}: {first}") from None
+    raise AssertionError("unreachable")
+
+
+def _is_schema_race(message: str) -> bool:
+    """Workers on several nodes started together on an empty database all create Optuna's tables at once; all
+    but one fail with these. Trying again finds the tables there (seen with 6 workers on a fresh PostgreSQL)."""
+    signs = ("already exists", "duplicate key value", "UniqueViolation", "DuplicateTable")
+    return any(s in message for s in signs)
 
 
 def check_storage(url: str) -> None:
@@ -149,7 +182,7 @@ def check_storage(url: str) -> None:
         engine = sqlalchemy.create_engine(_normalise_url(url), pool_pre_ping=True)
     except ImportError as exc:
         raise ConfigError(f"storage: {describe_storage(url)} needs a database driver ({exc});"
-                          " for PostgreSQL run `pip install 'hpsearch[postgres]'`") from None
+                          f" {_driver_hint(url)}") from None
     except Exception as exc:
         raise ConfigError(f"storage: {describe_storage(url)} is not a valid storage URL ({exc})") from None
     try:
@@ -172,8 +205,21 @@ def _enable_wal(path: Path) -> None:
         raise ConfigError(f"storage: cannot open SQLite file {path}: {exc}") from None
 
 
-def make_sampler(cfg: Config, space: SearchSpace, worker: int = 0) -> optuna.samplers.BaseSampler:
-    seed = None if cfg.study.seed is None else cfg.study.seed + worker
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler calls ``Study.stop()`` when the grid is used up, which raises outside
+    ``Study.optimize``; the search loop checks ``is_exhausted`` itself instead."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+def make_sampler(cfg: Config, space: SearchSpace, worker: int = 0,
+                 n_existing: int = 0) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded with ``study.seed`` + the worker's number, so workers do not repeat each
+    other. ``n_existing`` (the study's trials so far) also moves the seed of a resumed study: with the seed alone
+    a rerun would draw the same first hyperparameters as the first run did. 7919, a prime far above any number
+    of workers, keeps the two offsets apart; a new study keeps the plain seed, so a search is reproducible."""
+    seed = None if cfg.study.seed is None else cfg.study.seed + worker + 7919 * n_existing
     n_startup = cfg.study.n_startup_trials
     name = cfg.study.sampler
     if name == "tpe":
@@ -181,7 +227,7 @@ def make_sampler(cfg: Config, space: SearchSpace, worker: int = 0) -> optuna.sam
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+        return _GridSampler(space.grid(), seed=seed)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=n_startup, warn_independent_sampling=False)
     if name == "gp":
@@ -229,8 +275,8 @@ def open_study(cfg: Config, space: SearchSpace, worker: int = 0) -> optuna.Study
     name = cfg.study.name
     existing = {s.study_name: s for s in _summaries(storage)}
     if name in existing:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg, space, worker),
-                                  pruner=make_pruner(cfg))
+        sampler = make_sampler(cfg, space, worker, n_existing=existing[name].n_trials)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(cfg))
         stored = study.user_attrs.get(CONFIG_ATTR)
         if stored:
             _check_same_study(cfg, stored, name)

@@ -1,0 +1,351 @@
+"""Turn a study's best trial into a model: retrain its configuration with several seeds, or export its
+checkpoint.
+
+Retraining follows the trial's recipe exactly: the same data and tokenizer, the trial's hyperparameters, the
+learning-rate schedule laid out over the study's ``n_epochs``, stopped after the trial's best epoch. The first
+seed is the trial's own, so that run reproduces the trial's validation error; the others show the spread a
+new seed brings. The model of the best configuration's best seed is saved with ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.config import Config, config_from_dict
+from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.objective import CHECKPOINT_ATTR, TUNABLE
+from hpsearch.space import parse_space
+from hpsearch.study import CONFIG_ATTR, best_trial
+
+# An exported checkpoint must measure what its trial reported; further apart than this, it is not that model.
+MISMATCH = 0.01
+
+
+@dataclass
+class SeedRun:
+    seed: int
+    val_error: float
+    val_loss: float
+    epochs: int
+    train_seconds: float
+    diverged: str = ""
+
+
+@dataclass
+class Candidate:
+    """One configuration (a complete trial) retrained with several seeds."""
+
+    trial: int
+    trial_val_error: float
+    n_epochs: int  # epochs trained: the trial's best epoch
+    hyperparameters: dict[str, Any]
+    runs: list[SeedRun] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[float]:
+        return [r.val_error for r in self.runs]
+
+    def stats(self) -> dict[str, float]:
+        e = self.errors
+        return {
+            "mean": statistics.fmean(e),
+            "std": statistics.stdev(e) if len(e) > 1 else 0.0,
+            "min": min(e),
+            "max": max(e),
+        }
+
+
+def study_config(study: optuna.Study) -> Config:
+    """The config stored on the study by `hpsearch search` (the same data, model and training settings)."""
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if not stored:
+        raise ConfigError(
+            f"study '{study.study_name}' was not made by `hpsearch search` (no {CONFIG_ATTR} user "
+            "attribute); there is no recipe to retrain"
+        )
+    return config_from_dict(stored, source=f"study '{study.study_name}'")
+
+
+def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    complete = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None
+    ]
+    if not complete:
+        raise ConfigError(
+            f"study '{study.study_name}' has no complete trial yet; run or resume the search first"
+        )
+    return sorted(complete, key=lambda t: (t.value, t.number))[:k]
+
+
+def trial_hyperparameters(cfg: Config, trial: FrozenTrial) -> dict[str, Any]:
+    """What the trial trained with: train defaults, then the space's fixed values, then its params."""
+    values = {name: getattr(cfg.train, name) for name in TUNABLE}
+    values.update(parse_space(cfg.search_space, cfg.source).fixed)
+    values.update(trial.params)
+    return values
+
+
+def _check_output(output: Path) -> None:
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(
+            f"-o {output}: exists and is not an empty folder; pick a new folder (nothing is overwritten)"
+        )
+
+
+def _prepare(cfg: Config, device_name: str | None):
+    from hpsearch.data import load_data, tokenize
+    from hpsearch.models import get_factory
+    from hpsearch.train import resolve_device
+
+    device = resolve_device(device_name or cfg.train.device)
+    data = load_data(cfg.data, seed=cfg.study.seed or 0)  # the same split and subsample as the search
+    factory = get_factory(cfg.model, data.label_names, data.train.texts, cfg.data)
+    encoded = tokenize(data, factory.tokenizer, cfg.model.max_length, (cfg.data, factory.key))
+    return data, factory, encoded, device
+
+
+def _fine_tuning(cfg, data, factory, encoded, hp, device, model=None):
+    from hpsearch.train import FineTuning
+
+    model = model if model is not None else factory.build(int(hp["seed"]), float(hp["dropout"]))
+    return FineTuning(
+        model,
+        encoded[0],
+        data.train.labels,
+        encoded[1],
+        data.validation.labels,
+        hp,
+        cfg.train,
+        pad_id=factory.tokenizer.pad_token_id,
+        device=device,
+    )
+
+
+def _train_one(cfg, data, factory, encoded, hp, n_epochs, device) -> tuple[SeedRun, dict | None]:
+    """Train one seed for ``n_epochs``; returns its result and the model weights (on the CPU)."""
+    run = _fine_tuning(cfg, data, factory, encoded, hp, device)
+    seconds, last = 0.0, None
+    try:
+        for result in run.epochs():
+            seconds += result.train_seconds + result.eval_seconds
+            if result.diverged:
+                return SeedRun(int(hp["seed"]), 1.0, math.nan, result.epoch - 1, seconds, result.reason), None
+            last = result
+            if result.epoch >= n_epochs:
+                break
+        weights = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+        return SeedRun(int(hp["seed"]), last.val_error, last.val_loss, last.epoch, round(seconds, 3)), weights
+    finally:
+        run.release()
+
+
+def _save(
+    output: Path, factory, weights: dict, cfg: Config, meta: dict[str, Any], results: dict[str, Any]
+) -> None:
+    model = factory.build(int(meta["seed"]), float(meta["hyperparameters"]["dropout"]))
+    model.load_state_dict(weights)
+    output.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar would bury the results on stderr
+    model.save_pretrained(output)
+    factory.tokenizer.save_pretrained(output)
+    (output / "hyperparameters.yaml").write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+    (output / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+def _meta(
+    study, cfg, cand: Candidate, seed: int, val_error: float, extra: dict | None = None
+) -> dict[str, Any]:
+    return {
+        "study": study.study_name,
+        "trial": cand.trial,
+        "model": cfg.model.name,
+        "max_length": cfg.model.max_length,
+        "seed": seed,
+        "n_epochs": cand.n_epochs,
+        "schedule_epochs": cfg.train.n_epochs,
+        "val_error": val_error,
+        "hyperparameters": {**cand.hyperparameters, "seed": seed},
+        **(extra or {}),
+        "data": cfg.to_dict()["data"],
+    }
+
+
+def train_best(
+    study: optuna.Study,
+    output: str | Path,
+    n_seeds: int = 3,
+    top_k: int = 1,
+    device: str | None = None,
+    log: TextIO | None = None,
+) -> dict[str, Any]:
+    """Retrain the top-k trials' configurations with ``n_seeds`` seeds each; save the best in ``output``.
+
+    The chosen configuration is the one with the lowest mean validation error over its seeds; the saved model
+    is its seed with the lowest validation error. Returns what ``results.json`` holds.
+    """
+    log = log or sys.stderr
+    if n_seeds < 1 or top_k < 1:
+        raise ConfigError(f"--seeds and --top-k must be >= 1, got --seeds {n_seeds} --top-k {top_k}")
+    output = Path(output)
+    _check_output(output)
+    cfg = study_config(study)
+    trials = top_trials(study, top_k)
+    data, factory, encoded, device_ = _prepare(cfg, device)
+    candidates, kept = [], {}  # kept: trial -> (seed, val_error, weights) of its best seed, in CPU memory
+    for t in trials:
+        hp = trial_hyperparameters(cfg, t)
+        n_epochs = int(t.user_attrs.get("best_epoch") or cfg.train.n_epochs)
+        cand = Candidate(t.number, float(t.value), n_epochs, {k: v for k, v in hp.items() if k != "seed"})
+        for i in range(n_seeds):
+            seed = int(hp["seed"]) + i  # the first is the trial's own seed: that run reproduces the trial
+            run, weights = _train_one(cfg, data, factory, encoded, {**hp, "seed": seed}, n_epochs, device_)
+            cand.runs.append(run)
+            log.write(
+                f"trial {t.number} seed {seed}: val_error {run.val_error:.4f} after {run.epochs} epochs"
+                f" ({run.train_seconds:.1f} s)"
+                + (f"; diverged: {run.diverged}" if run.diverged else "")
+                + (f"; the trial reported {t.value:.4f}" if i == 0 else "")
+                + "\n"
+            )
+            log.flush()
+            if weights is not None and (t.number not in kept or run.val_error < kept[t.number][1]):
+                kept[t.number] = (seed, run.val_error, weights)
+        candidates.append(cand)
+        log.write(_describe(cand) + "\n")
+    usable = [c for c in candidates if c.trial in kept]
+    if not usable:
+        raise HpsearchError("every retraining run diverged; nothing to save (see the lines above)")
+    chosen = min(usable, key=lambda c: (c.stats()["mean"], c.trial))
+    seed, val_error, weights = kept[chosen.trial]
+    results = {
+        "study": study.study_name,
+        "chosen_trial": chosen.trial,
+        "saved_seed": seed,
+        "saved_val_error": val_error,
+        "output": str(output),
+        "candidates": [
+            {
+                "trial": c.trial,
+                "trial_val_error": c.trial_val_error,
+                "n_epochs": c.n_epochs,
+                "hyperparameters": c.hyperparameters,
+                "val_error": c.stats(),
+                "runs": [asdict(r) for r in c.runs],
+            }
+            for c in candidates
+        ],
+        "config": cfg.to_dict(),
+    }
+    _save(
+        output,
+        factory,
+        weights,
+        cfg,
+        _meta(study, cfg, chosen, seed, val_error, {"val_error_over_seeds": chosen.stats()}),
+        results,
+    )
+    return results
+
+
+def export_checkpoint(
+    study: optuna.Study, output: str | Path, device: str | None = None, log: TextIO | None = None
+) -> dict[str, Any]:
+    """Save the best trial's kept checkpoint as a model, without retraining; its validation error is measured.
+
+    The checkpoint holds the trial's last epoch, which is its best epoch only when the curve did not turn up.
+    """
+    from hpsearch.objective import load_checkpoint
+
+    log = log or sys.stderr
+    output = Path(output)
+    _check_output(output)
+    cfg = study_config(study)
+    best = best_trial(study)
+    if best is None:
+        raise ConfigError(
+            f"study '{study.study_name}' has no complete trial yet; run or resume the search first"
+        )
+    path = best.user_attrs.get(CHECKPOINT_ATTR, "")
+    state = load_checkpoint(path)
+    if state is None:
+        raise ConfigError(
+            f"the checkpoint of best trial {best.number} ({path or 'none recorded'}) is gone; retrain"
+            " instead (drop --from-checkpoint), or set train.save_best: true for the next search"
+        )
+    hp = trial_hyperparameters(cfg, best)
+    data, factory, encoded, device_ = _prepare(cfg, device)
+    model = factory.build(int(hp["seed"]), float(hp["dropout"]))
+    model.load_state_dict(state["model"])
+    run = _fine_tuning(cfg, data, factory, encoded, hp, device_, model)
+    try:
+        val_loss, val_error = run.evaluate()
+        weights = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+    finally:
+        run.release()
+    epoch = int(state["epoch"])
+    reported = best.intermediate_values.get(epoch)
+    log.write(
+        f"trial {best.number}: checkpoint of epoch {epoch} (best epoch {best.user_attrs.get('best_epoch')}),"
+        f" val_error {val_error:.4f}"
+        + (f"; the trial reported {reported:.4f}" if reported is not None else "")
+        + "\n"
+    )
+    warning = ""
+    if reported is not None and abs(val_error - reported) > MISMATCH:
+        # Same weights, same data: only a different tokenizer explains it. The built-in tiny model's tokenizer
+        # is trained again in every process, and its vocabulary differs from one process to the next.
+        warning = (
+            f"the exported model measures val_error {val_error:.4f} where trial {best.number} reported"
+            f" {reported:.4f} at epoch {epoch}: the tokenizer rebuilt here differs from the search's"
+            f" (model {cfg.model.name!r}); retrain instead (drop --from-checkpoint)"
+        )
+        log.write(f"warning: {warning}\n")
+    cand = Candidate(
+        best.number,
+        float(best.value),
+        epoch,
+        {k: v for k, v in hp.items() if k != "seed"},
+        [SeedRun(int(hp["seed"]), val_error, val_loss, epoch, 0.0)],
+    )
+    results = {
+        "study": study.study_name,
+        "chosen_trial": best.number,
+        "saved_seed": int(hp["seed"]),
+        "saved_val_error": val_error,
+        "output": str(output),
+        "from_checkpoint": path,
+        "epoch": epoch,
+        "trial_val_error_at_epoch": reported,
+        "warning": warning,
+        "config": cfg.to_dict(),
+    }
+    _save(
+        output,
+        factory,
+        weights,
+        cfg,
+        _meta(study, cfg, cand, int(hp["seed"]), val_error, {"from_checkpoint": path}),
+        results,
+    )
+    return results
+
+
+def _describe(c: Candidate) -> str:
+    s = c.stats()
+    return (
+        f"trial {c.trial}: val_error mean {s['mean']:.4f}, std {s['std']:.4f}, min {s['min']:.4f},"
+        f" max {s['max']:.4f} over {len(c.runs)} seeds ({c.n_epochs} epochs; the trial reported"
+        f" {c.trial_val_error:.4f})"
+    )

@@ -1,0 +1,108 @@
+"""What a study cost: device-hours, epochs trained against a search without pruning, time to the best trial.
+
+Every trial records ``train_seconds`` (training plus validation, summed over its epochs) and ``device`` as
+user attributes. A retried trial inherits its predecessor's attributes and adds to them, so the failed
+trial it replaces is left out of the sums: counting both would count the same epochs twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.study import CONFIG_ATTR, OVER_BUDGET_ATTR, best_trial
+
+
+@dataclass(frozen=True)
+class Cost:
+    device_hours: float  # training + validation time of every trial, in hours of one device
+    device_hours_by_device: dict[str, float] = field(default_factory=dict)
+    n_finished: int = 0  # complete + pruned trials
+    n_epochs: int | None = None  # maximum epochs per trial (train.n_epochs)
+    epochs_trained: int = 0  # epochs actually trained, all trials (failed ones included)
+    epochs_without_pruning: int | None = None  # n_finished * n_epochs: what the same trials cost unpruned
+    best_trial: int | None = None
+    time_to_best_s: float | None = None  # study start -> completion of the best trial, wall time
+    wall_s: float | None = None  # study start -> last trial finished (or now, while trials run)
+
+    @property
+    def epochs_saved(self) -> float | None:
+        """Share of the no-pruning epochs that pruning (and early divergence stops) did not train."""
+        if not self.epochs_without_pruning:
+            return None
+        return 1 - self.epochs_trained / self.epochs_without_pruning
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["epochs_saved"] = None if self.epochs_saved is None else round(self.epochs_saved, 4)
+        return out
+
+    def summary(self) -> str:
+        """One line for `hpsearch show` and the study note."""
+        devices = ", ".join(f"{d} {h:.3g}" for d, h in sorted(self.device_hours_by_device.items()))
+        parts = [f"{self.device_hours:.3g} device-hours" + (f" ({devices})" if devices else "")]
+        if self.epochs_without_pruning:
+            parts.append(
+                f"{self.epochs_trained} epochs trained of {self.epochs_without_pruning} without pruning "
+                f"({self.n_finished} trials x {self.n_epochs}; {self.epochs_saved:.0%} saved)"
+            )
+        else:
+            parts.append(f"{self.epochs_trained} epochs trained")
+        if self.time_to_best_s is not None:
+            parts.append(
+                f"best trial {self.best_trial} after {format_seconds(self.time_to_best_s)}"
+                f" of {format_seconds(self.wall_s or 0.0)} wall time"
+            )
+        return "; ".join(parts)
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _replaced(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of failed trials that a retry took over (with their epochs and train_seconds)."""
+    return {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+
+
+def compute_cost(study: optuna.Study) -> Cost:
+    from datetime import datetime
+
+    trials = [t for t in study.get_trials(deepcopy=False) if OVER_BUDGET_ATTR not in t.user_attrs]
+    replaced = _replaced(trials)
+    counted = [t for t in trials if t.number not in replaced]
+    by_device: dict[str, float] = defaultdict(float)
+    for t in counted:
+        seconds = float(t.user_attrs.get("train_seconds") or 0.0)
+        if seconds:
+            by_device[str(t.user_attrs.get("device", "unknown"))] += seconds / 3600
+    n_finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    n_epochs = study.user_attrs.get(CONFIG_ATTR, {}).get("train", {}).get("n_epochs")
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    start = min(starts) if starts else None
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    running = any(t.state == TrialState.RUNNING for t in trials)
+    end = datetime.now() if running else max(ends) if ends else None
+    best = best_trial(study)
+    to_best = None
+    if best is not None and start is not None and best.datetime_complete is not None:
+        to_best = (best.datetime_complete - start).total_seconds()
+    return Cost(
+        device_hours=round(sum(by_device.values()), 6),
+        device_hours_by_device={d: round(h, 6) for d, h in by_device.items()},
+        n_finished=n_finished,
+        n_epochs=n_epochs,
+        epochs_trained=sum(int(t.user_attrs.get("epochs_run") or 0) for t in counted),
+        epochs_without_pruning=n_finished * n_epochs if n_epochs else None,
+        best_trial=best.number if best else None,
+        time_to_best_s=None if to_best is None else round(to_best, 1),
+        wall_s=None if start is None or end is None else round((end - start).total_seconds(), 1),
+    )

@@ -1,0 +1,369 @@
+"""Many workers on one study, with real subprocesses: exact budget, kill -9 and SIGTERM mid-trial, resume.
+
+Every worker here is a real `python -m hpsearch search` process on a real SQLite file or PostgreSQL server;
+the store is read back with Optuna, never only the printed text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpsearch.study import OVER_BUDGET_ATTR, close_storages, open_storage
+from hpsearch.workers import parse_gpus, plan_workers
+
+ERRORS = re.compile(r"database is locked|Traceback|hpsearch: (internal )?error|Error:", re.IGNORECASE)
+# Trials long enough to be caught mid-way: four epochs of a few seconds each.
+SLOW_TRIAL = {
+    "study": {"n_trials": 2, "sampler": "random", "pruner": "none", "heartbeat_interval": 1,
+              "grace_period": 3},
+    "data": {"demo_size": 800},
+    "train": {"n_epochs": 4},
+    "search_space": {"batch_size": 16},
+}
+FAST_TRIAL = {"data": {"demo_size": 200}, "train": {"n_epochs": 1}}
+
+
+@pytest.fixture(autouse=True)
+def _close_connections():
+    yield
+    close_storages()
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hpsearch", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _start(workdir: Path, log: str, *args: str) -> subprocess.Popen:
+    """A worker in the background; its stdout and stderr go to ``log``."""
+    out = open(workdir / log, "wb")  # noqa: SIM115 (closed when the process ends, in _finish)
+    proc = subprocess.Popen(_command(*args), cwd=workdir, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+    proc.log = workdir / log
+    proc.out = out
+    return proc
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        proc.out.close()
+        pytest.fail(f"worker did not finish in {timeout} s:\n{proc.log.read_text()[-3000:]}")
+    proc.out.close()
+    return code, proc.log.read_text()
+
+
+def _run(workdir: Path, *args: str, timeout: float = 240) -> tuple[int, str]:
+    return _finish(_start(workdir, f"run{time.monotonic_ns()}.log", *args), timeout)
+
+
+def _study(url: str, name: str = "t") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url, create=not url.startswith("sqlite")))
+
+
+def _wait_until(what: str, check, procs: list[subprocess.Popen], timeout: float = 180, ready: str = "' in "):
+    """Poll ``check()`` until it returns something true; fail with the workers' output if they end first.
+    The store is opened only once the first worker's log has ``ready`` (by default: the study exists)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                pytest.fail(f"worker exited ({p.returncode}) before {what}:\n{p.log.read_text()[-3000:]}")
+        if ready in procs[0].log.read_text():
+            found = check()
+            if found:
+                return found
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _running_after_epoch(url: str, n: int = 1, min_epoch: int = 1):
+    """The running trials once ``n`` of them have a checkpoint of at least ``min_epoch`` epochs."""
+
+    def check():
+        running = [t for t in _study(url).get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+        ready = [t for t in running if t.user_attrs.get("epochs_run", 0) >= min_epoch]
+        return running if len(ready) >= n and len(ready) == len(running) else None
+
+    return check
+
+
+def _epochs_trained(output: str, number: int) -> list[int]:
+    return [int(e) for e in re.findall(rf"trial {number} epoch (\d+)/", output)]
+
+
+def _assert_resumed(study: optuna.Study, original: optuna.trial.FrozenTrial, output: str, n_epochs: int):
+    """The retry of ``original`` has its params, resumed from its checkpoint, kept its learning curve and
+    trained only the epochs that were missing."""
+    after = next(t for t in study.trials if t.number == original.number)
+    assert after.state == TrialState.FAIL
+    [retry] = [t for t in study.trials if t.system_attrs.get("failed_trial") == original.number]
+    assert retry.state == TrialState.COMPLETE, retry
+    assert retry.params == original.params
+    resumed = retry.user_attrs["resumed_from_epoch"]
+    assert resumed >= original.user_attrs["epochs_run"] >= 1
+    assert {s: v for s, v in retry.intermediate_values.items() if s in after.intermediate_values} \
+        == after.intermediate_values  # the learning curve is kept, so the pruner compares it fairly
+    assert sorted(retry.intermediate_values) == list(range(1, n_epochs + 1))
+    assert _epochs_trained(output, retry.number) == list(range(resumed + 1, n_epochs + 1))
+    assert f"trial {retry.number} resumes trial {original.number} after epoch {resumed}" in output
+
+
+def _assert_budget_exact(study: optuna.Study, n_trials: int) -> None:
+    """Exactly ``n_trials`` finished; every other trial failed and was retried, or was an over-budget ask."""
+    trials = study.trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n_trials
+    retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert OVER_BUDGET_ATTR in t.user_attrs or t.number in retried, t
+        else:
+            assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t  # nothing left running or queued
+
+
+# --- several workers, one study ---------------------------------------------------------------------------
+
+def _eight_workers(make_config, workdir, storage: str) -> None:
+    """8 workers share study w8 (16 trials) while one more worker runs study `solo` in the same store."""
+    # A realistic grace period: 9 processes on two cores can delay a heartbeat by seconds.
+    config = make_config(study={"n_trials": 16, "name": "w8", "grace_period": 15}, **FAST_TRIAL)
+    solo_config = make_config("solo.yaml", study={"n_trials": 3, "name": "solo", "seed": 7}, **FAST_TRIAL)
+    parent = _start(workdir, "w8.log", "search", str(config), "--storage", storage, "--workers", "8")
+    _wait_until("study w8 exists", lambda: True, [parent])
+    solo = _start(workdir, "solo.log", "search", str(solo_config), "--storage", storage)
+    (code, output), (solo_code, solo_output) = _finish(parent, timeout=400), _finish(solo, timeout=400)
+    assert code == 0, output[-3000:]
+    assert solo_code == 0, solo_output[-3000:]
+    for text in (output, solo_output):
+        assert not ERRORS.search(text), ERRORS.search(text).group(0) + "\n" + text[-3000:]
+    for k in range(8):  # every worker ran, said why it stopped, and exited 0
+        assert f"[w{k}] budget met: study 'w8' has 16/16 finished trials" in output, output[-3000:]
+    study = _study(storage, "w8")
+    _assert_budget_exact(study, 16)
+    learning_rates = [t.params["learning_rate"] for t in study.trials if t.state.is_finished() and t.params]
+    assert len(set(learning_rates)) == len(learning_rates)  # seeds offset by worker: no trial repeated
+    workers = {t.user_attrs["worker"] for t in study.trials if t.state == TrialState.COMPLETE}
+    assert len(workers) >= 2  # the trials really were shared out
+    # The other study in the same store: its own budget, untouched by the 8 workers' asks and stale checks.
+    other = _study(storage, "solo")
+    assert [t.state for t in other.trials] == [TrialState.COMPLETE] * 3
+    assert other.user_attrs["hpsearch_config"]["study"]["n_trials"] == 3
+
+
+@pytest.mark.slow
+def test_eight_workers_on_one_sqlite_study_run_exactly_n_trials_beside_another_study(make_config, workdir):
+    _eight_workers(make_config, workdir, f"sqlite:///{workdir}/studies/w8.db")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_eight_workers_on_one_postgresql_study_run_exactly_n_trials_beside_another_study(
+        make_config, workdir, postgres_url):
+    _eight_workers(make_config, workdir, postgres_url)
+
+
+# --- crash recovery --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_kill_9_mid_trial_then_a_new_worker_resumes_it_from_its_checkpoint(make_config, workdir):
+    url = f"sqlite:///{workdir}/studies/t.db"
+    config = make_config(**SLOW_TRIAL)
+    worker = _start(workdir, "killed.log", "search", str(config))
+    _wait_until("a trial with a checkpoint", _running_after_epoch(url), [worker])
+    worker.kill()  # SIGKILL: no handler runs, the trial stays RUNNING in the store
+    _finish(worker)
+    [dead] = [t for t in _study(url).trials if t.state == TrialState.RUNNING]
+    checkpoint = Path(dead.user_attrs["checkpoint_path"])
+    assert checkpoint.is_file()
+
+    code, output = _run(workdir, "search", str(config))
+    assert code == 0, output[-3000:]
+    study = _study(url)
+    assert next(t for t in study.trials if t.number == dead.number).user_attrs["epochs_run"] \
+        == dead.user_attrs["epochs_run"]
+    _assert_resumed(study, dead, output, n_epochs=4)
+    _assert_budget_exact(study, 2)
+    assert not checkpoint.exists()  # the dead trial's checkpoint is gone once its retry has its own
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_sigterm_to_workers_checkpoints_requeues_and_a_rerun_resumes(make_config, workdir, postgres_url):
+    # Three trials: the second worker starts once the first has opened the study; the first usually goes on to
+    # a second trial, so one or two trials are mid-way when the signal comes.
+    # No trial goes stale here: a long grace period keeps a heartbeat delayed by the load from failing one.
+    study = {**SLOW_TRIAL["study"], "n_trials": 3, "grace_period": 15}
+    config = make_config(**{**SLOW_TRIAL, "study": study})
+    parent = _start(workdir, "stopped.log", "search", str(config), "--storage", postgres_url,
+                    "--workers", "2")
+    running = _wait_until("the second worker past its first epoch", _running_after_epoch(postgres_url),
+                          [parent], ready="[w1] trial")
+    at_signal = {t.number: len(t.intermediate_values) for t in running}
+    parent.send_signal(signal.SIGTERM)  # as Slurm preemption or `kubectl delete` would
+    code, output = _finish(parent, timeout=120)
+    assert code == 143, output[-3000:]  # 128 + SIGTERM: stopped before the study finished
+    study = _study(postgres_url)
+    stopped = [t for t in study.trials if t.number in at_signal]
+    for t in stopped:
+        assert t.state == TrialState.FAIL and "interrupted" in t.user_attrs["fail_reason"]
+        assert len(t.intermediate_values) >= at_signal[t.number]  # the running epoch was allowed to end
+        assert f"trial {t.number} checkpointed and re-queued" in output
+    assert sum(t.state == TrialState.WAITING for t in study.trials) == len(stopped)
+
+    code, output = _run(workdir, "search", str(config), "--storage", postgres_url)
+    assert code == 0, output[-3000:]
+    study = _study(postgres_url)
+    for t in stopped:
+        _assert_resumed(study, t, output, n_epochs=4)
+    _assert_budget_exact(study, 3)
+
+
+# --- planning workers (no processes) ----------------------------------------------------------------------
+
+def test_gpus_are_given_one_worker_each_with_cuda_visible_devices():
+    plan = plan_workers(gpus=parse_gpus("0,1,3", count=4))
+    assert [(w.label, w.env["CUDA_VISIBLE_DEVICES"], w.index) for w in plan] == [
+        ("gpu0", "0", 0), ("gpu1", "1", 1), ("gpu3", "3", 2)]
+
+
+def test_gpu_indices_follow_the_devices_slurm_made_visible():
+    assert parse_gpus("all", visible="4,5", count=2) == ["4", "5"]
+    assert parse_gpus("1", visible="4,5", count=2) == ["5"]
+
+
+@pytest.mark.parametrize(("spec", "count", "message"), [
+    ("all", 0, "no CUDA GPU is visible"),
+    ("0,x", 2, "expected `all` or GPU indices"),
+    ("0,0", 2, "listed twice"),
+    ("0,3", 2, "no GPU 3 on this machine"),
+])
+def test_bad_gpu_lists_are_rejected_with_the_fix(spec, count, message):
+    from hpsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse_gpus(spec, count=count)
+
+
+def test_worker_numbers_start_at_worker_index_so_nodes_do_not_repeat_each_other():
+    assert [w.index for w in plan_workers(3, first_index=4)] == [4, 5, 6]
+    assert [w.label for w in plan_workers(2)] == ["w0", "w1"]
+
+
+def test_gpus_without_a_gpu_is_one_line_and_writes_nothing(make_config, workdir):
+    from click.testing import CliRunner
+
+    from hpsearch.cli import cli
+
+    if _gpu_count() > 0:
+        pytest.skip("this machine has a GPU; the message is for machines without one")
+    result = CliRunner().invoke(cli, ["search", str(make_config()), "--gpus", "all"])
+    assert result.exit_code == 2 and "no CUDA GPU is visible" in result.stderr, result.output
+    assert not (workdir / "studies").exists()
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def test_a_worker_whose_trial_another_worker_failed_as_stale_goes_on(workdir):
+    """Heartbeats late under load: another worker fails and re-queues the trial while it still runs here.
+    This worker must not crash; the retry resumes elsewhere and the budget still counts the trial once."""
+    import io
+
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from hpsearch.config import load_config
+    from hpsearch.search import Reporter, _run_one
+    from hpsearch.study import quiet_optuna_warnings
+
+    cfg = load_config(None, overrides={"storage": f"sqlite:///{workdir}/s.db", "name": "late"},
+                      sets=["study.heartbeat_interval=1"])
+    study = optuna.create_study(study_name="late", storage=open_storage(cfg.study.storage, cfg))
+
+    def objective(trial):
+        trial.report(0.4, 1)
+        # What another worker's fail_stale_trials does when this one's heartbeat is late:
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, study.trials[trial.number])
+        trial.report(0.3, 2)  # raises: the trial is finished
+        return 0.3
+
+    out = io.StringIO()
+    with quiet_optuna_warnings():
+        trial = study.ask()
+        assert _run_one(study, trial, objective, Reporter(out)) is None
+    assert "was failed and re-queued by another worker" in out.getvalue()
+    old, retry = study.trials
+    assert old.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert retry.intermediate_values == {1: 0.4}
+
+
+def test_workers_are_not_started_when_the_study_already_has_its_trials(make_config, workdir):
+    from click.testing import CliRunner
+
+    from hpsearch.cli import cli
+
+    url = f"sqlite:///{workdir}/studies/t.db"
+    study = optuna.create_study(study_name="t", storage=open_storage(url))
+    for _ in range(3):
+        study.tell(study.ask(), 0.5)
+    result = CliRunner().invoke(cli, ["search", str(make_config()), "--workers", "4"])
+    assert result.exit_code == 0, result.output
+    assert "budget met: study 't' has 3/3 finished trials; no worker started" in result.stderr
+    assert len(_study(url).trials) == 3
+
+
+def test_a_mistake_only_the_first_worker_can_see_is_reported_once_and_writes_nothing(make_config, workdir):
+    from click.testing import CliRunner
+
+    from hpsearch.cli import cli
+
+    config = make_config(data={"name": None, "train_file": "missing.csv"})
+    result = CliRunner().invoke(cli, ["search", str(config), "--workers", "3"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("[w0] hpsearch: error: ") and "missing.csv" in errors[0]
+    assert "[w1]" not in result.stderr and "[w2]" not in result.stderr
+    assert not (workdir / "studies").exists()
+
+
+def test_a_failed_trials_checkpoint_is_kept_until_its_retry_is_queued(workdir):
+    """Failing a stale trial and queueing its retry are two steps; a cleanup in between must not delete it."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from hpsearch.search import cleanup_checkpoints
+
+    study = optuna.create_study(study_name="c", storage=open_storage(f"sqlite:///{workdir}/c.db"))
+    checkpoint = workdir / "trial-0.pt"
+    checkpoint.write_bytes(b"epoch 2")
+    stale = study.ask()
+    stale.set_user_attr("checkpoint_path", str(checkpoint))
+    study._storage.set_trial_state_values(stale._trial_id, TrialState.FAIL)  # step 1 of the stale check
+    other = study.ask()
+    study.tell(other, 0.5)
+    cleanup_checkpoints(study)  # another worker finished a trial in between
+    assert checkpoint.exists()
+    RetryHeartbeatStaleTrialCallback()(study, study.trials[0])  # step 2: the retry names the checkpoint
+    retry = study.ask()
+    retry.set_user_attr("checkpoint_path", str(workdir / "trial-2.pt"))  # its first epoch saved its own
+    study.tell(retry, 0.4)
+    cleanup_checkpoints(study)
+    assert not checkpoint.exists()

@@ -1,0 +1,278 @@
+"""Stores for many workers: SQLite, PostgreSQL, MySQL URLs, journal files; the study-wide budget; status."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from hpsearch.cli import cli
+from hpsearch.config import load_config
+from hpsearch.errors import ConfigError
+from hpsearch.results import running_status, visible_trials
+from hpsearch.study import (
+    OVER_BUDGET_ATTR,
+    _normalise_url,
+    close_storages,
+    counts,
+    is_over_budget,
+    open_storage,
+    quiet_optuna_warnings,
+    remaining_budget,
+)
+
+
+@pytest.fixture(autouse=True)
+def _close_connections():
+    """Give back the database connections a test opened (psycopg warns about ones left to the GC)."""
+    yield
+    close_storages()
+
+
+def _one_line_error(result) -> str:
+    """The CLI's contract for bad input: exit 2, one line on stderr, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpsearch: error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("postgresql://hp:pw@db/hpsearch", "postgresql+psycopg://hp:pw@db/hpsearch"),  # psycopg 3, not psycopg2
+    ("postgres://hp@db/hpsearch", "postgresql+psycopg://hp@db/hpsearch"),
+    ("postgresql+psycopg://hp@db/hpsearch", "postgresql+psycopg://hp@db/hpsearch"),
+    ("mysql://hp@db/hpsearch", "mysql+pymysql://hp@db/hpsearch"),
+    ("mysql+pymysql://hp@db/hpsearch", "mysql+pymysql://hp@db/hpsearch"),
+    ("sqlite:///studies/x.db", "sqlite:///studies/x.db"),
+])
+def test_short_database_urls_name_the_installed_driver(url, expected):
+    assert _normalise_url(url) == expected
+
+
+def test_mysql_url_without_its_driver_is_one_line_naming_the_extra(make_config, workdir):
+    try:
+        import pymysql  # noqa: F401
+
+        pytest.skip("PyMySQL is installed; this test is about the message when it is not")
+    except ImportError:
+        pass
+    config = make_config()
+    line = _one_line_error(CliRunner().invoke(cli, ["search", str(config), "--storage", "mysql://hp:secret@db/hp"]))
+    assert "hpsearch[mysql]" in line and "secret" not in line
+    assert not (workdir / "studies").exists() and not (workdir / "checkpoints").exists()
+
+
+def test_unreachable_postgresql_is_one_line_and_writes_nothing(make_config, workdir):
+    config = make_config()
+    url = "postgresql+psycopg://hp:secret@127.0.0.1:1/hpsearch"  # port 1: nothing listens
+    line = _one_line_error(CliRunner().invoke(cli, ["search", str(config), "--storage", url]))
+    assert "cannot reach" in line and "127.0.0.1" in line and "secret" not in line
+    assert not (workdir / "studies").exists() and not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.postgres
+def test_missing_postgresql_database_is_one_line_and_creates_nothing(make_config, workdir, pg_server):
+    import psycopg
+
+    config = make_config()
+    url = pg_server.url.rsplit("/", 1)[0] + "/no_such_db"
+    line = _one_line_error(CliRunner().invoke(cli, ["search", str(config), "--storage", url]))
+    assert "no_such_db" in line
+    with psycopg.connect(pg_server.libpq_url) as con:
+        names = {r[0] for r in con.execute("SELECT datname FROM pg_database")}
+    assert "no_such_db" not in names
+
+
+@pytest.mark.postgres
+def test_search_on_postgresql_lands_in_the_server(make_config, postgres_url):
+    config = make_config(study={"n_trials": 2}, train={"n_epochs": 1})
+    result = CliRunner().invoke(cli, ["search", str(config), "--storage", postgres_url])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="t", storage=open_storage(postgres_url))
+    assert sum(t.state.is_finished() for t in study.trials) == 2
+    listed = CliRunner().invoke(cli, ["studies", "--storage", postgres_url])
+    assert listed.exit_code == 0 and "t: 2 complete" in listed.output
+
+
+@pytest.mark.parametrize("form", ["path", "journal-url"])
+def test_journal_file_store_holds_a_study(make_config, workdir, form):
+    path = workdir / "shared" / "studies.log"
+    storage = str(path) if form == "path" else f"journal:{path}"
+    config = make_config(study={"n_trials": 2}, train={"n_epochs": 1})
+    result = CliRunner().invoke(cli, ["search", str(config), "--storage", storage])
+    assert result.exit_code == 0, result.output
+    assert path.is_file() and not (workdir / "studies").exists()
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    study = optuna.load_study(study_name="t", storage=JournalStorage(JournalFileBackend(str(path))))
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
+    shown = CliRunner().invoke(cli, ["show", "t", "--storage", storage])
+    assert shown.exit_code == 0 and "complete" in shown.output
+
+
+def test_reading_a_missing_journal_file_does_not_create_it(workdir):
+    line = _one_line_error(CliRunner().invoke(cli, ["studies", "--storage", "nowhere/studies.log"]))
+    assert "does not exist" in line
+    assert not (workdir / "nowhere").exists()
+
+
+def _study(workdir, n_trials=2, heartbeat=False, **study):
+    """A real SQLite study; with ``heartbeat`` its storage beats and retries as a worker's does."""
+    storage = f"sqlite:///{workdir}/s.db"
+    cfg = load_config(None, overrides={"storage": storage, "name": "b", "n_trials": n_trials},
+                      sets=[f"study.{k}={v}" for k, v in study.items()])
+    storage = open_storage(cfg.study.storage, cfg if heartbeat else None)
+    study = optuna.create_study(study_name="b", storage=storage, load_if_exists=True)
+    study.set_user_attr("hpsearch_config", cfg.to_dict())  # as open_study records it: grace period, n_epochs
+    return cfg, study
+
+
+def test_asks_past_the_budget_are_over_budget_and_hidden(workdir):
+    _, study = _study(workdir, n_trials=2)
+    asked = [study.ask() for _ in range(3)]  # three workers ask at once for a budget of two
+    assert [is_over_budget(study, t, 2) for t in asked] == [False, False, True]
+    asked[2].set_user_attr(OVER_BUDGET_ATTR, "another worker took the last trial of the budget")
+    study.tell(asked[2], state=TrialState.FAIL)
+    assert counts(study)[TrialState.FAIL] == 0 and counts(study)[TrialState.RUNNING] == 2
+    assert [t.number for t in visible_trials(study)] == [0, 1]
+    assert remaining_budget(study, 2) == 0
+
+
+def test_a_retry_of_a_counted_trial_is_never_over_budget(workdir):
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    _, study = _study(workdir, n_trials=2)
+    first, second = study.ask(), study.ask()
+    first.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+    first.report(0.4, 1)
+    study.tell(first, state=TrialState.FAIL)  # its worker died
+    RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, study.trials[0])
+    study.tell(second, 0.3)
+    retry = study.ask()  # pops the queued retry, numbered after both
+    assert retry.number == 2 and not is_over_budget(study, retry, 2)
+    assert retry.params == study.trials[0].params
+    assert study.trials[2].intermediate_values == {1: 0.4}
+    assert remaining_budget(study, 2) == 0
+
+
+def test_running_trials_show_their_worker_epoch_and_heartbeat_and_turn_stale(workdir):
+    cfg, study = _study(workdir, n_trials=2, heartbeat=True, heartbeat_interval=1, grace_period=1)
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    with quiet_optuna_warnings():  # hpsearch runs its own ask/tell loop with heartbeats, as here
+        trial = study.ask()
+    trial.set_user_attr("worker", "node7:4242")
+    trial.report(0.5, 1)
+    with get_heartbeat_thread(trial._trial_id, study._storage):  # a live worker beats every second
+        time.sleep(0.2)
+        [live] = running_status(study)
+    assert live["number"] == 0 and live["worker"] == "node7:4242" and live["epoch"] == 1
+    assert live["heartbeat_age_s"] is not None and not live["stale"]
+    time.sleep(2.5)  # no heartbeat for longer than the grace period: the worker is presumably dead
+    [dead] = running_status(study)
+    assert dead["stale"] and dead["heartbeat_age_s"] > 1
+
+
+def test_show_lists_running_trials_with_heartbeat(workdir):
+    cfg, study = _study(workdir, n_trials=2, heartbeat=True, heartbeat_interval=1, grace_period=30)
+    with quiet_optuna_warnings():
+        trial = study.ask()
+    trial.set_user_attr("worker", "node7:4242")
+    study._storage.record_heartbeat(trial._trial_id)
+    result = CliRunner().invoke(cli, ["show", "b", "--storage", cfg.study.storage])
+    assert result.exit_code == 0, result.output
+    assert "running trials (1):" in result.output and "node7:4242" in result.output
+    assert "last heartbeat" in result.output and "STALE" not in result.output
+
+
+def test_open_storage_rejects_a_path_that_is_not_a_url():
+    with pytest.raises(ConfigError, match="not a storage URL"):
+        open_storage("studies/x.db")
+
+
+def test_requeue_by_hand_resumes_a_dead_workers_trial_on_a_journal_store(workdir):
+    """A journal store has no heartbeat: a killed worker's trial stays RUNNING until someone re-queues it."""
+    storage = str(workdir / "studies.log")
+    cfg = load_config(None, overrides={"storage": storage, "name": "j", "n_trials": 2})
+    study = optuna.create_study(study_name="j", storage=open_storage(storage))
+    study.set_user_attr("hpsearch_config", cfg.to_dict())
+    trial = study.ask()  # its worker is gone: nothing will ever tell it
+    trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+    trial.report(0.4, 1)
+    trial.set_user_attr("checkpoint_path", str(workdir / "trial-0.pt"))
+    shown = CliRunner().invoke(cli, ["show", "j", "--storage", storage])
+    assert "no heartbeat" in shown.output
+    result = CliRunner().invoke(cli, ["requeue", "j", "0", "--storage", storage])
+    assert result.exit_code == 0, result.output
+    old, queued = optuna.load_study(study_name="j", storage=open_storage(storage)).trials
+    assert old.state == TrialState.FAIL and queued.state == TrialState.WAITING
+    assert queued.params == old.params and queued.intermediate_values == {1: 0.4}
+    assert queued.user_attrs["checkpoint_path"] == str(workdir / "trial-0.pt")
+    assert queued.system_attrs["failed_trial"] == 0
+
+
+def test_requeue_refuses_a_trial_whose_worker_is_alive(workdir):
+    cfg, study = _study(workdir, n_trials=2, heartbeat=True, heartbeat_interval=1, grace_period=30)
+    with quiet_optuna_warnings():
+        trial = study.ask()
+    study._storage.record_heartbeat(trial._trial_id)
+    line = _one_line_error(CliRunner().invoke(cli, ["requeue", "b", "0", "--storage", cfg.study.storage]))
+    assert "is alive" in line
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
+    line = _one_line_error(CliRunner().invoke(cli, ["requeue", "b", "5", "--storage", cfg.study.storage]))
+    assert "trial 5 does not exist" in line
+
+
+def _open_and_create(url: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        optuna.create_study(study_name="together", storage=open_storage(url), load_if_exists=True)
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 (the test reports what each worker saw)
+        results.put(f"{type(exc).__name__}: {exc}")
+    finally:
+        close_storages()
+
+
+@pytest.mark.postgres
+def test_workers_started_together_on_an_empty_postgresql_database_all_open_it(postgres_url):
+    """Nodes of one Slurm or Kubernetes job start at once: all create Optuna's tables in the same second."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(6), ctx.Queue()
+    procs = [ctx.Process(target=_open_and_create, args=(postgres_url, barrier, results)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    seen = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    assert seen == ["ok"] * 6
+    assert optuna.get_all_study_names(open_storage(postgres_url)) == ["together"]
+
+
+def test_a_resumed_study_does_not_repeat_the_first_runs_hyperparameters(workdir):
+    """Rerunning the same command (same seed, same worker number) must not draw the same trials again."""
+    from hpsearch.space import parse_space, suggest
+    from hpsearch.study import open_study
+
+    def config(db: str):
+        return load_config(None, overrides={"storage": f"sqlite:///{workdir}/{db}", "name": "again",
+                                            "sampler": "random"})
+
+    cfg = config("s.db")
+    space = parse_space(cfg.search_space, cfg.source)
+    drawn = []
+    with quiet_optuna_warnings():  # open_study's storage has heartbeats, as a worker's does
+        for _run in range(2):  # the first run, then the rerun that resumes it
+            study = open_study(cfg, space)
+            trial = study.ask()
+            drawn.append(suggest(trial, space)["learning_rate"])
+            study.tell(trial, 0.5)
+        assert drawn[0] != drawn[1]
+        fresh = open_study(config("t.db"), space)
+        assert suggest(fresh.ask(), space)["learning_rate"] == drawn[0]  # a new study is still reproducible

@@ -1,0 +1,122 @@
+"""train-best: a real search, then its best trial retrained (or exported) to a folder transformers loads."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import tiny_config, write_config
+
+from hpsearch.cli import cli
+from hpsearch.config import config_from_dict
+from hpsearch.data import load_data
+
+BEST = {"learning_rate": 3.0e-3, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> dict:
+    """One enqueued trial, so the best configuration is known; more demo data, so the model learns."""
+    root = tmp_path_factory.mktemp("best")
+    url = f"sqlite:///{root}/t.db"
+    config = write_config(
+        root / "t.yaml",
+        tiny_config(
+            study={"name": "t", "n_trials": 1},
+            data={"demo_size": 1000},
+            train={"n_epochs": 3, "save_best": True, "checkpoint_dir": str(root / "checkpoints")},
+        ),
+    )
+    study = optuna.create_study(study_name="t", storage=url, direction="minimize")
+    study.enqueue_trial(BEST)
+    result = CliRunner().invoke(cli, ["search", str(config), "--storage", url])
+    assert result.exit_code == 0, result.output
+    return {"root": root, "url": url, "trial": optuna.load_study(study_name="t", storage=url).best_trial}
+
+
+def validation_error(folder, cfg) -> float:
+    """Load the folder as any transformers user would, and measure it on the study's validation split."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    data = load_data(cfg.data, seed=cfg.study.seed or 0)
+    wrong = 0
+    with torch.inference_mode():
+        for s in range(0, len(data.validation), 64):
+            texts, labels = data.validation.texts[s : s + 64], data.validation.labels[s : s + 64]
+            batch = tokenizer(
+                texts, truncation=True, max_length=cfg.model.max_length, padding=True, return_tensors="pt"
+            )
+            wrong += int((model(**batch).logits.argmax(-1) != torch.tensor(labels)).sum())
+    assert [model.config.id2label[i] for i in range(model.config.num_labels)] == data.label_names
+    return wrong / len(data.validation)
+
+
+def test_train_best_saves_a_loadable_model_that_reproduces_its_validation_error(searched):
+    out = searched["root"] / "model"
+    result = CliRunner().invoke(
+        cli, ["train-best", "t", "--storage", searched["url"], "--seeds", "2", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    trial = searched["trial"]
+    (cand,) = report["candidates"]
+    assert cand["trial"] == trial.number and cand["n_epochs"] == trial.user_attrs["best_epoch"]
+    runs = cand["runs"]
+    assert [r["seed"] for r in runs] == [0, 1] and all(r["epochs"] == cand["n_epochs"] for r in runs)
+    errors = [r["val_error"] for r in runs]
+    assert cand["val_error"]["min"] == min(errors) and cand["val_error"]["max"] == max(errors)
+    assert cand["val_error"]["mean"] == pytest.approx(sum(errors) / 2)
+    # Seed 0 is the trial's own seed: the same recipe gives the trial's validation error again.
+    assert runs[0]["val_error"] == pytest.approx(trial.value, abs=0.02)
+    assert report["saved_val_error"] == min(errors)
+
+    meta = yaml.safe_load((out / "hyperparameters.yaml").read_text())
+    assert meta["hyperparameters"]["learning_rate"] == BEST["learning_rate"]
+    assert meta["hyperparameters"]["batch_size"] == BEST["batch_size"]
+    assert (
+        meta["n_epochs"] == trial.user_attrs["best_epoch"] and meta["val_error"] == report["saved_val_error"]
+    )
+    assert json.loads((out / "results.json").read_text())["saved_val_error"] == report["saved_val_error"]
+    cfg = config_from_dict(json.loads((out / "results.json").read_text())["config"])
+    assert validation_error(out, cfg) == pytest.approx(report["saved_val_error"], abs=0.01)
+
+
+def test_from_checkpoint_exports_the_trials_own_weights(searched):
+    out = searched["root"] / "exported"
+    result = CliRunner().invoke(
+        cli, ["train-best", "t", "--storage", searched["url"], "--from-checkpoint", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    trial = searched["trial"]
+    assert report["epoch"] == trial.user_attrs["epochs_run"]
+    assert report["saved_val_error"] == pytest.approx(trial.intermediate_values[report["epoch"]], abs=1e-9)
+    assert report["warning"] == ""
+    cfg = config_from_dict(json.loads((out / "results.json").read_text())["config"])
+    assert validation_error(out, cfg) == pytest.approx(report["saved_val_error"], abs=0.01)
+
+
+def test_train_best_never_writes_into_a_folder_that_holds_files(searched):
+    out = searched["root"] / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["train-best", "t", "--storage", searched["url"], "-o", str(out)])
+    assert result.exit_code == 2
+    assert "not an empty folder" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_train_best_needs_a_complete_trial(workdir):
+    url = f"sqlite:///{workdir}/e.db"
+    optuna.create_study(study_name="e", storage=url).set_user_attr(
+        "hpsearch_config", config_from_dict({}).to_dict()
+    )
+    result = CliRunner().invoke(cli, ["train-best", "e", "--storage", url, "-o", "m"])
+    assert result.exit_code == 2
+    assert "has no complete trial yet" in result.stderr and not (workdir / "m").exists()
