@@ -304,12 +304,12 @@ def export_checkpoint(
     )
     warning = ""
     if reported is not None and abs(val_error - reported) > MISMATCH:
-        # Same weights, same data: only a different tokenizer explains it. The built-in tiny model's tokenizer
-        # is trained again in every process, and its vocabulary differs from one process to the next.
+        # Same weights, same data: a different tokenizer or data (a changed file, another library version) is
+        # the likely cause, and the exported model would not be the one the study measured.
         warning = (
             f"the exported model measures val_error {val_error:.4f} where trial {best.number} reported"
-            f" {reported:.4f} at epoch {epoch}: the tokenizer rebuilt here differs from the search's"
-            f" (model {cfg.model.name!r}); retrain instead (drop --from-checkpoint)"
+            f" {reported:.4f} at epoch {epoch}: the tokenizer or data here differ from the search's"
+            f" (model {cfg.model.name!r}); check the data files, or retrain (drop --from-checkpoint)"
         )
         log.write(f"warning: {warning}\n")
     cand = Candidate(

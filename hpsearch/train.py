@@ -1,12 +1,17 @@
 """The fine-tuning loop. Knows torch and transformers, never Optuna or click.
 
 ``FineTuning(...).epochs()`` yields one :class:`EpochResult` per epoch; the caller decides what to report,
-when to checkpoint (``state_dict()``) and when to stop. A loss that turns NaN or infinite, or that climbs far above
-where it started, ends the generator at once with a result marked ``diverged``.
+when to checkpoint (``state_dict()``) and when to stop. A diverging trial ends the generator at once with a result
+marked ``diverged`` (see :meth:`FineTuning._divergence` for the rules); with ``train.divergence_stop: false`` the
+rule is only recorded (``EpochResult.divergence``) and training goes on.
+
+A batch that does not fit in memory is split into micro-batches with gradient accumulation, so the batch size,
+a statistical hyperparameter, never changes; only when a micro-batch of one does not fit does the trial fail.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import time
@@ -18,11 +23,19 @@ import torch
 from torch import nn
 
 from hpsearch.config import TrainSection
-from hpsearch.errors import TrialFailure
+from hpsearch.errors import ConfigError, TrialFailure
 
-# Divergence: an exponential moving average of the training loss this many times above its starting value.
+# Explosion: an exponential moving average (EMA) of the training loss this many times above its value after
+# DIVERGENCE_MIN_STEPS steps (the EMA needs that long to settle).
 DIVERGENCE_FACTOR = 2.0
-DIVERGENCE_MIN_STEPS = 8  # let the EMA settle before judging
+DIVERGENCE_MIN_STEPS = 8
+EMA_DECAY = 0.9  # the EMA spans about ten steps
+# Worse than chance: the EMA stays above CHANCE_FACTOR x ln(number of classes), the loss of a uniform guess,
+# once CHANCE_AFTER of the first epoch is done. On SST-2 with max_grad_norm=1, learning rates >= ~1.4e-2 bounce at
+# 0.8-1.6 for the whole run without exploding past 2x their (already high) start, and never learn; in the
+# benchmark the rule fired on 15 trials left to run on, and none of them learned (BENCHMARKS.md, "Divergence stop").
+CHANCE_FACTOR = 1.15
+CHANCE_AFTER = 0.25
 OOM_ERRORS = (torch.OutOfMemoryError,)
 
 
@@ -38,12 +51,18 @@ class EpochResult:
     real_tokens: int
     padded_tokens: int
     micro_batch_size: int
-    diverged: bool = False
-    reason: str = ""
+    diverged: bool = False  # the trial stopped inside this epoch; val_* are NaN/1.0
+    reason: str = ""  # why it stopped
+    divergence: str = ""  # the first time a divergence rule fired, even when divergence_stop is off
 
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    @property
+    def padding_efficiency(self) -> float:
+        """Real tokens / padded tokens in this epoch's training batches."""
+        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,16 +71,24 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from hpsearch.errors import ConfigError
-
         raise ConfigError("train.device: cuda requested but no GPU is visible; use `device: auto` or `cpu`")
     return torch.device(name)
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32."""
+    """The autocast dtype for ``train.precision`` on ``device``, or None for fp32.
+
+    ``auto`` is bf16 on GPUs that have it, fp16 (with a loss scaler) on older GPUs, fp32 elsewhere. fp16 is
+    refused on a CPU: CPUs have no fast fp16 matmuls, and bf16 needs no scaler.
+    """
     if name == "fp32" or (name == "auto" and device.type != "cuda"):
         return None
+    if name == "fp16" and device.type == "cpu":
+        raise ConfigError("train.precision: fp16 needs a GPU (a CPU has no fast fp16 and would need a loss scaler);"
+                          " use `precision: bf16` or `fp32` on cpu")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision: bf16 is not supported by {torch.cuda.get_device_name()};"
+                          " use `precision: fp16` or `auto`")
     if name == "bf16" or (name == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
@@ -84,21 +111,17 @@ def batches(lengths: list[int], batch_size: int, seed: int, group_by_length: boo
 
 
 def collate(encoded: dict[str, list], labels: list[int], idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad to the longest example in this batch (dynamic padding)."""
-    width = max(len(encoded["input_ids"][i]) for i in idx)
-    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)
-    for row, i in enumerate(idx):
-        seq = encoded["input_ids"][i]
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([labels[i] for i in idx])}
+    """Pad to the longest example in this batch (dynamic padding); one tensor per field, built from lists."""
+    seqs = [encoded["input_ids"][i] for i in idx]
+    width = max(len(s) for s in seqs)
+    batch = {
+        "input_ids": torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], dtype=torch.long),
+        "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], dtype=torch.long),
+        "labels": torch.tensor([labels[i] for i in idx], dtype=torch.long),
+    }
     if "token_type_ids" in encoded:
-        types = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            seq = encoded["token_type_ids"][i]
-            types[row, : len(seq)] = torch.tensor(seq)
-        batch["token_type_ids"] = types
+        types = [encoded["token_type_ids"][i] for i in idx]
+        batch["token_type_ids"] = torch.tensor([t + [0] * (width - len(t)) for t in types], dtype=torch.long)
     return batch
 
 
@@ -128,25 +151,31 @@ class FineTuning:
         self.device = device or resolve_device(settings.device)
         self.dtype = resolve_precision(settings.precision, self.device)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and later: ~8x fp32 speed
             torch.backends.cudnn.allow_tf32 = True
         self.model = model.to(self.device)
         self.batch_size = int(hp["batch_size"])
         self.micro_batch_size = self.batch_size
+        self.eval_micro_batch_size = settings.eval_batch_size
         self.lengths = [len(x) for x in train_enc["input_ids"]]
-        steps_per_epoch = math.ceil(len(train_labels) / self.batch_size)
-        total = steps_per_epoch * settings.n_epochs
+        self.steps_per_epoch = math.ceil(len(train_labels) / self.batch_size)
+        total = self.steps_per_epoch * settings.n_epochs
+        num_labels = getattr(getattr(model, "config", None), "num_labels", None) or max(train_labels) + 1
+        self.chance_loss = math.log(num_labels) if num_labels > 1 else math.inf
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and LayerNorm
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": float(hp["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=float(hp["learning_rate"]), fused=self.device.type == "cuda",
+            # one kernel, not one per tensor
+            lr=float(hp["learning_rate"]), fused=self.device.type in ("cuda", "cpu"),
         )
         warmup = int(total * float(hp["warmup_ratio"]))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(hp["lr_scheduler"], warmup, total))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.epoch = 0  # epochs finished
-        self.loss_start: float | None = None
+        self.loss_start: float | None = None  # the loss EMA after DIVERGENCE_MIN_STEPS steps
+        self.loss_ema: float | None = None
+        self.divergence = ""  # the first divergence rule that fired
 
     # --- checkpoint ------------------------------------------------------------------------------------------
 
@@ -160,6 +189,8 @@ class FineTuning:
             "scaler": self.scaler.state_dict(),
             "micro_batch_size": self.micro_batch_size,
             "loss_start": self.loss_start,
+            "loss_ema": self.loss_ema,
+            "divergence": self.divergence,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -172,6 +203,8 @@ class FineTuning:
         self.epoch = state["epoch"]
         self.micro_batch_size = state["micro_batch_size"]
         self.loss_start = state["loss_start"]
+        self.loss_ema = state.get("loss_ema")
+        self.divergence = state.get("divergence", "")
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
@@ -181,37 +214,56 @@ class FineTuning:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.device.type == "cuda":
+            # Pinned host memory lets the copy overlap with the previous step's kernels.
             return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
     def _forward_backward(self, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+        """Forward and backward of one micro-batch, its loss weighted by its share of the batch."""
+        with self._autocast():
             loss = self.model(**batch).loss
         self.scaler.scale(loss * scale).backward()
         return loss.detach()
 
+    def _accumulate(self, idx: list[int]) -> torch.Tensor:
+        """Gradients of the mean loss over ``idx``, micro-batch by micro-batch; returns that mean loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for s in range(0, len(idx), self.micro_batch_size):
+            part = idx[s:s + self.micro_batch_size]
+            batch = self._to_device(collate(self.train_enc, self.train_labels, part, self.pad_id))
+            share = len(part) / len(idx)
+            total += self._forward_backward(batch, share) * share
+        return total
+
+    def _free_after_oom(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _step(self, idx: list[int]) -> torch.Tensor:
         """One optimizer step on one batch, split into micro-batches that fit in memory.
 
-        Out of memory halves the micro-batch and redoes the batch; the effective batch size (the statistical
-        hyperparameter) never changes.
+        Out of memory halves the micro-batch and redoes the whole batch; the effective batch size (the statistical
+        hyperparameter) never changes. The halving sticks for the rest of the trial.
         """
         while True:
+            out_of_memory = False
             try:
-                self.optimizer.zero_grad(set_to_none=True)
-                total = torch.zeros((), device=self.device)
-                for s in range(0, len(idx), self.micro_batch_size):
-                    part = idx[s:s + self.micro_batch_size]
-                    batch = self._to_device(collate(self.train_enc, self.train_labels, part, self.pad_id))
-                    total += self._forward_backward(batch, len(part) / len(idx)) * (len(part) / len(idx))
-                break
+                total = self._accumulate(idx)
             except OOM_ERRORS:
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if self.micro_batch_size == 1:
-                    raise TrialFailure(f"out of memory even with micro-batch 1 (batch size {self.batch_size})")
-                self.micro_batch_size = max(1, self.micro_batch_size // 2)
+                out_of_memory = True  # handled below, once the traceback (and the tensors it holds) is gone
+            if not out_of_memory:
+                break
+            self._free_after_oom()
+            if self.micro_batch_size == 1:
+                raise TrialFailure(f"out of memory even with micro-batch 1 (batch size {self.batch_size},"
+                                   f" device {self.device})")
+            self.micro_batch_size = max(1, self.micro_batch_size // 2)
         self.scaler.unscale_(self.optimizer)
         nn.utils.clip_grad_norm_(self.model.parameters(), float(self.hp["max_grad_norm"]))
         self.scaler.step(self.optimizer)
@@ -219,66 +271,101 @@ class FineTuning:
         self.scheduler.step()
         return total
 
-    def _divergence(self, loss: float, ema: float | None, step: int) -> tuple[float, str]:
+    def _divergence(self, loss: float, step: int) -> str:
+        """The reason this trial is diverging, or "". ``step`` counts steps since the start of training.
+
+        Three rules, checked at every step: the loss is NaN or infinite; its EMA is more than DIVERGENCE_FACTOR
+        times its value after DIVERGENCE_MIN_STEPS steps (an explosion); its EMA is above CHANCE_FACTOR times the
+        loss of a uniform guess once CHANCE_AFTER of epoch 1 is done (a learning rate that bounces without
+        exploding, and never learns).
+        """
+        where = f"epoch {self.epoch + 1}, step {step}"
         if not math.isfinite(loss):
-            return loss, f"loss became {loss} at epoch {self.epoch + 1}, step {step}"
-        ema = loss if ema is None else 0.9 * ema + 0.1 * loss
-        if self.loss_start is None and step == DIVERGENCE_MIN_STEPS:
+            return f"loss became {loss} at {where}"
+        ema = self.loss_ema = loss if self.loss_ema is None else EMA_DECAY * self.loss_ema + (1 - EMA_DECAY) * loss
+        if self.loss_start is None and step >= DIVERGENCE_MIN_STEPS:
             self.loss_start = ema
         if self.loss_start is not None and ema > DIVERGENCE_FACTOR * self.loss_start:
-            return ema, (f"training loss climbed to {ema:.3g} from {self.loss_start:.3g} at epoch {self.epoch + 1},"
-                         f" step {step}")
-        return ema, ""
+            return f"training loss climbed to {ema:.3g} from {self.loss_start:.3g} at {where}"
+        if step >= max(DIVERGENCE_MIN_STEPS, CHANCE_AFTER * self.steps_per_epoch) and \
+                ema > CHANCE_FACTOR * self.chance_loss:
+            return (f"training loss {ema:.3g} is worse than a uniform guess ({self.chance_loss:.3g}) at {where}")
+        return ""
 
     def evaluate(self) -> tuple[float, float]:
-        """(validation loss, validation error) over the whole validation set."""
+        """(validation loss, validation error) over the whole validation set; halves its batch when out of memory."""
+        while True:
+            out_of_memory = False
+            try:
+                return self._evaluate(self.eval_micro_batch_size)
+            except OOM_ERRORS:
+                out_of_memory = True
+            if out_of_memory:
+                self._free_after_oom()
+                if self.eval_micro_batch_size == 1:
+                    raise TrialFailure(f"out of memory evaluating one example (device {self.device})")
+                self.eval_micro_batch_size //= 2
+
+    def _evaluate(self, batch_size: int) -> tuple[float, float]:
         self.model.eval()
         order = sorted(range(len(self.val_labels)), key=lambda i: len(self.val_enc["input_ids"][i]))
-        loss_sum, wrong = 0.0, 0
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                                                    enabled=self.dtype is not None):
-            for s in range(0, len(order), self.settings.eval_batch_size):
-                idx = order[s:s + self.settings.eval_batch_size]
-                batch = self._to_device(collate(self.val_enc, self.val_labels, idx, self.pad_id))
-                out = self.model(**batch)
-                loss_sum += float(out.loss) * len(idx)  # a sync point, once per eval batch
-                wrong += int((out.logits.argmax(-1) != batch["labels"]).sum())
-        self.model.train()
-        return loss_sum / len(order), wrong / len(order)
+        loss_sum = torch.zeros((), device=self.device)
+        wrong = torch.zeros((), dtype=torch.long, device=self.device)
+        try:
+            with torch.inference_mode(), self._autocast():
+                for s in range(0, len(order), batch_size):
+                    idx = order[s:s + batch_size]
+                    batch = self._to_device(collate(self.val_enc, self.val_labels, idx, self.pad_id))
+                    out = self.model(**batch)
+                    loss_sum += out.loss.float() * len(idx)  # summed on the device: one sync per evaluation
+                    wrong += (out.logits.argmax(-1) != batch["labels"]).sum()
+        finally:
+            self.model.train()
+        return float(loss_sum) / len(order), int(wrong) / len(order)
 
     def epochs(self) -> Iterator[EpochResult]:
         """Train the remaining epochs, yielding after each one (and at once on divergence)."""
         seed = int(self.hp["seed"])
+        stop = getattr(self.settings, "divergence_stop", True)
         self.model.train()
         while self.epoch < self.settings.n_epochs:
             plan = batches(self.lengths, self.batch_size, seed * 1000 + self.epoch, self.settings.group_by_length)
-            ema, reason, loss_sum, samples, real, padded = None, "", 0.0, 0, 0, 0
-            train_seconds = 0.0
+            reason, loss_sum, samples, real, padded, train_seconds = "", 0.0, 0, 0, 0, 0.0
             for step, idx in enumerate(plan, start=1):
                 started = time.perf_counter()
-                loss = float(self._step(idx))  # a sync point per step: divergence is caught at once
+                # a sync point per step (a few µs on a GPU): divergence shows at once
+                loss = float(self._step(idx))
                 train_seconds += time.perf_counter() - started
-                width = max(self.lengths[i] for i in idx)
                 real += sum(self.lengths[i] for i in idx)
-                padded += width * len(idx)
+                padded += max(self.lengths[i] for i in idx) * len(idx)
                 samples += len(idx)
                 loss_sum += loss * len(idx)
-                ema, reason = self._divergence(loss, ema, step)
-                if reason:
+                found = self._divergence(loss, self.epoch * self.steps_per_epoch + step)
+                if found and not self.divergence:
+                    self.divergence = found
+                if found and stop:
+                    reason = found
                     break
             if reason:
                 yield EpochResult(self.epoch + 1, float("nan"), float("nan"), 1.0, train_seconds, 0.0, samples, real,
-                                  padded, self.micro_batch_size, diverged=True, reason=reason)
+                                  padded, self.micro_batch_size, diverged=True, reason=reason,
+                                  divergence=self.divergence)
                 return
             started = time.perf_counter()
             val_loss, val_error = self.evaluate()
             eval_seconds = time.perf_counter() - started
             self.epoch += 1
             yield EpochResult(self.epoch, loss_sum / max(1, samples), val_loss, val_error, train_seconds,
-                              eval_seconds, samples, real, padded, self.micro_batch_size)
+                              eval_seconds, samples, real, padded, self.micro_batch_size, divergence=self.divergence)
 
     def release(self) -> None:
-        """Free the model and optimizer so memory does not grow across trials."""
-        del self.model, self.optimizer, self.scheduler
+        """Free the model, optimizer state and cached GPU blocks so memory does not grow across trials."""
+        if getattr(self, "model", None) is None:
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model = self.optimizer = self.scheduler = self.scaler = None
         if self.device.type == "cuda":
+            # HF modules hold reference cycles: collect them now so their GPU memory is free for the next trial.
+            # A full collection costs ~0.3 s with transformers loaded, so a CPU trial leaves it to Python.
+            gc.collect()
             torch.cuda.empty_cache()

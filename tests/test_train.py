@@ -1,0 +1,326 @@
+"""The training loop: divergence stop, out-of-memory handling, precision, checkpoints, length-grouped batches.
+
+A GPU running out of memory cannot happen on a CPU, so those tests inject ``torch.OutOfMemoryError`` into
+``FineTuning._forward_backward``; everything else is a real tiny model on real (demo) data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import io
+import math
+import random
+import weakref
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from hpsearch.cli import cli
+from hpsearch.config import DataSection, ModelSection, TrainSection, load_config
+from hpsearch.data import load_data, tokenize
+from hpsearch.errors import ConfigError
+from hpsearch.models import ModelFactory
+from hpsearch.search import Reporter, run_search
+from hpsearch.train import FineTuning, batches, resolve_precision
+
+HP = {"learning_rate": 1e-3, "batch_size": 16, "weight_decay": 0.0, "warmup_ratio": 0.0, "dropout": 0.1,
+      "seed": 0, "lr_scheduler": "linear", "max_grad_norm": 1.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: a tiny model gains nothing from more, and a shared CI box loses a lot to spinning."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """300 demo sentences (270 train / 30 validation), a tiny tokenizer and their token ids."""
+    data = load_data(DataSection(name="demo", demo_size=300))
+    factory = ModelFactory(ModelSection(name="tiny", max_length=32), data.label_names, data.train.texts)
+    encoded = tokenize(data, factory.tokenizer, 32, ("test_train", id(data)))
+    return data, factory, encoded
+
+
+def fine_tuning(demo, n_epochs=1, dropout=0.1, model_seed=0, **changes) -> FineTuning:
+    data, factory, (train_enc, val_enc) = demo
+    hp = {**HP, **{k: v for k, v in changes.items() if k in HP}}
+    settings = TrainSection(n_epochs=n_epochs, device="cpu", **{k: v for k, v in changes.items() if k not in HP})
+    return FineTuning(factory.build(model_seed, dropout), train_enc, data.train.labels, val_enc,
+                      data.validation.labels, hp, settings, pad_id=factory.tokenizer.pad_token_id)
+
+
+def fake_loss(monkeypatch, value_at):
+    """Replace the training loss by ``value_at(call)`` (None: the real loss); backward still runs."""
+    original = FineTuning._forward_backward
+    calls = []
+
+    def forward_backward(self, batch, scale):
+        loss = original(self, batch, scale)
+        calls.append(1)
+        value = value_at(len(calls))
+        return loss if value is None else torch.tensor(value)
+
+    monkeypatch.setattr(FineTuning, "_forward_backward", forward_backward)
+
+
+def oom_above(monkeypatch, limit: int):
+    """Micro-batches larger than ``limit`` examples run out of memory, as they would on a small GPU."""
+    original = FineTuning._forward_backward
+    seen = []
+
+    def forward_backward(self, batch, scale):
+        seen.append(batch["input_ids"].shape[0])
+        if batch["input_ids"].shape[0] > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return original(self, batch, scale)
+
+    monkeypatch.setattr(FineTuning, "_forward_backward", forward_backward)
+    return seen
+
+
+# --- divergence -------------------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_the_trial_within_its_first_epoch(demo, monkeypatch):
+    fake_loss(monkeypatch, lambda call: math.nan if call >= 4 else None)
+    run = fine_tuning(demo, n_epochs=3)
+    results = list(run.epochs())
+    assert len(results) == 1
+    assert results[0].diverged and results[0].epoch == 1
+    assert "loss became nan" in results[0].reason
+    assert results[0].samples == 4 * HP["batch_size"] < len(demo[0].train)
+
+
+def test_loss_worse_than_a_uniform_guess_stops_after_a_quarter_of_epoch_one(demo, monkeypatch):
+    fake_loss(monkeypatch, lambda call: 1.0)  # > 1.15 * ln 2: bouncing, never exploding past 2x its start
+    run = fine_tuning(demo, n_epochs=3, batch_size=8)
+    (result,) = list(run.epochs())
+    assert result.diverged and "worse than a uniform guess" in result.reason
+    steps = result.samples // 8
+    assert 8 <= steps < run.steps_per_epoch
+
+
+def test_loss_at_chance_level_is_not_stopped(demo, monkeypatch):
+    # A from-scratch model sits near ln 2 for most of epoch 1 before it learns: that must not count as divergence.
+    fake_loss(monkeypatch, lambda call: 0.70)
+    results = list(fine_tuning(demo, n_epochs=2, batch_size=8).epochs())
+    assert [r.epoch for r in results] == [1, 2]
+    assert not any(r.diverged or r.divergence for r in results)
+
+
+def test_exploding_loss_stops_the_trial(demo, monkeypatch):
+    fake_loss(monkeypatch, lambda call: 0.3 if call <= 10 else 0.3 * 1.3 ** (call - 10))
+    (result,) = list(fine_tuning(demo, n_epochs=2, batch_size=8).epochs())
+    assert result.diverged and "climbed" in result.reason
+
+
+def test_a_healthy_trial_trips_no_divergence_rule(demo):
+    results = list(fine_tuning(demo, n_epochs=2, batch_size=16, learning_rate=1e-3).epochs())
+    assert [r.epoch for r in results] == [1, 2]
+    assert not any(r.diverged or r.divergence for r in results)
+
+
+def test_divergence_stop_off_records_the_rule_and_trains_on(demo, monkeypatch):
+    fake_loss(monkeypatch, lambda call: math.nan if call == 3 else None)
+    results = list(fine_tuning(demo, n_epochs=2, divergence_stop=False).epochs())
+    assert [r.epoch for r in results] == [1, 2]
+    assert not any(r.diverged for r in results)
+    assert all("loss became nan" in r.divergence for r in results)
+
+
+def test_diverged_trials_are_pruned_with_the_reason_and_the_study_goes_on(make_config, workdir, monkeypatch):
+    fake_loss(monkeypatch, lambda call: math.nan)
+    cfg = load_config(make_config(study={"n_trials": 2, "name": "nan"}))
+    result = run_search(cfg, reporter=Reporter(io.StringIO()))
+    study = optuna.load_study(study_name="nan", storage=cfg.study.storage)
+    assert result.stopped_by == "budget"
+    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    assert all(t.user_attrs["prune_reason"].startswith("diverged: loss became nan") for t in study.trials)
+    assert all(t.user_attrs["epochs_run"] == 0 for t in study.trials)
+
+
+# --- out of memory ----------------------------------------------------------------------------------------
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_batch_size(demo, monkeypatch):
+    seen = oom_above(monkeypatch, 5)
+    run = fine_tuning(demo, batch_size=16)
+    (result,) = list(run.epochs())
+    n = len(demo[0].train)
+    assert not result.diverged and result.samples == n
+    assert result.micro_batch_size == 4  # 16 -> 8 -> 4
+    assert run.batch_size == 16
+    # optimizer steps: one per batch of 16, as without OOM
+    assert run.scheduler.last_epoch == math.ceil(n / 16)
+    assert max(s for s in seen[3:]) <= 4  # after the first batch found the size, nothing larger was tried
+
+
+def test_micro_batches_give_the_gradients_of_the_full_batch(demo, monkeypatch):
+    idx = list(range(16))
+    full = fine_tuning(demo, dropout=0.0, batch_size=16)
+    full._step(idx)
+    oom_above(monkeypatch, 5)
+    split = fine_tuning(demo, dropout=0.0, batch_size=16)
+    split._step(idx)
+    assert split.micro_batch_size == 4
+    for (name, a), b in zip(full.model.named_parameters(), split.model.parameters(), strict=True):
+        if a.grad is None:
+            assert b.grad is None, name
+            continue
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_out_of_memory_in_evaluation_halves_the_evaluation_batch(demo, monkeypatch):
+    run = fine_tuning(demo, eval_batch_size=32)
+    expected = run.evaluate()
+    original = run.model.forward
+
+    def forward(**batch):
+        if batch["input_ids"].shape[0] > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return original(**batch)
+
+    run.model.forward = forward
+    assert run.evaluate() == pytest.approx(expected, abs=1e-6)
+    assert run.eval_micro_batch_size == 8
+
+
+def test_out_of_memory_at_micro_batch_one_fails_the_trial_and_the_study_goes_on(make_config, workdir, monkeypatch):
+    """The first trial cannot fit even one example: it is marked failed with the reason; the others run."""
+    original_init, original_fb = FineTuning.__init__, FineTuning._forward_backward
+    made = []
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        made.append(self)
+        self.doomed = len(made) == 1
+
+    def forward_backward(self, batch, scale):
+        if self.doomed:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return original_fb(self, batch, scale)
+
+    monkeypatch.setattr(FineTuning, "__init__", init)
+    monkeypatch.setattr(FineTuning, "_forward_backward", forward_backward)
+    config = make_config(study={"n_trials": 2, "name": "oom"}, train={"n_epochs": 1})
+    result = CliRunner().invoke(cli, ["search", str(config)])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="oom", storage=f"sqlite:///{workdir}/studies/oom.db")
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "out of memory even with micro-batch 1" in study.trials[0].user_attrs["fail_reason"]
+    assert all(t.user_attrs["micro_batch_size"] in (16, 32) for t in study.trials[1:])
+
+
+def test_release_drops_the_model(demo):
+    run = fine_tuning(demo)
+    next(run.epochs())
+    model = weakref.ref(run.model)
+    optimizer = weakref.ref(run.optimizer)
+    run.release()
+    gc.collect()
+    assert model() is None and optimizer() is None
+    run.release()  # twice is harmless
+
+
+# --- precision --------------------------------------------------------------------------------------------
+
+
+def test_bf16_trains_under_cpu_autocast(demo):
+    run = fine_tuning(demo, precision="bf16")
+    assert run.dtype == torch.bfloat16
+    seen = []
+    original = run.model.forward
+
+    def forward(**batch):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return original(**batch)
+
+    run.model.forward = forward
+    (result,) = list(run.epochs())
+    assert seen and all(s == (True, torch.bfloat16) for s in seen)
+    assert math.isfinite(result.train_loss) and math.isfinite(result.val_loss)
+    assert next(run.model.parameters()).dtype == torch.float32  # master weights stay fp32
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("fp32", None), ("auto", None), ("bf16", torch.bfloat16)])
+def test_precision_on_cpu(precision, expected):
+    assert resolve_precision(precision, torch.device("cpu")) == expected
+
+
+def test_fp16_on_cpu_is_refused_before_anything_is_written(make_config, workdir):
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", torch.device("cpu"))
+    config = make_config(train={"precision": "fp16", "device": "cpu"})
+    result = CliRunner().invoke(cli, ["search", str(config)])
+    assert result.exit_code == 2
+    assert "fp16 needs a GPU" in result.output and "Traceback" not in result.output
+    assert not (workdir / "studies").exists()
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------
+
+
+def test_resuming_after_epoch_one_gives_the_uninterrupted_epoch_two(demo):
+    through = fine_tuning(demo, n_epochs=2)
+    expected = list(through.epochs())[1]
+
+    first = fine_tuning(demo, n_epochs=2)
+    gen = first.epochs()
+    next(gen)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)  # as the objective writes it to disk
+    first.release()
+    random.random()
+    torch.rand(3)  # the resuming process has its own RNG history
+    resumed = fine_tuning(demo, n_epochs=2, model_seed=123)
+    resumed.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=False))
+    (again,) = list(resumed.epochs())
+    assert again.epoch == 2
+    assert again.train_loss == pytest.approx(expected.train_loss, rel=1e-5)
+    assert again.val_loss == pytest.approx(expected.val_loss, rel=1e-5)
+    assert again.val_error == expected.val_error
+    for a, b in zip(through.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+# --- batches ----------------------------------------------------------------------------------------------
+
+
+def _padding(lengths, plan):
+    return sum(lengths[i] for b in plan for i in b) / sum(max(lengths[i] for i in b) * len(b) for b in plan)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_batches_cover_every_index_once(grouped):
+    lengths = [random.Random(i).randint(3, 60) for i in range(1001)]
+    plan = batches(lengths, 32, seed=7, group_by_length=grouped)
+    flat = [i for b in plan for i in b]
+    assert sorted(flat) == list(range(1001))
+    assert sum(len(b) < 32 for b in plan) == 1  # only the tail is short: 1001 = 31 x 32 + 9
+
+
+def test_length_grouped_batches_pad_less_than_random_ones(demo):
+    rng = random.Random(0)
+    lengths = [min(64, int(rng.lognormvariate(2.5, 0.6)) + 2) for _ in range(3000)]  # sentence-like skew
+    grouped = _padding(lengths, batches(lengths, 32, seed=1, group_by_length=True))
+    shuffled = _padding(lengths, batches(lengths, 32, seed=1, group_by_length=False))
+    assert grouped > 0.9 > shuffled
+    assert batches(lengths, 32, 1, True) != batches(lengths, 32, 2, True)  # the order still changes per epoch
+
+
+def test_epoch_result_reports_padding_efficiency(demo):
+    (result,) = list(fine_tuning(demo).epochs())
+    assert 0 < result.padding_efficiency <= 1
+    assert result.padding_efficiency == result.real_tokens / result.padded_tokens
+
+
+def test_settings_default_to_stopping_divergence():
+    assert dataclasses.asdict(TrainSection())["divergence_stop"] is True
