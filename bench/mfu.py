@@ -68,10 +68,27 @@ def measure(small: bool, batch: int, seq: int, steps: int, precision: str) -> di
     n_rows = batch * (steps + 3)
     ids = torch.randint(1000, 30000, (n_rows, seq)).tolist()
     labels = torch.randint(0, 2, (n_rows,)).tolist()
-    hp = {"learning_rate": 2e-5, "batch_size": batch, "weight_decay": 0.0, "warmup_ratio": 0.0, "dropout": 0.1,
-          "seed": 0, "lr_scheduler": "constant", "max_grad_norm": 1.0}
-    run = FineTuning(model, {"input_ids": ids}, labels, {"input_ids": ids[:batch]}, labels[:batch], hp,
-                     TrainSection(device=device.type, precision=precision), pad_id=0, device=device)
+    hp = {
+        "learning_rate": 2e-5,
+        "batch_size": batch,
+        "weight_decay": 0.0,
+        "warmup_ratio": 0.0,
+        "dropout": 0.1,
+        "seed": 0,
+        "lr_scheduler": "constant",
+        "max_grad_norm": 1.0,
+    }
+    run = FineTuning(
+        model,
+        {"input_ids": ids},
+        labels,
+        {"input_ids": ids[:batch]},
+        labels[:batch],
+        hp,
+        TrainSection(device=device.type, precision=precision),
+        pad_id=0,
+        device=device,
+    )
     plan = [list(range(s, s + batch)) for s in range(0, n_rows, batch)]
     for idx in plan[:3]:  # warm-up: kernels chosen, allocator filled
         run._step(idx)
@@ -81,14 +98,22 @@ def measure(small: bool, batch: int, seq: int, steps: int, precision: str) -> di
         run._step(idx)
     sync(device)
     seconds = (time.perf_counter() - started) / steps
-    peak = matmul_peak(device, dtype, 8192 if device.type == "cuda" else 1024, 20 if device.type == "cuda" else 3)
+    peak = matmul_peak(
+        device, dtype, 8192 if device.type == "cuda" else 1024, 20 if device.type == "cuda" else 3
+    )
     achieved = step_flops(config, batch, seq, dense) / seconds
     out = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "precision": str(dtype).removeprefix("torch."), "model": "small BERT" if small else "BERT-base",
-        "dense_parameters": dense, "batch": batch, "seq": seq, "micro_batch_size": run.micro_batch_size,
-        "seconds_per_step": round(seconds, 4), "samples_per_second": round(batch / seconds, 1),
-        "achieved_tflops": round(achieved / 1e12, 3), "matmul_peak_tflops": round(peak / 1e12, 3),
+        "precision": str(dtype).removeprefix("torch."),
+        "model": "small BERT" if small else "BERT-base",
+        "dense_parameters": dense,
+        "batch": batch,
+        "seq": seq,
+        "micro_batch_size": run.micro_batch_size,
+        "seconds_per_step": round(seconds, 4),
+        "samples_per_second": round(batch / seconds, 1),
+        "achieved_tflops": round(achieved / 1e12, 3),
+        "matmul_peak_tflops": round(peak / 1e12, 3),
         "mfu": round(achieved / peak, 3),
     }
     if device.type == "cuda":
@@ -99,7 +124,9 @@ def measure(small: bool, batch: int, seq: int, steps: int, precision: str) -> di
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.mfu", description=__doc__.split("\n\n")[0])
-    p.add_argument("--small", action="store_true", help="a 2-layer, 128-wide BERT instead of BERT-base (CPU check)")
+    p.add_argument(
+        "--small", action="store_true", help="a 2-layer, 128-wide BERT instead of BERT-base (CPU check)"
+    )
     p.add_argument("--batch", type=int, default=32, help="examples per optimizer step")
     p.add_argument("--seq", type=int, default=128, help="tokens per example (no padding)")
     p.add_argument("--steps", type=int, default=30, help="timed optimizer steps, after 3 warm-up steps")

@@ -80,15 +80,37 @@ class Recorder:
 
     def trial(self, number: int, hp: dict[str, Any]) -> dict[str, Any]:
         if number not in self.trials:
-            self.trials[number] = {"number": number, "learning_rate": float(hp["learning_rate"]),
-                                   "batch_size": int(hp["batch_size"]), "epochs": 0.0, "val_errors": [],
-                                   "train_losses": [], "busy_seconds": 0.0, "samples": 0, "real_tokens": 0,
-                                   "padded_tokens": 0, "train_seconds": 0.0, "nan_loss": False,
-                                   "stopped_diverging": "", "divergence_observed": ""}
+            self.trials[number] = {
+                "number": number,
+                "learning_rate": float(hp["learning_rate"]),
+                "batch_size": int(hp["batch_size"]),
+                "epochs": 0.0,
+                "val_errors": [],
+                "train_losses": [],
+                "busy_seconds": 0.0,
+                "samples": 0,
+                "real_tokens": 0,
+                "padded_tokens": 0,
+                "train_seconds": 0.0,
+                "nan_loss": False,
+                "stopped_diverging": "",
+                "divergence_observed": "",
+            }
         return self.trials[number]
 
-    def epoch(self, number: int, hp: dict[str, Any], val_error: float | None, epochs: float, train_loss: float | None,
-              busy: float, samples: int = 0, real: int = 0, padded: int = 0, train_seconds: float = 0.0) -> None:
+    def epoch(
+        self,
+        number: int,
+        hp: dict[str, Any],
+        val_error: float | None,
+        epochs: float,
+        train_loss: float | None,
+        busy: float,
+        samples: int = 0,
+        real: int = 0,
+        padded: int = 0,
+        train_seconds: float = 0.0,
+    ) -> None:
         t = self.trial(number, hp)
         t["epochs"] += epochs
         t["busy_seconds"] += busy
@@ -102,8 +124,9 @@ class Recorder:
             t["train_losses"].append(train_loss if math.isfinite(train_loss) else None)
         if val_error is not None:
             t["val_errors"].append(val_error)
-        self.events.append({"t": time.monotonic() - self.started, "trial": number, "epochs": epochs,
-                            "val_error": val_error})
+        self.events.append(
+            {"t": time.monotonic() - self.started, "trial": number, "epochs": epochs, "val_error": val_error}
+        )
 
 
 def make_reporter(recorder: Recorder, log):
@@ -114,16 +137,36 @@ def make_reporter(recorder: Recorder, log):
 
         def epoch(self, number, hp, r, n_epochs):
             super().epoch(number, hp, r, n_epochs)
-            recorder.epoch(number, hp, r.val_error, 1.0, r.train_loss, r.train_seconds + r.eval_seconds,
-                           r.samples, r.real_tokens, r.padded_tokens, r.train_seconds)
+            recorder.epoch(
+                number,
+                hp,
+                r.val_error,
+                1.0,
+                r.train_loss,
+                r.train_seconds + r.eval_seconds,
+                r.samples,
+                r.real_tokens,
+                r.padded_tokens,
+                r.train_seconds,
+            )
             if r.divergence:
                 recorder.trial(number, hp)["divergence_observed"] = r.divergence
 
         def diverged(self, number, hp, r):
             super().diverged(number, hp, r)
             nan = r.reason.startswith("loss became")  # NaN or infinite
-            recorder.epoch(number, hp, None, r.samples / recorder.n_train, math.nan if nan else None,
-                           r.train_seconds, r.samples, r.real_tokens, r.padded_tokens, r.train_seconds)
+            recorder.epoch(
+                number,
+                hp,
+                None,
+                r.samples / recorder.n_train,
+                math.nan if nan else None,
+                r.train_seconds,
+                r.samples,
+                r.real_tokens,
+                r.padded_tokens,
+                r.train_seconds,
+            )
             recorder.trial(number, hp)["stopped_diverging"] = r.reason
 
         def finished(self, trial):
@@ -144,8 +187,13 @@ def make_reporter(recorder: Recorder, log):
 
 def arm_config(cfg, arm: str, seed: int, workdir: Path):
     """The study config for one hpsearch arm (A, B or C) and seed, with its own SQLite store."""
-    study = dataclasses.replace(cfg.study, name=f"bench-{arm}-seed{seed}", seed=seed,
-                                storage=f"sqlite:///{workdir / f'{arm}-seed{seed}.db'}", timeout=None)
+    study = dataclasses.replace(
+        cfg.study,
+        name=f"bench-{arm}-seed{seed}",
+        seed=seed,
+        storage=f"sqlite:///{workdir / f'{arm}-seed{seed}.db'}",
+        timeout=None,
+    )
     train = dataclasses.replace(cfg.train, seed=seed, checkpoint_dir=str(workdir / "checkpoints"))
     if arm == "A":
         study = dataclasses.replace(study, sampler="random", pruner="none")
@@ -168,9 +216,15 @@ def run_hpsearch_arm(cfg, arm: str, seed: int, workdir: Path, n_train: int, log)
     return recorder
 
 
-HF_ARGS = {"learning_rate": "learning_rate", "batch_size": "per_device_train_batch_size",
-           "weight_decay": "weight_decay", "warmup_ratio": "warmup_steps", "lr_scheduler": "lr_scheduler_type",
-           "max_grad_norm": "max_grad_norm", "seed": "seed"}  # dropout goes to model_init
+HF_ARGS = {
+    "learning_rate": "learning_rate",
+    "batch_size": "per_device_train_batch_size",
+    "weight_decay": "weight_decay",
+    "warmup_ratio": "warmup_steps",
+    "lr_scheduler": "lr_scheduler_type",
+    "max_grad_norm": "max_grad_norm",
+    "seed": "seed",
+}  # dropout goes to model_init
 
 
 def hf_datasets(data, encoded):
@@ -195,12 +249,23 @@ def hf_training_args(cfg, hp: dict[str, Any], out: Path, epochs: int, **extra):
     import torch
 
     return TrainingArguments(
-        output_dir=str(out), num_train_epochs=epochs, learning_rate=float(hp["learning_rate"]),
-        per_device_train_batch_size=int(hp["batch_size"]), per_device_eval_batch_size=cfg.train.eval_batch_size,
-        weight_decay=float(hp["weight_decay"]), warmup_steps=float(hp["warmup_ratio"]),
-        lr_scheduler_type=hp["lr_scheduler"], max_grad_norm=float(hp["max_grad_norm"]), seed=int(hp["seed"]),
-        use_cpu=device.type == "cpu", bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-        report_to="none", disable_tqdm=True, save_strategy="no", **extra,
+        output_dir=str(out),
+        num_train_epochs=epochs,
+        learning_rate=float(hp["learning_rate"]),
+        per_device_train_batch_size=int(hp["batch_size"]),
+        per_device_eval_batch_size=cfg.train.eval_batch_size,
+        weight_decay=float(hp["weight_decay"]),
+        warmup_steps=float(hp["warmup_ratio"]),
+        lr_scheduler_type=hp["lr_scheduler"],
+        max_grad_norm=float(hp["max_grad_norm"]),
+        seed=int(hp["seed"]),
+        use_cpu=device.type == "cpu",
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        **extra,
     )
 
 
@@ -231,7 +296,11 @@ def run_trainer_arm(cfg, space, data, factory, encoded, seed: int, workdir: Path
 
     def model_init(trial=None):
         # Trainer calls this before hp_space: ask the trial for dropout here (Optuna returns the same value later).
-        dropout = params["dropout"].suggest(trial) if trial is not None and "dropout" in params else fixed["dropout"]
+        dropout = (
+            params["dropout"].suggest(trial)
+            if trial is not None and "dropout" in params
+            else fixed["dropout"]
+        )
         return factory.build(int(fixed.get("seed", seed)), float(dropout))
 
     def compute_metrics(prediction):
@@ -252,8 +321,10 @@ def run_trainer_arm(cfg, space, data, factory, encoded, seed: int, workdir: Path
         def on_evaluate(self, args, st, control, metrics=None, **kw):
             err = float(metrics["eval_error"])
             recorder.epoch(state["number"], state["hp"], err, 1.0, state["loss"], 0.0)
-            log.write(f"[D] trial {state['number']} epoch {round(st.epoch)} val_error {err:.4f} "
-                      f"loss {state['loss']:.4f} [lr={state['hp']['learning_rate']:.2e} bs={state['hp']['batch_size']}]\n")
+            log.write(
+                f"[D] trial {state['number']} epoch {round(st.epoch)} val_error {err:.4f} "
+                f"loss {state['loss']:.4f} [lr={state['hp']['learning_rate']:.2e} bs={state['hp']['batch_size']}]\n"
+            )
             log.flush()
 
         def on_train_end(self, args, st, control, **kw):
@@ -261,17 +332,28 @@ def run_trainer_arm(cfg, space, data, factory, encoded, seed: int, workdir: Path
             t["wall_seconds"] = time.monotonic() - state["t0"]
             t["rss_after"] = rss_bytes()
 
-    args = hf_training_args(cfg, fixed, workdir / "hf", cfg.train.n_epochs, eval_strategy="epoch",
-                            logging_strategy="epoch")
-    trainer = Trainer(model_init=model_init, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                      data_collator=DataCollatorWithPadding(factory.tokenizer), compute_metrics=compute_metrics,
-                      callbacks=[Record()])
+    args = hf_training_args(
+        cfg, fixed, workdir / "hf", cfg.train.n_epochs, eval_strategy="epoch", logging_strategy="epoch"
+    )
+    trainer = Trainer(
+        model_init=model_init,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=DataCollatorWithPadding(factory.tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=[Record()],
+    )
     # its log dicts would land on stdout; Record writes them to the log
     trainer.remove_callback(PrinterCallback)
     trainer.hyperparameter_search(
-        hp_space=hp_space, n_trials=cfg.study.n_trials, direction="minimize", backend="optuna",
+        hp_space=hp_space,
+        n_trials=cfg.study.n_trials,
+        direction="minimize",
+        backend="optuna",
         sampler=optuna.samplers.TPESampler(seed=seed),  # only the seed: its default otherwise
-        storage=f"sqlite:///{workdir / f'D-seed{seed}.db'}", study_name=f"bench-D-seed{seed}",
+        storage=f"sqlite:///{workdir / f'D-seed{seed}.db'}",
+        study_name=f"bench-D-seed{seed}",
     )
     recorder.wall = time.monotonic() - recorder.started
     return recorder
@@ -280,7 +362,9 @@ def run_trainer_arm(cfg, space, data, factory, encoded, seed: int, workdir: Path
 # --- throughput -------------------------------------------------------------------------------------------
 
 
-def measure_throughput(cfg, data, factory, encoded, workdir: Path, batch_size: int, repeats: int) -> dict[str, Any]:
+def measure_throughput(
+    cfg, data, factory, encoded, workdir: Path, batch_size: int, repeats: int
+) -> dict[str, Any]:
     """Training samples/second for one epoch: hpsearch's loop vs the Trainer, same model, data and batch size."""
     import statistics as st
 
@@ -297,8 +381,16 @@ def measure_throughput(cfg, data, factory, encoded, workdir: Path, batch_size: i
     out: dict[str, list[float]] = {"hpsearch": [], "trainer": [], "trainer_group_by_length": []}
     padding = None
     for _ in range(repeats):
-        run = FineTuning(factory.build(0, 0.1), encoded[0], data.train.labels, encoded[1], data.validation.labels,
-                         hp, settings, pad_id=factory.tokenizer.pad_token_id)
+        run = FineTuning(
+            factory.build(0, 0.1),
+            encoded[0],
+            data.train.labels,
+            encoded[1],
+            data.validation.labels,
+            hp,
+            settings,
+            pad_id=factory.tokenizer.pad_token_id,
+        )
         started = time.perf_counter()
         for idx in run_plan(run):
             run._step(idx)
@@ -306,11 +398,19 @@ def measure_throughput(cfg, data, factory, encoded, workdir: Path, batch_size: i
         out["hpsearch"].append(len(data.train) / seconds)
         padding = padding_of(run)
         run.release()
-        for key, extra in (("trainer", {}), ("trainer_group_by_length", {"train_sampling_strategy": "group_by_length"})):
-            args = hf_training_args(cfg, hp, workdir / "hf-throughput", 1, eval_strategy="no",
-                                    logging_strategy="no", **extra)
-            trainer = Trainer(model=factory.build(0, 0.1), args=args, train_dataset=train_ds,
-                              data_collator=DataCollatorWithPadding(factory.tokenizer))
+        for key, extra in (
+            ("trainer", {}),
+            ("trainer_group_by_length", {"train_sampling_strategy": "group_by_length"}),
+        ):
+            args = hf_training_args(
+                cfg, hp, workdir / "hf-throughput", 1, eval_strategy="no", logging_strategy="no", **extra
+            )
+            trainer = Trainer(
+                model=factory.build(0, 0.1),
+                args=args,
+                train_dataset=train_ds,
+                data_collator=DataCollatorWithPadding(factory.tokenizer),
+            )
             trainer.remove_callback(PrinterCallback)
             started = time.perf_counter()
             trainer.train()
@@ -319,13 +419,18 @@ def measure_throughput(cfg, data, factory, encoded, workdir: Path, batch_size: i
     med = {k: round(st.median(v), 1) for k, v in out.items()}
     best = {k: round(max(v), 1) for k, v in out.items()}
     # On a shared machine the fastest of the interleaved repeats is the one least disturbed by other work.
-    return {"batch_size": batch_size, "repeats": repeats, "n_train": len(data.train),
-            "samples_per_second_best": best, "samples_per_second_median": med,
-            "samples_per_second_all": {k: [round(x, 1) for x in v] for k, v in out.items()},
-            "hpsearch_vs_trainer": round(best["hpsearch"] / best["trainer"], 3),
-            "hpsearch_vs_trainer_group_by_length": round(best["hpsearch"] / best["trainer_group_by_length"], 3),
-            "hpsearch_vs_trainer_median": round(med["hpsearch"] / med["trainer"], 3),
-            "padding_efficiency": {"hpsearch": padding, "trainer_default_collator": padding["random_batches"]}}
+    return {
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "n_train": len(data.train),
+        "samples_per_second_best": best,
+        "samples_per_second_median": med,
+        "samples_per_second_all": {k: [round(x, 1) for x in v] for k, v in out.items()},
+        "hpsearch_vs_trainer": round(best["hpsearch"] / best["trainer"], 3),
+        "hpsearch_vs_trainer_group_by_length": round(best["hpsearch"] / best["trainer_group_by_length"], 3),
+        "hpsearch_vs_trainer_median": round(med["hpsearch"] / med["trainer"], 3),
+        "padding_efficiency": {"hpsearch": padding, "trainer_default_collator": padding["random_batches"]},
+    }
 
 
 def run_plan(run):
@@ -366,16 +471,23 @@ def summarise_arm(rec: Recorder, target: float, majority: float) -> dict[str, An
         return bool(t["val_errors"]) and min(t["val_errors"]) < majority - LEARNED_MARGIN
 
     proxy = [t for t in trials if t["learning_rate"] >= DIVERGING_LR or t["nan_loss"]]
-    outcome = [t for t in trials if t["nan_loss"] or t["stopped_diverging"]
-               or (t["learning_rate"] >= DIVERGING_LR and not learned(t))]
+    outcome = [
+        t
+        for t in trials
+        if t["nan_loss"] or t["stopped_diverging"] or (t["learning_rate"] >= DIVERGING_LR and not learned(t))
+    ]
     observed = [t for t in trials if t["divergence_observed"] and not t["stopped_diverging"]]
 
     def divergence_figures(group):
         epochs = sum(t["epochs"] for t in group)
         early = [t for t in group if t["epochs"] <= 1.0 + 1e-9]
-        return {"n": len(group), "stopped_within_first_epoch": len(early),
-                "share_stopped_within_first_epoch": round(len(early) / len(group), 3) if group else None,
-                "epochs": round(epochs, 3), "share_of_budget": round(epochs / total_epochs, 3) if total_epochs else 0}
+        return {
+            "n": len(group),
+            "stopped_within_first_epoch": len(early),
+            "share_stopped_within_first_epoch": round(len(early) / len(group), 3) if group else None,
+            "epochs": round(epochs, 3),
+            "share_of_budget": round(epochs / total_epochs, 3) if total_epochs else 0,
+        }
 
     walls = [t for t in trials if t.get("wall_seconds")]
     overhead = None
@@ -383,9 +495,13 @@ def summarise_arm(rec: Recorder, target: float, majority: float) -> dict[str, An
         wall = sum(t["wall_seconds"] for t in walls)
         busy = sum(t["busy_seconds"] for t in walls)
         shares = [max(0.0, 1 - t["busy_seconds"] / t["wall_seconds"]) for t in walls]
-        overhead = {"share_total": round(1 - busy / wall, 4), "share_median_trial": round(statistics.median(shares), 4),
-                    "seconds_per_trial_median": round(statistics.median(t["wall_seconds"] - t["busy_seconds"]
-                                                                        for t in walls), 3)}
+        overhead = {
+            "share_total": round(1 - busy / wall, 4),
+            "share_median_trial": round(statistics.median(shares), 4),
+            "seconds_per_trial_median": round(
+                statistics.median(t["wall_seconds"] - t["busy_seconds"] for t in walls), 3
+            ),
+        }
     rss = [t["rss_after"] for t in trials if t.get("rss_after")]
     real = sum(t["real_tokens"] for t in trials)
     padded = sum(t["padded_tokens"] for t in trials)
@@ -402,14 +518,24 @@ def summarise_arm(rec: Recorder, target: float, majority: float) -> dict[str, An
         "diverging_by_outcome": divergence_figures(outcome),
         "rule_fired_but_not_stopped": {"n": len(observed), "went_on_to_learn": sum(map(learned, observed))},
         "trials_learned": sum(map(learned, trials)),
-        "trial_states": {s: sum(t.get("state") == s for t in trials) for s in {t.get("state") for t in trials}},
+        "trial_states": {
+            s: sum(t.get("state") == s for t in trials) for s in {t.get("state") for t in trials}
+        },
         "per_trial_overhead": overhead,
         "padding_efficiency": round(real / padded, 4) if padded else None,
-        "train_samples_per_second": round(sum(t["samples"] for t in trials) / train_s, 1) if train_s else None,
-        "memory_rss_mb_first_last_trial": [round(rss[0] / 2**20, 1), round(rss[-1] / 2**20, 1)] if rss else None,
+        "train_samples_per_second": round(sum(t["samples"] for t in trials) / train_s, 1)
+        if train_s
+        else None,
+        "memory_rss_mb_first_last_trial": [round(rss[0] / 2**20, 1), round(rss[-1] / 2**20, 1)]
+        if rss
+        else None,
         # GPU memory still allocated after each trial: flat when FineTuning.release() frees everything.
-        "device_memory_mb_after_trials": [round(t["device_bytes_after"] / 2**20, 1) for t in trials
-                                          if t.get("device_bytes_after") is not None] or None,
+        "device_memory_mb_after_trials": [
+            round(t["device_bytes_after"] / 2**20, 1)
+            for t in trials
+            if t.get("device_bytes_after") is not None
+        ]
+        or None,
         "trials": trials,
     }
 
@@ -418,8 +544,12 @@ def spread(values: list[float | None]) -> dict[str, Any]:
     known = [v for v in values if v is not None]
     if not known:
         return {"median": None, "min": None, "max": None, "values": values}
-    return {"median": round(statistics.median(known), 4), "min": round(min(known), 4), "max": round(max(known), 4),
-            "values": values}
+    return {
+        "median": round(statistics.median(known), 4),
+        "min": round(min(known), 4),
+        "max": round(max(known), 4),
+        "values": values,
+    }
 
 
 FIGURES = ("best_val_error", "total_epochs", "wall_seconds", "seconds_to_target", "epochs_to_target")
@@ -434,12 +564,16 @@ def aggregate(per_seed: dict[int, dict[str, dict[str, Any]]], arms: list[str]) -
         for kind in ("diverging_by_learning_rate", "diverging_by_outcome"):
             n = sum(r[kind]["n"] for r in runs)
             early = sum(r[kind]["stopped_within_first_epoch"] for r in runs)
-            fig[kind] = {"n": n, "stopped_within_first_epoch": early,
-                         "share_stopped_within_first_epoch": round(early / n, 3) if n else None,
-                         "share_of_budget": spread([r[kind]["share_of_budget"] for r in runs])}
+            fig[kind] = {
+                "n": n,
+                "stopped_within_first_epoch": early,
+                "share_stopped_within_first_epoch": round(early / n, 3) if n else None,
+                "share_of_budget": spread([r[kind]["share_of_budget"] for r in runs]),
+            }
         fig["rule_fired_but_not_stopped"] = {
             "n": sum(r["rule_fired_but_not_stopped"]["n"] for r in runs),
-            "went_on_to_learn": sum(r["rule_fired_but_not_stopped"]["went_on_to_learn"] for r in runs)}
+            "went_on_to_learn": sum(r["rule_fired_but_not_stopped"]["went_on_to_learn"] for r in runs),
+        }
         overheads = [r["per_trial_overhead"]["share_total"] for r in runs if r["per_trial_overhead"]]
         fig["per_trial_overhead_share"] = spread(overheads) if overheads else None
         fig["padding_efficiency"] = spread([r["padding_efficiency"] for r in runs])
@@ -461,30 +595,51 @@ def check_targets(agg: dict[str, Any], throughput: dict[str, Any] | None) -> lis
     if "C" in agg and "A" in agg:
         ref = a_ep if a_ep is not None else a_total
         ratio = None if c_ep is None or not ref else round(c_ep / ref, 3)
-        add("C epochs to target <= 1/3 of A's", ratio, ratio is not None and ratio <= 1 / 3,
-            "A never reached the target: compared with A's total epochs" if a_ep is None else "")
+        add(
+            "C epochs to target <= 1/3 of A's",
+            ratio,
+            ratio is not None and ratio <= 1 / 3,
+            "A never reached the target: compared with A's total epochs" if a_ep is None else "",
+        )
     c_s, d_s, d_wall = med("C", "seconds_to_target"), med("D", "seconds_to_target"), med("D", "wall_seconds")
     if "C" in agg and "D" in agg:
         ref = d_s if d_s is not None else d_wall
         ratio = None if c_s is None or not ref else round(c_s / ref, 3)
-        add("C wall time to target <= 1/2 of D's", ratio, ratio is not None and ratio <= 1 / 2,
-            "D never reached the target: compared with D's total wall time" if d_s is None else "")
-        add("C wall time (whole search) <= 1/2 of D's", round(med("C", "wall_seconds") / d_wall, 3),
-            med("C", "wall_seconds") / d_wall <= 0.5)
+        add(
+            "C wall time to target <= 1/2 of D's",
+            ratio,
+            ratio is not None and ratio <= 1 / 2,
+            "D never reached the target: compared with D's total wall time" if d_s is None else "",
+        )
+        add(
+            "C wall time (whole search) <= 1/2 of D's",
+            round(med("C", "wall_seconds") / d_wall, 3),
+            med("C", "wall_seconds") / d_wall <= 0.5,
+        )
     if "C" in agg:
         c_best = med("C", "best_val_error")
         others = [med(a, "best_val_error") for a in ("A", "D") if a in agg]
         if others and c_best is not None:
             gap = round(c_best - min(o for o in others if o is not None), 4)
-            add("C best error no worse than A and D (within 0.5 points)", gap, gap <= TARGET_MARGIN,
-                "C median best minus the better of A's and D's median best")
+            add(
+                "C best error no worse than A and D (within 0.5 points)",
+                gap,
+                gap <= TARGET_MARGIN,
+                "C median best minus the better of A's and D's median best",
+            )
         for kind in ("diverging_by_outcome", "diverging_by_learning_rate"):
             d = agg["C"][kind]
-            add(f">= 95% of diverging trials stopped within epoch 1 ({kind})", d["share_stopped_within_first_epoch"],
-                d["share_stopped_within_first_epoch"] is not None and d["share_stopped_within_first_epoch"] >= 0.95,
-                f"{d['stopped_within_first_epoch']}/{d['n']} over all seeds")
+            add(
+                f">= 95% of diverging trials stopped within epoch 1 ({kind})",
+                d["share_stopped_within_first_epoch"],
+                d["share_stopped_within_first_epoch"] is not None
+                and d["share_stopped_within_first_epoch"] >= 0.95,
+                f"{d['stopped_within_first_epoch']}/{d['n']} over all seeds",
+            )
             share = d["share_of_budget"]["median"]
-            add(f"< 10% of the budget on diverging trials ({kind})", share, share is not None and share < 0.10)
+            add(
+                f"< 10% of the budget on diverging trials ({kind})", share, share is not None and share < 0.10
+            )
         oh = agg["C"]["per_trial_overhead_share"]
         if oh:
             add("per-trial overhead < 10% (CPU)", oh["median"], oh["median"] < 0.10)
@@ -492,10 +647,14 @@ def check_targets(agg: dict[str, Any], throughput: dict[str, Any] | None) -> lis
         add("padding efficiency >= 0.9", pe, pe is not None and pe >= 0.9)
     if throughput:
         r = throughput["hpsearch_vs_trainer"]
-        add("throughput >= HF Trainer's (same model, data, batch size)", r, r >= 1.0,
+        add(
+            "throughput >= HF Trainer's (same model, data, batch size)",
+            r,
+            r >= 1.0,
             f"best of {throughput['repeats']} interleaved epochs each; median ratio "
             f"{throughput['hpsearch_vs_trainer_median']}; vs Trainer with group_by_length: "
-            f"{throughput['hpsearch_vs_trainer_group_by_length']}")
+            f"{throughput['hpsearch_vs_trainer_group_by_length']}",
+        )
     return out
 
 
@@ -507,13 +666,21 @@ def machine() -> dict[str, Any]:
     import torch
     import transformers
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "optuna": optuna.__version__,
-            "device": "cpu", "load_average_at_start": list(os.getloadavg())}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "optuna": optuna.__version__,
+        "device": "cpu",
+        "load_average_at_start": list(os.getloadavg()),
+    }
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                           if line.startswith("model name"))
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
     if torch.cuda.is_available():
@@ -522,19 +689,30 @@ def machine() -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
-                                epilog="Example: python -m bench.run --quick")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__.split("\n\n")[0],
+        epilog="Example: python -m bench.run --quick",
+    )
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="study config to benchmark (YAML)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 600 rows, 6 trials x 2 epochs")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated study seeds, each arm runs once per seed")
+    p.add_argument(
+        "--seeds", default="0,1,2", help="comma-separated study seeds, each arm runs once per seed"
+    )
     p.add_argument("--arms", default="A,B,C,D", help="comma-separated arms to run (A, B, C, D)")
     p.add_argument("--model", help="override model.name, e.g. all-minilm-l6-v2 (slow on a CPU)")
     p.add_argument("--n-trials", type=int, help="override study.n_trials (the budget of every arm)")
     p.add_argument("--n-epochs", type=int, help="override train.n_epochs")
     p.add_argument("--max-train-samples", type=int, help="override data.max_train_samples")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: steady timings on a shared machine; 0: torch's choice)")
-    p.add_argument("--throughput-repeats", type=int, default=3, help="epochs timed per loop for throughput (0: skip)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: steady timings on a shared machine; 0: torch's choice)",
+    )
+    p.add_argument(
+        "--throughput-repeats", type=int, default=3, help="epochs timed per loop for throughput (0: skip)"
+    )
     p.add_argument("--out", type=Path, help="result JSON (default bench/results/<config>[-quick].json)")
     return p.parse_args(argv)
 
@@ -583,7 +761,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
             workdir = Path(tmp)
             # Warm the per-process caches (data, tokenizer, tokenized ids) once, so no arm pays them alone.
-            cfg = dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, storage=f"sqlite:///{workdir}/w.db"))
+            cfg = dataclasses.replace(
+                cfg, study=dataclasses.replace(cfg.study, storage=f"sqlite:///{workdir}/w.db")
+            )
             space, data, factory, encoded = prepare(cfg)
             result = run_all(args, cfg, sets, seeds, arms, space, data, factory, encoded, workdir, out)
     except ConfigError as exc:
@@ -595,7 +775,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_all(args, cfg, sets, seeds, arms, space, data, factory, encoded, workdir: Path, out: Path) -> dict[str, Any]:
+def run_all(
+    args, cfg, sets, seeds, arms, space, data, factory, encoded, workdir: Path, out: Path
+) -> dict[str, Any]:
     from hpsearch.search import prepare
 
     majority = data.majority_error()
@@ -610,13 +792,19 @@ def run_all(args, cfg, sets, seeds, arms, space, data, factory, encoded, workdir
                 if arm == "D":
                     # The same rows as the hpsearch arms of this seed: study.seed also seeds the data subsample.
                     _, seed_data, seed_factory, seed_encoded = prepare(arm_config(cfg, "C", seed, workdir))
-                    rec = run_trainer_arm(cfg, space, seed_data, seed_factory, seed_encoded, seed, workdir, log)
+                    rec = run_trainer_arm(
+                        cfg, space, seed_data, seed_factory, seed_encoded, seed, workdir, log
+                    )
                 else:
                     rec = run_hpsearch_arm(cfg, arm, seed, workdir, len(data.train), log)
                 per_seed[seed][arm] = rec
                 best = min((e["val_error"] for e in rec.events if e["val_error"] is not None), default=None)
-                print(f"seed {seed} arm {arm}: {time.monotonic() - t:.0f} s, best val_error {best}, "
-                      f"{sum(x['epochs'] for x in rec.trials.values()):.1f} epochs", file=sys.stderr, flush=True)
+                print(
+                    f"seed {seed} arm {arm}: {time.monotonic() - t:.0f} s, best val_error {best}, "
+                    f"{sum(x['epochs'] for x in rec.trials.values()):.1f} epochs",
+                    file=sys.stderr,
+                    flush=True,
+                )
         throughput = None
         if args.throughput_repeats > 0:
             bs = 32 if 32 in _batch_sizes(space) else int(_batch_sizes(space)[0])
@@ -629,11 +817,19 @@ def run_all(args, cfg, sets, seeds, arms, space, data, factory, encoded, workdir
     agg = aggregate(summaries, arms)
     return {
         "command": "python -m bench.run " + " ".join(sys.argv[1:] if args is not None else []),
-        "config": str(args.config), "overrides": sets, "resolved_config": cfg.to_dict(),
-        "machine": machine(), "total_seconds": round(time.monotonic() - started, 1),
-        "n_train": len(data.train), "n_validation": len(data.validation),
-        "majority_val_error": round(majority, 4), "seeds": seeds, "arms": {a: ARMS[a] for a in arms},
-        "aggregate": agg, "targets": check_targets(agg, throughput), "throughput": throughput,
+        "config": str(args.config),
+        "overrides": sets,
+        "resolved_config": cfg.to_dict(),
+        "machine": machine(),
+        "total_seconds": round(time.monotonic() - started, 1),
+        "n_train": len(data.train),
+        "n_validation": len(data.validation),
+        "majority_val_error": round(majority, 4),
+        "seeds": seeds,
+        "arms": {a: ARMS[a] for a in arms},
+        "aggregate": agg,
+        "targets": check_targets(agg, throughput),
+        "throughput": throughput,
         "per_seed": {str(s): v for s, v in summaries.items()},
     }
 
@@ -648,8 +844,10 @@ def _batch_sizes(space) -> list[int]:
 def print_summary(result: dict[str, Any], stream) -> None:
     w = stream.write
     agg = result["aggregate"]
-    w(f"{result['n_train']} train / {result['n_validation']} validation rows, majority-class error "
-      f"{result['majority_val_error']}, seeds {result['seeds']}, {result['total_seconds']:.0f} s\n\n")
+    w(
+        f"{result['n_train']} train / {result['n_validation']} validation rows, majority-class error "
+        f"{result['majority_val_error']}, seeds {result['seeds']}, {result['total_seconds']:.0f} s\n\n"
+    )
     w("| arm | best val error | epochs | wall s | s to target | epochs to target | reached |\n")
     w("|---|---|---|---|---|---|---|\n")
 
@@ -662,8 +860,10 @@ def print_summary(result: dict[str, Any], stream) -> None:
     for t in result["targets"]:
         w(f"| {t['target']} | {t['value']} | {'met' if t['met'] else 'MISSED'} |\n")
     if result["throughput"]:
-        w(f"\nthroughput (samples/s, batch {result['throughput']['batch_size']}, best of "
-          f"{result['throughput']['repeats']}): {result['throughput']['samples_per_second_best']}\n")
+        w(
+            f"\nthroughput (samples/s, batch {result['throughput']['batch_size']}, best of "
+            f"{result['throughput']['repeats']}): {result['throughput']['samples_per_second_best']}\n"
+        )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,11 @@ RESULTS = ROOT / "bench" / "results" / "store_scaling.json"
 def _config(storage: str, name: str, n_trials: int):
     from hpsearch.config import load_config
 
-    return load_config(None, overrides={"storage": storage, "name": name, "n_trials": n_trials},
-                       sets=["study.heartbeat_interval=5", "study.grace_period=60"])
+    return load_config(
+        None,
+        overrides={"storage": storage, "name": name, "n_trials": n_trials},
+        sets=["study.heartbeat_interval=5", "study.grace_period=60"],
+    )
 
 
 def _worker(storage: str, name: str, n_trials: int, index: int, barrier, queue) -> None:
@@ -58,8 +61,11 @@ def _worker(storage: str, name: str, n_trials: int, index: int, barrier, queue) 
     ask_tell, budget, errors, over, done = [], [], [], 0, 0
     try:
         cfg = _config(storage, name, n_trials)
-        study = optuna.load_study(study_name=name, storage=open_storage(storage, cfg),
-                                  sampler=optuna.samplers.RandomSampler(seed=index))
+        study = optuna.load_study(
+            study_name=name,
+            storage=open_storage(storage, cfg),
+            sampler=optuna.samplers.RandomSampler(seed=index),
+        )
     except Exception as exc:  # noqa: BLE001 (a benchmark reports every failure)
         barrier.wait()
         queue.put({"index": index, "errors": [f"open: {type(exc).__name__}: {exc}"[:300]]})
@@ -94,8 +100,9 @@ def _worker(storage: str, name: str, n_trials: int, index: int, barrier, queue) 
                 if len(errors) > 20:
                     break
     close_storages()
-    queue.put({"index": index, "ask_tell": ask_tell, "budget": budget, "errors": errors, "over": over,
-               "done": done})
+    queue.put(
+        {"index": index, "ask_tell": ask_tell, "budget": budget, "errors": errors, "over": over, "done": done}
+    )
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -115,8 +122,10 @@ def measure(store: str, storage: str, n_workers: int, n_trials: int) -> dict:
     close_storages()  # the parent holds no connection while the workers run
     ctx = mp.get_context("fork")
     barrier, queue = ctx.Barrier(n_workers + 1), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(storage, name, n_trials, k, barrier, queue))
-             for k in range(n_workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(storage, name, n_trials, k, barrier, queue))
+        for k in range(n_workers)
+    ]
     for p in procs:
         p.start()
     barrier.wait()  # every worker has its store open: the clock starts now
@@ -162,14 +171,18 @@ def _postgres(tmp: Path):
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| store | workers | trials/s | ask+tell p50 (ms) | ask+tell p95 (ms) | budget check p50 (ms) "
-             "| over-budget asks | errors | exact budget |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        "| store | workers | trials/s | ask+tell p50 (ms) | ask+tell p95 (ms) | budget check p50 (ms) "
+        "| over-budget asks | errors | exact budget |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for r in rows:
-        lines.append(f"| {r['store']} | {r['workers']} | {r['trials_per_s']} | {r['ask_tell_p50_ms']} | "
-                     f"{r['ask_tell_p95_ms']} | {r['budget_check_p50_ms']} | {r['over_budget_asks']} | "
-                     f"{r['errors']} | {'yes' if r['exact_budget'] else 'NO'} "
-                     f"({r['complete']}/{r['n_trials']}) |")
+        lines.append(
+            f"| {r['store']} | {r['workers']} | {r['trials_per_s']} | {r['ask_tell_p50_ms']} | "
+            f"{r['ask_tell_p95_ms']} | {r['budget_check_p50_ms']} | {r['over_budget_asks']} | "
+            f"{r['errors']} | {'yes' if r['exact_budget'] else 'NO'} "
+            f"({r['complete']}/{r['n_trials']}) |"
+        )
     return "\n".join(lines)
 
 
@@ -207,10 +220,20 @@ def main(argv: list[str] | None = None) -> int:
                         row = measure(store, storage, n, args.trials)
                     except Exception:  # noqa: BLE001
                         traceback.print_exc()
-                        row = {"store": store, "workers": n, "n_trials": args.trials, "complete": 0,
-                               "exact_budget": False, "over_budget_asks": None, "errors": 1,
-                               "trials_per_s": None, "ask_tell_p50_ms": None, "ask_tell_p95_ms": None,
-                               "budget_check_p50_ms": None, "error_samples": ["measurement crashed"]}
+                        row = {
+                            "store": store,
+                            "workers": n,
+                            "n_trials": args.trials,
+                            "complete": 0,
+                            "exact_budget": False,
+                            "over_budget_asks": None,
+                            "errors": 1,
+                            "trials_per_s": None,
+                            "ask_tell_p50_ms": None,
+                            "ask_tell_p95_ms": None,
+                            "budget_check_p50_ms": None,
+                            "error_samples": ["measurement crashed"],
+                        }
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
         finally:
@@ -218,9 +241,13 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
     result = {
         "command": " ".join(["python -m bench.store_scaling", *(sys.argv[1:] if argv is None else argv)]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "optuna": optuna.__version__,
-                    "load_average_at_start": load_at_start},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "optuna": optuna.__version__,
+            "load_average_at_start": load_at_start,
+        },
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "notes": notes,
         "rows": rows,

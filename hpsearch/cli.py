@@ -48,14 +48,20 @@ class HpsearchGroup(click.Group):
             sys.exit(exc.exit_code)
         except (click.exceptions.Abort, KeyboardInterrupt):
             # click turns Ctrl-C into Abort; the search has already re-queued its running trial by then.
-            click.echo("hpsearch: interrupted; a running trial was re-queued from its last epoch, rerun the"
-                       " command to resume", err=True)
+            click.echo(
+                "hpsearch: interrupted; a running trial was re-queued from its last epoch, rerun the"
+                " command to resume",
+                err=True,
+            )
             sys.exit(130)
         except Exception as exc:  # a bug, not a user mistake: still one line unless --debug
             if debug:
                 traceback.print_exc()
-            click.echo(f"hpsearch: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
-                       "traceback)", err=True)
+            click.echo(
+                f"hpsearch: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+                "traceback)",
+                err=True,
+            )
             sys.exit(1)
 
 
@@ -85,9 +91,10 @@ def _translate(func):
 
 
 storage_option = click.option(
-    "--storage", metavar="URL",
+    "--storage",
+    metavar="URL",
     help=f"Study store: sqlite:///studies/NAME.db, postgresql+psycopg://USER:PASS@HOST/DB, or a journal file "
-         f"(*.log). Default: ${STORAGE_ENV}, else studies/STUDY.db.",
+    f"(*.log). Default: ${STORAGE_ENV}, else studies/STUDY.db.",
 )
 
 
@@ -109,8 +116,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
       hpsearch best demo                       # the best hyperparameters, ready to paste
     """
     ctx.obj = {"debug": debug}
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     import optuna  # noqa: F401  (quiet Optuna's per-trial INFO lines; hpsearch prints its own)
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
@@ -120,23 +130,57 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
 @storage_option
 @click.option("--study-name", help="Study name (default: study.name, else the config file's name).")
-@click.option("--n-trials", type=int, help="Total finished trials for the study, counting those already stored.")
-@click.option("--timeout", type=float, help="Seconds this invocation may search before it stops starting trials.")
+@click.option(
+    "--n-trials", type=int, help="Total finished trials for the study, counting those already stored."
+)
+@click.option(
+    "--timeout", type=float, help="Seconds this invocation may search before it stops starting trials."
+)
 @click.option("--sampler", help="tpe (default), random, grid, cmaes, gp or qmc.")
 @click.option("--pruner", help="hyperband (default), successive-halving, median, percentile or none.")
 @click.option("--seed", type=int, help="Sampler seed.")
-@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override any config key, e.g. --set train.n_epochs=2 (repeatable; values are YAML).")
-@click.option("--workers", "n_workers", type=click.IntRange(min=1), metavar="N",
-              help="Start N worker processes on this study (CPU); each line is prefixed with [wK].")
-@click.option("--gpus", metavar="all|0,1,3",
-              help="Start one worker process per GPU, with CUDA_VISIBLE_DEVICES set; lines prefixed with [gpuK].")
-@click.option("--worker-index", type=click.IntRange(min=0), default=0, show_default=True,
-              help="This worker's number (the first one with --workers/--gpus); offsets the sampler seed so "
-                   "workers do not repeat each other. Give each node its own range.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override any config key, e.g. --set train.n_epochs=2 (repeatable; values are YAML).",
+)
+@click.option(
+    "--workers",
+    "n_workers",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Start N worker processes on this study (CPU); each line is prefixed with [wK].",
+)
+@click.option(
+    "--gpus",
+    metavar="all|0,1,3",
+    help="Start one worker process per GPU, with CUDA_VISIBLE_DEVICES set; lines prefixed with [gpuK].",
+)
+@click.option(
+    "--worker-index",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="This worker's number (the first one with --workers/--gpus); offsets the sampler seed so "
+    "workers do not repeat each other. Give each node its own range.",
+)
 @_translate
-def search(config_file, storage, study_name, n_trials, timeout, sampler, pruner, seed, sets, n_workers, gpus,
-           worker_index):
+def search(
+    config_file,
+    storage,
+    study_name,
+    n_trials,
+    timeout,
+    sampler,
+    pruner,
+    seed,
+    sets,
+    n_workers,
+    gpus,
+    worker_index,
+):
     """Run or resume the search described by CONFIG.
 
     Every trial fine-tunes the model and reports its validation error after each epoch; trials that fall
@@ -156,18 +200,36 @@ def search(config_file, storage, study_name, n_trials, timeout, sampler, pruner,
     """
     from hpsearch.search import run_search
 
-    cfg = load_config(config_file, overrides={
-        "storage": storage, "name": study_name, "n_trials": n_trials, "timeout": timeout, "sampler": sampler,
-        "pruner": pruner, "seed": seed,
-    }, sets=sets)
+    cfg = load_config(
+        config_file,
+        overrides={
+            "storage": storage,
+            "name": study_name,
+            "n_trials": n_trials,
+            "timeout": timeout,
+            "sampler": sampler,
+            "pruner": pruner,
+            "seed": seed,
+        },
+        sets=sets,
+    )
     if n_workers is not None or gpus is not None:
         _search_with_workers(cfg, config_file, n_workers, gpus, worker_index)
         return
     result = run_search(cfg, worker=worker_index, command=getattr(cli, "argv", None))
     _summary(cfg, result)
-    click.echo(json.dumps({"study": result.study_name, "best_trial": result.best_number,
-                           "best_value": result.best_value, "best_params": result.best_params,
-                           "trials": result.counts, "stopped_by": result.stopped_by}))
+    click.echo(
+        json.dumps(
+            {
+                "study": result.study_name,
+                "best_trial": result.best_number,
+                "best_value": result.best_value,
+                "best_params": result.best_params,
+                "trials": result.counts,
+                "stopped_by": result.stopped_by,
+            }
+        )
+    )
     if result.stopped_by == "failures":
         raise _Fail("trials keep failing; see `hpsearch show " + result.study_name + "` for the reasons", 1)
     if result.signal is not None:
@@ -185,23 +247,39 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
     check_storage(cfg.study.storage)
     done = finished_trials(cfg.study.storage, cfg.study.name)
     if done is not None and done >= cfg.study.n_trials:
-        click.echo(f"budget met: study '{cfg.study.name}' has {done}/{cfg.study.n_trials} finished trials;"
-                   " no worker started (raise --n-trials to run more)", err=True)
-        click.echo(json.dumps({"study": cfg.study.name, "trials": {"finished": done}, "stopped_by": "budget",
-                               "workers": 0}))
+        click.echo(
+            f"budget met: study '{cfg.study.name}' has {done}/{cfg.study.n_trials} finished trials;"
+            " no worker started (raise --n-trials to run more)",
+            err=True,
+        )
+        click.echo(
+            json.dumps(
+                {"study": cfg.study.name, "trials": {"finished": done}, "stopped_by": "budget", "workers": 0}
+            )
+        )
         return
-    plan = plan_workers(n_workers, parse_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if gpus else None,
-                        first_index)
+    plan = plan_workers(
+        n_workers, parse_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if gpus else None, first_index
+    )
     ctx = click.get_current_context()
-    command = [sys.executable, "-m", "hpsearch", *(["--debug"] if ctx.obj.get("debug") else []), "search",
-               config_file]
+    command = [
+        sys.executable,
+        "-m",
+        "hpsearch",
+        *(["--debug"] if ctx.obj.get("debug") else []),
+        "search",
+        config_file,
+    ]
     for name, value in ctx.params.items():
         if name in ("config_file", "n_workers", "gpus", "worker_index") or value is None or value == ():
             continue
         flag = "--" + name.replace("_", "-")
         command += [x for v in value for x in ("--set", v)] if name == "sets" else [flag, str(value)]
-    click.echo(f"hpsearch: starting {len(plan)} workers on study '{cfg.study.name}': "
-               + ", ".join(w.label for w in plan), err=True)
+    click.echo(
+        f"hpsearch: starting {len(plan)} workers on study '{cfg.study.name}': "
+        + ", ".join(w.label for w in plan),
+        err=True,
+    )
     code, signum = run_workers(plan, command)
     if signum is None and code not in (0, 1):
         sys.exit(code)  # the first worker rejected the input (exit 2) and said why; no other worker started
@@ -211,13 +289,24 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
     counts = {k: v for k, v in state_counts(study).items() if v}
     best = best_trial(study)
     done = counts.get("complete", 0) + counts.get("pruned", 0)
-    click.echo(f"study '{cfg.study.name}': {done}/{cfg.study.n_trials} trials finished by {len(plan)}"
-               f" workers ({counts})", err=True)
-    click.echo(json.dumps({"study": cfg.study.name, "best_trial": best.number if best else None,
-                           "best_value": best.value if best else None,
-                           "best_params": dict(best.params) if best else {}, "trials": counts,
-                           "stopped_by": "signal" if signum else "budget" if done >= cfg.study.n_trials
-                           else "failures", "workers": len(plan)}))
+    click.echo(
+        f"study '{cfg.study.name}': {done}/{cfg.study.n_trials} trials finished by {len(plan)}"
+        f" workers ({counts})",
+        err=True,
+    )
+    click.echo(
+        json.dumps(
+            {
+                "study": cfg.study.name,
+                "best_trial": best.number if best else None,
+                "best_value": best.value if best else None,
+                "best_params": dict(best.params) if best else {},
+                "trials": counts,
+                "stopped_by": "signal" if signum else "budget" if done >= cfg.study.n_trials else "failures",
+                "workers": len(plan),
+            }
+        )
+    )
     if signum is not None:
         sys.exit(128 + signum)
     if code != 0:
@@ -233,8 +322,9 @@ def _summary(cfg, result) -> None:
         f"{result.stopped_by}",
     ]
     if result.best_number is not None:
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in
-                           result.best_params.items())
+        params = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items()
+        )
         lines.append(f"best: trial {result.best_number}, val_error {result.best_value:.4f} ({params})")
     lines.append(f"inspect: hpsearch show {result.study_name} --storage {result.storage}")
     lines.append(f"dashboard: hpsearch dashboard --storage {result.storage}")
@@ -256,7 +346,11 @@ def studies(storage, as_json):
     """
     from hpsearch.results import default_stores, list_studies
 
-    urls = [storage or os.environ.get(STORAGE_ENV)] if (storage or os.environ.get(STORAGE_ENV)) else default_stores()
+    urls = (
+        [storage or os.environ.get(STORAGE_ENV)]
+        if (storage or os.environ.get(STORAGE_ENV))
+        else default_stores()
+    )
     if not urls:
         raise ConfigError("no study stores under studies/; pass --storage URL or run `hpsearch search` first")
     rows = [row for url in urls for row in list_studies(url)]
@@ -266,9 +360,11 @@ def studies(storage, as_json):
     for r in rows:
         t = r["trials"]
         best = "-" if r["best_value"] is None else f"{r['best_value']:.4f} (trial {r['best_trial']})"
-        click.echo(f"{r['study']}: {t['complete']} complete, {t['pruned']} pruned, {t['running']} running, "
-                   f"{t['waiting']} waiting, {t['fail']} failed of n_trials={r['n_trials']}; best val_error {best};"
-                   f" {r['storage']}")
+        click.echo(
+            f"{r['study']}: {t['complete']} complete, {t['pruned']} pruned, {t['running']} running, "
+            f"{t['waiting']} waiting, {t['fail']} failed of n_trials={r['n_trials']}; best val_error {best};"
+            f" {r['storage']}"
+        )
 
 
 @cli.command()
@@ -296,8 +392,19 @@ def show(study, storage, as_json):
     running = results.running_status(st)
     cost = compute_cost(st)
     if as_json:
-        click.echo(json.dumps({"study": study, "counts": results.state_counts(st), "trials": rows,
-                               "running": running, "cost": cost.to_dict()}, indent=2, default=str))
+        click.echo(
+            json.dumps(
+                {
+                    "study": study,
+                    "counts": results.state_counts(st),
+                    "trials": rows,
+                    "running": running,
+                    "cost": cost.to_dict(),
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
     click.echo(results.format_table(rows))
     click.echo(f"cost: {cost.summary()}")
@@ -326,14 +433,22 @@ def requeue(study, trial_number, storage):
     from hpsearch.study import load_existing_study
 
     queued = requeue_dead_trial(load_existing_study(_storage_for(study, storage), study), trial_number)
-    click.echo(f"trial {trial_number} failed and re-queued as trial {queued}; the next worker resumes it", err=True)
+    click.echo(
+        f"trial {trial_number} failed and re-queued as trial {queued}; the next worker resumes it", err=True
+    )
 
 
 @cli.command()
 @click.argument("study")
 @storage_option
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
-              help="Output format.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "json"]),
+    default="yaml",
+    show_default=True,
+    help="Output format.",
+)
 @_translate
 def best(study, storage, fmt):
     """Print the best trial's hyperparameters, ready to paste into a config.
@@ -352,18 +467,31 @@ def best(study, storage, fmt):
     if fmt == "json":
         click.echo(json.dumps(cfg, indent=2))
         return
-    click.echo(f"# best trial {cfg['trial']} of study '{cfg['study']}': val_error {cfg['val_error']:.4f}"
-               f" at epoch {cfg['best_epoch']}")
-    click.echo(yaml.safe_dump({k: cfg[k] for k in ("model", "data", "train", "search_space")},
-                              sort_keys=False).rstrip())
+    click.echo(
+        f"# best trial {cfg['trial']} of study '{cfg['study']}': val_error {cfg['val_error']:.4f}"
+        f" at epoch {cfg['best_epoch']}"
+    )
+    click.echo(
+        yaml.safe_dump(
+            {k: cfg[k] for k in ("model", "data", "train", "search_space")}, sort_keys=False
+        ).rstrip()
+    )
 
 
 @cli.command()
 @click.argument("study")
 @storage_option
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
-              help="Output format.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json"]),
+    default="csv",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout)."
+)
 @_translate
 def export(study, storage, fmt, output):
     """Export every trial (params, values, learning curves, reasons) as CSV or JSON.
@@ -384,14 +512,29 @@ def export(study, storage, fmt, output):
 
 
 @cli.command()
-@click.option("--storage", metavar="URL",
-              help=f"Study store to show. Default: ${STORAGE_ENV}, else the one studies/*.db (ask when several).")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; 0.0.0.0 exposes the dashboard to the network.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
-              help="Port to listen on (0: any free port).")
-@click.option("--allow-writes", is_flag=True,
-              help="Let the page delete and rename studies and tell trials (off: only notes can be edited).")
+@click.option(
+    "--storage",
+    metavar="URL",
+    help=f"Study store to show. Default: ${STORAGE_ENV}, else the one studies/*.db (ask when several).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 exposes the dashboard to the network.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--allow-writes",
+    is_flag=True,
+    help="Let the page delete and rename studies and tell trials (off: only notes can be edited).",
+)
 @_translate
 def dashboard(storage, host, port, allow_writes):
     """Serve optuna-dashboard over a study store: learning curves, params, per-trial attributes and notes.
@@ -410,10 +553,15 @@ def dashboard(storage, host, port, allow_writes):
 
     url = storage or default_storage()
     server = DashboardServer(url, host=host, port=port, allow_writes=allow_writes)
-    where = ("localhost only; pass --host 0.0.0.0 to expose it" if server.loopback_only
-             else f"listening on {host}: anyone who can reach this address can read the studies")
-    click.echo(f"hpsearch: dashboard for {describe_storage(url)} at {server.url} ({where}); Ctrl-C stops it",
-               err=True)
+    where = (
+        "localhost only; pass --host 0.0.0.0 to expose it"
+        if server.loopback_only
+        else f"listening on {host}: anyone who can reach this address can read the studies"
+    )
+    click.echo(
+        f"hpsearch: dashboard for {describe_storage(url)} at {server.url} ({where}); Ctrl-C stops it",
+        err=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -423,11 +571,22 @@ def dashboard(storage, host, port, allow_writes):
 @cli.command()
 @click.argument("study")
 @storage_option
-@click.option("-o", "--output", required=True, type=click.Path(),
-              help="HTML file to write, or a folder for --format png.")
-@click.option("--format", "fmt", type=click.Choice(["html", "png"]), default="html", show_default=True,
-              help="html: one self-contained file (plotly.js inline); png: one image per figure (needs kaleido "
-                   "and Chrome/Chromium).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(),
+    help="HTML file to write, or a folder for --format png.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["html", "png"]),
+    default="html",
+    show_default=True,
+    help="html: one self-contained file (plotly.js inline); png: one image per figure (needs kaleido "
+    "and Chrome/Chromium).",
+)
 @_translate
 def report(study, storage, output, fmt):
     """Write a report of STUDY: optimization history, learning curves, learning rate and batch size against
@@ -455,16 +614,38 @@ def report(study, storage, output, fmt):
 @cli.command("train-best")
 @click.argument("study")
 @storage_option
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
-              help="New (or empty) folder for the model, tokenizer, hyperparameters.yaml and results.json.")
-@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Seeds per configuration; the first is the trial's own seed.")
-@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Retrain the k best complete trials; the one with the lowest mean val_error is saved.")
-@click.option("--from-checkpoint", is_flag=True,
-              help="Export the best trial's kept checkpoint (its last epoch) instead of retraining.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-              help="Device to train on (default: the study's train.device).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="New (or empty) folder for the model, tokenizer, hyperparameters.yaml and results.json.",
+)
+@click.option(
+    "--seeds",
+    "n_seeds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Seeds per configuration; the first is the trial's own seed.",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Retrain the k best complete trials; the one with the lowest mean val_error is saved.",
+)
+@click.option(
+    "--from-checkpoint",
+    is_flag=True,
+    help="Export the best trial's kept checkpoint (its last epoch) instead of retraining.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    help="Device to train on (default: the study's train.device).",
+)
 @_translate
 def train_best(study, storage, output, n_seeds, top_k, from_checkpoint, device):
     """Turn the best trial into a model: retrain its configuration with several seeds for its best epoch
@@ -487,8 +668,11 @@ def train_best(study, storage, output, n_seeds, top_k, from_checkpoint, device):
         result = export_checkpoint(st, output, device=device)
     else:
         result = retrain(st, output, n_seeds=n_seeds, top_k=top_k, device=device)
-    click.echo(f"saved trial {result['chosen_trial']} (seed {result['saved_seed']}, val_error "
-               f"{result['saved_val_error']:.4f}) to {output}", err=True)
+    click.echo(
+        f"saved trial {result['chosen_trial']} (seed {result['saved_seed']}, val_error "
+        f"{result['saved_val_error']:.4f}) to {output}",
+        err=True,
+    )
     click.echo(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
 
 

@@ -39,7 +39,9 @@ STORAGE_ENV = "HPSEARCH_STORAGE"
 @dataclass(frozen=True)
 class StudySection:
     name: str = "hpsearch"  # study name; defaults to the config file's stem
-    storage: str | None = None  # SQLAlchemy URL or journal file; None: $HPSEARCH_STORAGE, else studies/<name>.db
+    storage: str | None = (
+        None  # SQLAlchemy URL or journal file; None: $HPSEARCH_STORAGE, else studies/<name>.db
+    )
     n_trials: int = 20  # total finished (complete + pruned) trials for the whole study, all workers together
     timeout: float | None = None  # seconds this invocation may search before it stops starting trials
     sampler: str = "tpe"  # tpe | random | grid | cmaes | gp | qmc
@@ -60,7 +62,9 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    name: str | None = "demo"  # `demo` (built-in, offline) or a hub data set (e.g. `glue`); None with train_file
+    name: str | None = (
+        "demo"  # `demo` (built-in, offline) or a hub data set (e.g. `glue`); None with train_file
+    )
     subset: str | None = None  # hub configuration, e.g. `sst2`
     train_split: str = "train"
     validation_split: str | None = "validation"  # None or missing: carved from train with the seed
@@ -79,7 +83,9 @@ class DataSection:
 class TrainSection:
     n_epochs: int = 3  # maximum epochs per trial; pruners use epochs as the resource
     device: str = "auto"  # auto: cuda when present, else cpu
-    precision: str = "auto"  # auto: bf16 on GPUs that support it, fp16 (with scaler) on older GPUs, fp32 on cpu
+    precision: str = (
+        "auto"  # auto: bf16 on GPUs that support it, fp16 (with scaler) on older GPUs, fp32 on cpu
+    )
     learning_rate: float = 5.0e-5
     batch_size: int = 32
     weight_decay: float = 0.0
@@ -90,7 +96,9 @@ class TrainSection:
     max_grad_norm: float = 1.0
     eval_batch_size: int = 128
     group_by_length: bool = True  # batches of similar length: less padding, same statistics
-    divergence_stop: bool = True  # stop a trial whose loss turns NaN, explodes or is worse than chance; false: record
+    divergence_stop: bool = (
+        True  # stop a trial whose loss turns NaN, explodes or is worse than chance; false: record
+    )
     checkpoint_dir: str = "checkpoints"  # per-epoch checkpoints for resuming trials; share it across nodes
     save_best: bool = False  # keep the best trial's model checkpoint so no retraining is needed
 
@@ -246,8 +254,16 @@ def _validate(cfg: Config) -> dict[str, Any]:
         raise ConfigError(f"{src}: data: give data.name (`demo` or a hub data set) or data.train_file")
     if d.validation_file and not d.train_file:
         raise ConfigError(f"{src}: data.validation_file needs data.train_file")
-    for key in ("learning_rate", "batch_size", "weight_decay", "warmup_ratio", "dropout", "seed", "lr_scheduler",
-                "max_grad_norm"):
+    for key in (
+        "learning_rate",
+        "batch_size",
+        "weight_decay",
+        "warmup_ratio",
+        "dropout",
+        "seed",
+        "lr_scheduler",
+        "max_grad_norm",
+    ):
         check_hyperparameter(f"{src}: train.{key}", key, getattr(t, key))
     from hpsearch.space import parse_space  # the space module owns the search-space rules
 
@@ -321,8 +337,10 @@ def load_config(
     for section in raw:
         if section not in allowed:
             raise ConfigError(f"{source}: unknown section '{section}'{did_you_mean(str(section), allowed)}")
-    merged: dict[str, Any] = {name: dict(raw.get(name) or {}) if isinstance(raw.get(name), dict) else raw.get(name)
-                              for name in allowed}
+    merged: dict[str, Any] = {
+        name: dict(raw.get(name) or {}) if isinstance(raw.get(name), dict) else raw.get(name)
+        for name in allowed
+    }
     for section, values in parse_set(sets).items():
         if merged.get(section) is None:
             merged[section] = {}
@@ -333,9 +351,11 @@ def load_config(
             if section == "search_space" and dot:  # --set search_space.learning_rate.high=1e-2
                 spec = merged[section].get(name, DEFAULT_SEARCH_SPACE.get(name))
                 if not isinstance(spec, dict):
-                    raise ConfigError(f"--set search_space.{key}: search_space.{name} is not a searched range"
-                                      f" ({spec!r}); set the whole spec, e.g. --set 'search_space.{name}="
-                                      "{type: float, low: 0.0, high: 0.1}'")
+                    raise ConfigError(
+                        f"--set search_space.{key}: search_space.{name} is not a searched range"
+                        f" ({spec!r}); set the whole spec, e.g. --set 'search_space.{name}="
+                        "{type: float, low: 0.0, high: 0.1}'"
+                    )
                 merged[section][name] = {**spec, spec_key: value}
             else:
                 merged[section][key] = value
@@ -362,4 +382,6 @@ def load_config(
 def config_from_dict(data: dict[str, Any], source: str = "<study>") -> Config:
     """Rebuild a Config from :meth:`Config.to_dict` output (e.g. the copy stored on a study)."""
     sections = {name: _build_section(source, name, data.get(name)) for name in SECTIONS}
-    return Config(**sections, search_space=dict(data.get("search_space") or DEFAULT_SEARCH_SPACE), source=source)
+    return Config(
+        **sections, search_space=dict(data.get("search_space") or DEFAULT_SEARCH_SPACE), source=source
+    )

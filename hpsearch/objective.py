@@ -22,8 +22,16 @@ from hpsearch.models import ModelFactory
 from hpsearch.space import SearchSpace, suggest
 
 CHECKPOINT_ATTR = "checkpoint_path"
-TUNABLE = ("learning_rate", "batch_size", "weight_decay", "warmup_ratio", "dropout", "seed", "lr_scheduler",
-           "max_grad_norm")
+TUNABLE = (
+    "learning_rate",
+    "batch_size",
+    "weight_decay",
+    "warmup_ratio",
+    "dropout",
+    "seed",
+    "lr_scheduler",
+    "max_grad_norm",
+)
 
 
 class Interrupted(Exception):
@@ -66,8 +74,16 @@ def load_checkpoint(path: str) -> dict[str, Any] | None:
 class Objective:
     """Callable objective for one worker: data, tokenization and pretrained weights are shared by its trials."""
 
-    def __init__(self, cfg: Config, space: SearchSpace, data: TextData, factory: ModelFactory,
-                 encoded: tuple[dict, dict], reporter: Any = None, stop: threading.Event | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        space: SearchSpace,
+        data: TextData,
+        factory: ModelFactory,
+        encoded: tuple[dict, dict],
+        reporter: Any = None,
+        stop: threading.Event | None = None,
+    ):
         self.cfg, self.space, self.data, self.factory = cfg, space, data, factory
         self.train_enc, self.val_enc = encoded
         self.reporter = reporter
@@ -83,9 +99,17 @@ class Objective:
         curve = dict(frozen.intermediate_values)  # inherited when this trial retries a dead one
         trial.set_user_attr("worker", worker_name())
         trial.set_user_attr("device", str(device) if device.type != "cuda" else _gpu_name())
-        run = FineTuning(self.factory.build(int(hp["seed"]), float(hp["dropout"])), self.train_enc,
-                         self.data.train.labels, self.val_enc, self.data.validation.labels, hp, cfg.train,
-                         pad_id=self.factory.tokenizer.pad_token_id, device=device)
+        run = FineTuning(
+            self.factory.build(int(hp["seed"]), float(hp["dropout"])),
+            self.train_enc,
+            self.data.train.labels,
+            self.val_enc,
+            self.data.validation.labels,
+            hp,
+            cfg.train,
+            pad_id=self.factory.tokenizer.pad_token_id,
+            device=device,
+        )
         resumed = load_checkpoint(frozen.user_attrs.get(CHECKPOINT_ATTR, ""))
         if resumed is not None:
             run.load_state_dict(resumed)
@@ -109,8 +133,16 @@ class Objective:
                     trial.report(result.val_error, result.epoch)
                 curve[result.epoch] = result.val_error
                 val_losses.append(round(result.val_loss, 5))
-                save_checkpoint(path, {**run.state_dict(), "config": cfg.to_dict(), "hyperparameters": hp,
-                                       "trial": trial.number, "label_names": self.data.label_names})
+                save_checkpoint(
+                    path,
+                    {
+                        **run.state_dict(),
+                        "config": cfg.to_dict(),
+                        "hyperparameters": hp,
+                        "trial": trial.number,
+                        "label_names": self.data.label_names,
+                    },
+                )
                 best_epoch = min(curve, key=lambda e: (curve[e], e))
                 self._record(trial, path, result, curve, best_epoch, val_losses, train_seconds)
                 if self.reporter:
@@ -119,8 +151,11 @@ class Objective:
                     raise Interrupted(f"stopped after epoch {result.epoch}")
                 # A trial that trained every epoch is complete, whatever the pruner thinks of its last one.
                 if result.epoch < cfg.train.n_epochs and trial.should_prune():
-                    trial.set_user_attr("prune_reason", f"pruned by {cfg.study.pruner} after epoch {result.epoch}:"
-                                                        f" val_error {result.val_error:.4f}")
+                    trial.set_user_attr(
+                        "prune_reason",
+                        f"pruned by {cfg.study.pruner} after epoch {result.epoch}:"
+                        f" val_error {result.val_error:.4f}",
+                    )
                     raise optuna.TrialPruned(f"val_error {result.val_error:.4f} at epoch {result.epoch}")
             return min(curve.values())
         finally:
@@ -140,7 +175,9 @@ class Objective:
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        if result.divergence:  # a rule fired but train.divergence_stop is off: how often would it have been wrong?
+        if (
+            result.divergence
+        ):  # a rule fired but train.divergence_stop is off: how often would it have been wrong?
             trial.set_user_attr("divergence_observed", result.divergence)
 
 

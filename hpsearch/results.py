@@ -37,15 +37,17 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
         states = Counter(t.state.name for t in trials)
         best = best_trial(study)
         cfg = study.user_attrs.get(CONFIG_ATTR, {})
-        out.append({
-            "study": summary.study_name,
-            "storage": storage_url,
-            "n_trials": cfg.get("study", {}).get("n_trials"),
-            "trials": {state.lower(): states.get(state, 0) for state in STATES},
-            "best_value": best.value if best else None,
-            "best_trial": best.number if best else None,
-            "model": cfg.get("model", {}).get("name"),
-        })
+        out.append(
+            {
+                "study": summary.study_name,
+                "storage": storage_url,
+                "n_trials": cfg.get("study", {}).get("n_trials"),
+                "trials": {state.lower(): states.get(state, 0) for state in STATES},
+                "best_value": best.value if best else None,
+                "best_trial": best.number if best else None,
+                "model": cfg.get("model", {}).get("name"),
+            }
+        )
     return out
 
 
@@ -59,21 +61,23 @@ def _duration(t: FrozenTrial) -> float | None:
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in visible_trials(study):
-        rows.append({
-            "number": t.number,
-            "state": t.state.name,
-            "value": t.value,
-            "params": dict(t.params),
-            "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
-            "best_epoch": t.user_attrs.get("best_epoch"),
-            "duration_s": None if _duration(t) is None else round(_duration(t), 1),
-            "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-            "retry_of": t.system_attrs.get("failed_trial"),
-            "reason": t.user_attrs.get("prune_reason") or t.user_attrs.get("fail_reason"),
-            "worker": t.user_attrs.get("worker"),
-            "device": t.user_attrs.get("device"),
-            "train_seconds": t.user_attrs.get("train_seconds"),
-        })
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": dict(t.params),
+                "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
+                "best_epoch": t.user_attrs.get("best_epoch"),
+                "duration_s": None if _duration(t) is None else round(_duration(t), 1),
+                "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                "retry_of": t.system_attrs.get("failed_trial"),
+                "reason": t.user_attrs.get("prune_reason") or t.user_attrs.get("fail_reason"),
+                "worker": t.user_attrs.get("worker"),
+                "device": t.user_attrs.get("device"),
+                "train_seconds": t.user_attrs.get("train_seconds"),
+            }
+        )
     return rows
 
 
@@ -91,13 +95,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         note = r["reason"] or ""
         if r["retry_of"] is not None:
             note = f"retry of {r['retry_of']}" + (f"; {note}" if note else "")
-        lines.append([
-            str(r["number"]), r["state"].lower(), "" if r["value"] is None else f"{r['value']:.4f}",
-            str(r["epochs_run"] or 0), "" if r["duration_s"] is None else f"{r['duration_s']:.0f}s", params,
-            note[:80],
-        ])
+        lines.append(
+            [
+                str(r["number"]),
+                r["state"].lower(),
+                "" if r["value"] is None else f"{r['value']:.4f}",
+                str(r["epochs_run"] or 0),
+                "" if r["duration_s"] is None else f"{r['duration_s']:.0f}s",
+                params,
+                note[:80],
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1] for line in lines)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=False)) + "  " + line[-1] for line in lines
+    )
 
 
 def best_config(study: optuna.Study) -> dict[str, Any]:
@@ -106,7 +118,9 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
     if best is None:
         from hpsearch.errors import ConfigError
 
-        raise ConfigError(f"study '{study.study_name}' has no complete trial yet; run or resume the search first")
+        raise ConfigError(
+            f"study '{study.study_name}' has no complete trial yet; run or resume the search first"
+        )
     cfg = study.user_attrs.get(CONFIG_ATTR, {})
     # Values the study held fixed belong to the recipe: without them a pasted config would search them again.
     fixed = {k: v for k, v in cfg.get("search_space", {}).items() if not isinstance(v, dict)}
@@ -142,12 +156,26 @@ def export(study: optuna.Study, fmt: str) -> str:
     steps = sorted({int(k) for r in rows for k in r["intermediate_values"]})
     buf = io.StringIO()
     writer = csv.writer(buf)
-    base = ["number", "state", "value", "epochs_run", "best_epoch", "duration_s", "train_seconds", "retry_of",
-            "reason", "worker", "device"]
+    base = [
+        "number",
+        "state",
+        "value",
+        "epochs_run",
+        "best_epoch",
+        "duration_s",
+        "train_seconds",
+        "retry_of",
+        "reason",
+        "worker",
+        "device",
+    ]
     writer.writerow(base + [f"params_{n}" for n in names] + [f"val_error_epoch_{s}" for s in steps])
     for r in rows:
-        writer.writerow([r[k] for k in base] + [r["params"].get(n) for n in names]
-                        + [r["intermediate_values"].get(str(s)) for s in steps])
+        writer.writerow(
+            [r[k] for k in base]
+            + [r["params"].get(n) for n in names]
+            + [r["intermediate_values"].get(str(s)) for s in steps]
+        )
     return buf.getvalue()
 
 
@@ -193,18 +221,21 @@ def running_status(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in running:
         age = None if ages is None else ages.get(t._trial_id)
-        rows.append({
-            "number": t.number,
-            "worker": t.user_attrs.get("worker"),
-            "device": t.user_attrs.get("device"),
-            "epoch": max(t.intermediate_values, default=0),
-            "n_epochs": n_epochs,
-            "retry_of": t.system_attrs.get("failed_trial"),
-            "resumed_from_epoch": t.user_attrs.get("resumed_from_epoch") if "failed_trial" in t.system_attrs
-            else None,
-            "heartbeat_age_s": None if age is None else round(age, 1),
-            "stale": age is not None and age > grace,
-        })
+        rows.append(
+            {
+                "number": t.number,
+                "worker": t.user_attrs.get("worker"),
+                "device": t.user_attrs.get("device"),
+                "epoch": max(t.intermediate_values, default=0),
+                "n_epochs": n_epochs,
+                "retry_of": t.system_attrs.get("failed_trial"),
+                "resumed_from_epoch": t.user_attrs.get("resumed_from_epoch")
+                if "failed_trial" in t.system_attrs
+                else None,
+                "heartbeat_age_s": None if age is None else round(age, 1),
+                "stale": age is not None and age > grace,
+            }
+        )
     return rows
 
 
@@ -215,8 +246,10 @@ def format_running(rows: list[dict[str, Any]], grace: float) -> str:
             beat = "no heartbeat (journal store, or not started yet)"
         else:
             beat = f"last heartbeat {r['heartbeat_age_s']:.0f}s ago"
-        line = (f"  trial {r['number']}  worker {r['worker'] or '?'}  {r['device'] or ''}"
-                f"  epoch {r['epoch']}/{r['n_epochs'] or '?'}  {beat}")
+        line = (
+            f"  trial {r['number']}  worker {r['worker'] or '?'}  {r['device'] or ''}"
+            f"  epoch {r['epoch']}/{r['n_epochs'] or '?'}  {beat}"
+        )
         if r["retry_of"] is not None:
             line += f"  (retry of {r['retry_of']}, resumed after epoch {r['resumed_from_epoch'] or 0})"
         if r["stale"]:

@@ -54,8 +54,10 @@ class Reporter:
         return f"lr={hp['learning_rate']:.2e} bs={hp['batch_size']}"
 
     def epoch(self, number: int, hp: dict[str, Any], r, n_epochs: int) -> None:
-        self.line(f"trial {number} epoch {r.epoch}/{n_epochs}  loss {r.train_loss:.4f}  val_loss {r.val_loss:.4f}"
-                  f"  val_error {r.val_error:.4f}  {r.samples_per_second:.0f} samples/s  [{self._hp(hp)}]")
+        self.line(
+            f"trial {number} epoch {r.epoch}/{n_epochs}  loss {r.train_loss:.4f}  val_loss {r.val_loss:.4f}"
+            f"  val_error {r.val_error:.4f}  {r.samples_per_second:.0f} samples/s  [{self._hp(hp)}]"
+        )
 
     def diverged(self, number: int, hp: dict[str, Any], r) -> None:
         self.line(f"trial {number} diverged and stopped: {r.reason}  [{self._hp(hp)}]")
@@ -65,8 +67,10 @@ class Reporter:
 
     def finished(self, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
-            self.line(f"trial {trial.number} complete: val_error {trial.value:.4f} (best epoch "
-                      f"{trial.user_attrs.get('best_epoch')})")
+            self.line(
+                f"trial {trial.number} complete: val_error {trial.value:.4f} (best epoch "
+                f"{trial.user_attrs.get('best_epoch')})"
+            )
         elif trial.state == TrialState.PRUNED:
             self.line(f"trial {trial.number} pruned: {trial.user_attrs.get('prune_reason', '')}")
         else:
@@ -126,14 +130,18 @@ def requeue_dead_trial(study: optuna.Study, number: int) -> int:
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is None or trial.state != TrialState.RUNNING:
         state = "does not exist" if trial is None else f"is {trial.state.name.lower()}, not running"
-        raise ConfigError(f"study '{study.study_name}': trial {number} {state}; only a running trial can be"
-                          " re-queued (see `hpsearch show`)")
+        raise ConfigError(
+            f"study '{study.study_name}': trial {number} {state}; only a running trial can be"
+            " re-queued (see `hpsearch show`)"
+        )
     status = next(r for r in running_status(study) if r["number"] == number)
     if status["heartbeat_age_s"] is not None and not status["stale"]:
-        raise ConfigError(f"study '{study.study_name}': trial {number} is alive (worker {status['worker']},"
-                          f" last heartbeat {status['heartbeat_age_s']:.0f}s ago,"
-                          f" grace {grace_seconds(study):.0f}s);"
-                          " stop its worker first, or wait: a dead worker's trial is retried by itself")
+        raise ConfigError(
+            f"study '{study.study_name}': trial {number} is alive (worker {status['worker']},"
+            f" last heartbeat {status['heartbeat_age_s']:.0f}s ago,"
+            f" grace {grace_seconds(study):.0f}s);"
+            " stop its worker first, or wait: a dead worker's trial is retried by itself"
+        )
     with quiet_optuna_warnings():
         study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker gone; re-queued by hand")
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -162,7 +170,11 @@ def cleanup_checkpoints(study: optuna.Study) -> None:
 
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
-    keep = {t.user_attrs.get(CHECKPOINT_ATTR) for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
+    keep = {
+        t.user_attrs.get(CHECKPOINT_ATTR)
+        for t in trials
+        if t.state in (TrialState.RUNNING, TrialState.WAITING)
+    }
     if best is not None:
         keep.add(best.user_attrs.get(CHECKPOINT_ATTR))
     # Failing a stale or stopped trial and queueing its retry are two steps: between them no queued trial
@@ -202,25 +214,34 @@ class _StopOnSignal:
             raise KeyboardInterrupt
         self.signum, self.first_at = signum, time.monotonic()
         self.stop.set()
-        self.reporter.line(f"{signal.Signals(signum).name}: finishing this epoch, then checkpointing and "
-                           "re-queueing the trial; press Ctrl-C again to stop at once")
+        self.reporter.line(
+            f"{signal.Signals(signum).name}: finishing this epoch, then checkpointing and "
+            "re-queueing the trial; press Ctrl-C again to stop at once"
+        )
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
 
-def run_search(cfg: Config, worker: int = 0, reporter: Reporter | None = None,
-               stop: threading.Event | None = None, command: list[str] | None = None) -> SearchResult:
+def run_search(
+    cfg: Config,
+    worker: int = 0,
+    reporter: Reporter | None = None,
+    stop: threading.Event | None = None,
+    command: list[str] | None = None,
+) -> SearchResult:
     """Run trials of ``cfg``'s study until it has ``n_trials`` finished trials (all workers together), the
     timeout passes, or a stop is requested. Safe to run in many processes and nodes at once."""
     reporter = reporter or Reporter()
     stop = stop or threading.Event()
     space, data, factory, encoded = prepare(cfg)
     study = open_study(cfg, space, worker)
-    reporter.line(f"study '{cfg.study.name}' in {describe_storage(cfg.study.storage)}: {len(data.train)} train /"
-                  f" {len(data.validation)} validation examples, {data.num_labels} classes, model {cfg.model.name};"
-                  f" majority-class val_error {data.majority_error():.4f}")
+    reporter.line(
+        f"study '{cfg.study.name}' in {describe_storage(cfg.study.storage)}: {len(data.train)} train /"
+        f" {len(data.validation)} validation examples, {data.num_labels} classes, model {cfg.model.name};"
+        f" majority-class val_error {data.majority_error():.4f}"
+    )
     write_study_note(study, cfg, command, data)  # what the dashboard shows about this study
     objective = Objective(cfg, space, data, factory, encoded, reporter, stop)
     with _StopOnSignal(stop, reporter) as guard:
@@ -231,8 +252,14 @@ def run_search(cfg: Config, worker: int = 0, reporter: Reporter | None = None,
     return result
 
 
-def _loop(cfg: Config, study: optuna.Study, objective: Objective, reporter: Reporter, stop: threading.Event,
-          space: SearchSpace) -> tuple[str, list[int]]:
+def _loop(
+    cfg: Config,
+    study: optuna.Study,
+    objective: Objective,
+    reporter: Reporter,
+    stop: threading.Event,
+    space: SearchSpace,
+) -> tuple[str, list[int]]:
     started, failures, ran, waited = time.monotonic(), 0, [], False
     n_trials = cfg.study.n_trials
     while True:
@@ -245,14 +272,18 @@ def _loop(cfg: Config, study: optuna.Study, objective: Objective, reporter: Repo
         c = counts(study)
         finished = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
         if finished >= n_trials:
-            reporter.line(f"budget met: study '{cfg.study.name}' has {finished}/{n_trials} finished trials; this"
-                          " worker stops (raise --n-trials to run more)")
+            reporter.line(
+                f"budget met: study '{cfg.study.name}' has {finished}/{n_trials} finished trials; this"
+                " worker stops (raise --n-trials to run more)"
+            )
             return "budget", ran
         if remaining_budget(study, n_trials) <= 0 and not c[TrialState.WAITING]:
             # Other workers hold the last trials. Wait: if one dies, its trial comes back here to be retried.
             if not waited:
-                reporter.line(f"{finished}/{n_trials} trials finished, {c[TrialState.RUNNING]} running elsewhere;"
-                              " waiting in case one must be retried")
+                reporter.line(
+                    f"{finished}/{n_trials} trials finished, {c[TrialState.RUNNING]} running elsewhere;"
+                    " waiting in case one must be retried"
+                )
                 waited = True
             if not _has_heartbeat(study):
                 return "budget", ran
@@ -272,7 +303,9 @@ def _loop(cfg: Config, study: optuna.Study, objective: Objective, reporter: Repo
         if state == TrialState.FAIL:
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
-                reporter.line(f"{failures} trials failed in a row; stopping this worker (see `hpsearch show`)")
+                reporter.line(
+                    f"{failures} trials failed in a row; stopping this worker (see `hpsearch show`)"
+                )
                 return "failures", ran
         elif state is not None:
             failures = 0
@@ -284,7 +317,9 @@ def _has_heartbeat(study: optuna.Study) -> bool:
     return is_heartbeat_enabled(study._storage)
 
 
-def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, reporter: Reporter) -> TrialState | None:
+def _run_one(
+    study: optuna.Study, trial: optuna.Trial, objective: Objective, reporter: Reporter
+) -> TrialState | None:
     """Run and tell one trial; returns its final state, or None when it was re-queued (after a stop, or by
     another worker that found its heartbeat stale)."""
     try:
@@ -295,14 +330,17 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, rep
         # Another worker's stale check failed this trial while it ran here: this worker's heartbeats were late
         # by more than the grace period (an overloaded machine or store). The retry it queued resumes from the
         # last checkpoint; going on here is safe, crashing would only lose this worker.
-        reporter.line(f"trial {trial.number} was failed and re-queued by another worker: no heartbeat from this"
-                      " one for longer than study.grace_period; its retry resumes from the last checkpoint and"
-                      " this worker goes on (raise study.grace_period on an overloaded machine)")
+        reporter.line(
+            f"trial {trial.number} was failed and re-queued by another worker: no heartbeat from this"
+            " one for longer than study.grace_period; its retry resumes from the last checkpoint and"
+            " this worker goes on (raise study.grace_period on an overloaded machine)"
+        )
         return None
 
 
-def _run_and_tell(study: optuna.Study, trial: optuna.Trial, objective: Objective,
-                  reporter: Reporter) -> TrialState | None:
+def _run_and_tell(
+    study: optuna.Study, trial: optuna.Trial, objective: Objective, reporter: Reporter
+) -> TrialState | None:
     value, state = None, TrialState.COMPLETE
     try:
         with _heartbeat(study, trial):
@@ -317,7 +355,9 @@ def _run_and_tell(study: optuna.Study, trial: optuna.Trial, objective: Objective
                 trial.set_user_attr("fail_reason", f"interrupted ({exc}); re-queued")
                 study.tell(trial, state=TrialState.FAIL)
                 requeue(study, trial.number, str(exc))
-                reporter.line(f"trial {trial.number} checkpointed and re-queued; rerun the command to resume it")
+                reporter.line(
+                    f"trial {trial.number} checkpointed and re-queued; rerun the command to resume it"
+                )
                 return None
             except optuna.exceptions.UpdateFinishedTrialError:
                 raise  # another worker failed this trial as stale: see _run_one
@@ -326,7 +366,9 @@ def _run_and_tell(study: optuna.Study, trial: optuna.Trial, objective: Objective
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
                 log.debug("trial %d failed", trial.number, exc_info=True)
     except KeyboardInterrupt:
-        trial.set_user_attr("fail_reason", "interrupted at once (second signal); re-queued from its last epoch")
+        trial.set_user_attr(
+            "fail_reason", "interrupted at once (second signal); re-queued from its last epoch"
+        )
         study.tell(trial, state=TrialState.FAIL)
         requeue(study, trial.number, "interrupted")
         raise

@@ -126,12 +126,15 @@ def _parse_param(where: str, name: str, spec: dict[str, Any]) -> Param:
         )
     for key in spec:
         if key not in SPEC_KEYS[kind]:
-            raise ConfigError(f"{where}: unknown key '{key}' for type {kind}{did_you_mean(str(key), SPEC_KEYS[kind])}")
+            raise ConfigError(
+                f"{where}: unknown key '{key}' for type {kind}{did_you_mean(str(key), SPEC_KEYS[kind])}"
+            )
     wanted = HYPERPARAMETERS[name][0]
     if kind != "categorical" and wanted is not float and not (wanted is int and kind == "int"):
         allowed = "int or categorical" if wanted is int else "categorical"
-        raise ConfigError(f"{where}: {name} takes {wanted.__name__} values, so type must be {allowed},"
-                          f" got {kind}")
+        raise ConfigError(
+            f"{where}: {name} takes {wanted.__name__} values, so type must be {allowed}, got {kind}"
+        )
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -160,8 +163,9 @@ def _parse_param(where: str, name: str, spec: dict[str, Any]) -> Param:
         raise ConfigError(f"{where}: log scale needs low > 0, got low={low}")
     if step is not None and (Decimal(str(high)) - Decimal(str(low))) % Decimal(str(step)) != 0:
         # Optuna would quietly move `high` (with a warning); say so before any trial runs.
-        raise ConfigError(f"{where}: high - low must be a multiple of step,"
-                          f" got low={low}, high={high}, step={step}")
+        raise ConfigError(
+            f"{where}: high - low must be a multiple of step, got low={low}, high={high}, step={step}"
+        )
     check_hyperparameter(f"{where}.low", name, low)
     check_hyperparameter(f"{where}.high", name, high)
     return Param(name, kind, low=low, high=high, log=log, step=step)

@@ -29,9 +29,21 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that change what a trial measures: resuming a study with other values would mix incomparable trials.
 IDENTITY_KEYS = {
     "model": ("name", "max_length", "revision"),
-    "data": ("name", "subset", "train_split", "validation_split", "train_file", "validation_file", "text_column",
-             "text_pair_column", "label_column", "validation_fraction", "max_train_samples",
-             "max_validation_samples", "demo_size"),
+    "data": (
+        "name",
+        "subset",
+        "train_split",
+        "validation_split",
+        "train_file",
+        "validation_file",
+        "text_column",
+        "text_pair_column",
+        "label_column",
+        "validation_fraction",
+        "max_train_samples",
+        "max_validation_samples",
+        "demo_size",
+    ),
     "train": ("n_epochs",),
 }
 
@@ -42,7 +54,9 @@ def quiet_optuna_warnings():
     and our own ask/tell loop runs the heartbeat thread and stale-trial check that ``Study.optimize`` would."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        warnings.filterwarnings(
+            "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
+        )
         yield
 
 
@@ -117,7 +131,9 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
     path = _sqlite_path(url)
     if path is not None:
         if not create and not path.is_file():
-            raise ConfigError(f"storage: no study store at {path}; check --storage or run `hpsearch search` first")
+            raise ConfigError(
+                f"storage: no study store at {path}; check --storage or run `hpsearch search` first"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         _enable_wal(path)
         # Workers on one node wait for the write lock instead of failing with "database is locked".
@@ -129,7 +145,9 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         with quiet_optuna_warnings():
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=cfg.study.max_retries, inherit_intermediate_values=True)
+            retry = RetryHeartbeatStaleTrialCallback(
+                max_retry=cfg.study.max_retries, inherit_intermediate_values=True
+            )
         heartbeat = {
             "heartbeat_interval": cfg.study.heartbeat_interval,
             "grace_period": cfg.study.grace_period or 2 * cfg.study.heartbeat_interval,
@@ -143,8 +161,9 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
             _ENGINES.append(storage.engine)
             return storage
         except ImportError as exc:
-            raise ConfigError(f"storage: {describe_storage(url)} needs a driver ({exc});"
-                              f" {_driver_hint(url)}") from None
+            raise ConfigError(
+                f"storage: {describe_storage(url)} needs a driver ({exc}); {_driver_hint(url)}"
+            ) from None
         except Exception as exc:  # sqlalchemy raises ArgumentError, OperationalError, ...
             first = str(exc).strip().splitlines()[0][:300]
             if attempt < 5 and _is_schema_race(first):
@@ -166,7 +185,9 @@ def check_storage(url: str) -> None:
     import os
 
     journal = _journal_path(url)
-    file = Path(journal) if journal is not None else _sqlite_path(_normalise_url(url)) if "://" in url else None
+    file = (
+        Path(journal) if journal is not None else _sqlite_path(_normalise_url(url)) if "://" in url else None
+    )
     if "://" not in url and journal is None:
         open_storage(url, create=False)  # raises the "not a storage URL" message
     if file is not None:
@@ -181,8 +202,9 @@ def check_storage(url: str) -> None:
     try:
         engine = sqlalchemy.create_engine(_normalise_url(url), pool_pre_ping=True)
     except ImportError as exc:
-        raise ConfigError(f"storage: {describe_storage(url)} needs a database driver ({exc});"
-                          f" {_driver_hint(url)}") from None
+        raise ConfigError(
+            f"storage: {describe_storage(url)} needs a database driver ({exc}); {_driver_hint(url)}"
+        ) from None
     except Exception as exc:
         raise ConfigError(f"storage: {describe_storage(url)} is not a valid storage URL ({exc})") from None
     try:
@@ -213,8 +235,9 @@ class _GridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def make_sampler(cfg: Config, space: SearchSpace, worker: int = 0,
-                 n_existing: int = 0) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    cfg: Config, space: SearchSpace, worker: int = 0, n_existing: int = 0
+) -> optuna.samplers.BaseSampler:
     """The configured sampler, seeded with ``study.seed`` + the worker's number, so workers do not repeat each
     other. ``n_existing`` (the study's trials so far) also moves the seed of a resumed study: with the seed alone
     a rerun would draw the same first hyperparameters as the first run did. 7919, a prime far above any number
@@ -229,7 +252,9 @@ def make_sampler(cfg: Config, space: SearchSpace, worker: int = 0,
     if name == "grid":
         return _GridSampler(space.grid(), seed=seed)
     if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=n_startup, warn_independent_sampling=False)
+        return optuna.samplers.CmaEsSampler(
+            seed=seed, n_startup_trials=n_startup, warn_independent_sampling=False
+        )
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
     return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
@@ -284,8 +309,14 @@ def open_study(cfg: Config, space: SearchSpace, worker: int = 0) -> optuna.Study
             raise ConfigError(f"storage: study '{name}' maximises; hpsearch studies minimise val_error")
     else:
         try:
-            study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(cfg, space, worker),
-                                        pruner=make_pruner(cfg), direction=DIRECTION, load_if_exists=True)
+            study = optuna.create_study(
+                study_name=name,
+                storage=storage,
+                sampler=make_sampler(cfg, space, worker),
+                pruner=make_pruner(cfg),
+                direction=DIRECTION,
+                load_if_exists=True,
+            )
         except Exception as exc:
             raise StorageError(f"storage: could not create study '{name}': {exc}") from None
     study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
@@ -319,7 +350,9 @@ def counts(study: optuna.Study) -> Counter:
 def remaining_budget(study: optuna.Study, n_trials: int) -> int:
     """Trials this study may still start: ``n_trials`` minus finished, running and queued ones."""
     c = counts(study)
-    return n_trials - (c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING] + c[TrialState.WAITING])
+    return n_trials - (
+        c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING] + c[TrialState.WAITING]
+    )
 
 
 def is_over_budget(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
@@ -332,7 +365,8 @@ def is_over_budget(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> b
     if any(t.number == trial.number and "failed_trial" in t.system_attrs for t in trials):
         return False
     ahead = sum(
-        1 for t in trials
+        1
+        for t in trials
         if t.number < trial.number and t.state != TrialState.FAIL and OVER_BUDGET_ATTR not in t.user_attrs
     )
     return ahead >= n_trials

@@ -84,11 +84,15 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if name == "fp32" or (name == "auto" and device.type != "cuda"):
         return None
     if name == "fp16" and device.type == "cpu":
-        raise ConfigError("train.precision: fp16 needs a GPU (a CPU has no fast fp16 and would need a loss scaler);"
-                          " use `precision: bf16` or `fp32` on cpu")
+        raise ConfigError(
+            "train.precision: fp16 needs a GPU (a CPU has no fast fp16 and would need a loss scaler);"
+            " use `precision: bf16` or `fp32` on cpu"
+        )
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"train.precision: bf16 is not supported by {torch.cuda.get_device_name()};"
-                          " use `precision: fp16` or `auto`")
+        raise ConfigError(
+            f"train.precision: bf16 is not supported by {torch.cuda.get_device_name()};"
+            " use `precision: fp16` or `auto`"
+        )
     if name == "bf16" or (name == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
@@ -102,21 +106,28 @@ def batches(lengths: list[int], batch_size: int, seed: int, group_by_length: boo
     rng.shuffle(order)
     if group_by_length:
         mega = 50 * batch_size
-        order = [i for s in range(0, len(order), mega)
-                 for i in sorted(order[s:s + mega], key=lambda i: -lengths[i])]
-    out = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        order = [
+            i
+            for s in range(0, len(order), mega)
+            for i in sorted(order[s : s + mega], key=lambda i: -lengths[i])
+        ]
+    out = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     if group_by_length:
         rng.shuffle(out)
     return out
 
 
-def collate(encoded: dict[str, list], labels: list[int], idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(
+    encoded: dict[str, list], labels: list[int], idx: list[int], pad_id: int
+) -> dict[str, torch.Tensor]:
     """Pad to the longest example in this batch (dynamic padding); one tensor per field, built from lists."""
     seqs = [encoded["input_ids"][i] for i in idx]
     width = max(len(s) for s in seqs)
     batch = {
         "input_ids": torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], dtype=torch.long),
-        "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], dtype=torch.long),
+        "attention_mask": torch.tensor(
+            [[1] * len(s) + [0] * (width - len(s)) for s in seqs], dtype=torch.long
+        ),
         "labels": torch.tensor([labels[i] for i in idx], dtype=torch.long),
     }
     if "token_type_ids" in encoded:
@@ -142,9 +153,18 @@ def _schedule(kind: str, warmup: int, total: int):
 class FineTuning:
     """One trial's training run: model, optimizer and schedule, resumable from ``state_dict()``."""
 
-    def __init__(self, model: nn.Module, train_enc: dict[str, list], train_labels: list[int],
-                 val_enc: dict[str, list], val_labels: list[int], hp: dict[str, Any], settings: TrainSection,
-                 pad_id: int, device: torch.device | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        train_enc: dict[str, list],
+        train_labels: list[int],
+        val_enc: dict[str, list],
+        val_labels: list[int],
+        hp: dict[str, Any],
+        settings: TrainSection,
+        pad_id: int,
+        device: torch.device | None = None,
+    ):
         self.settings, self.hp, self.pad_id = settings, hp, pad_id
         self.train_enc, self.train_labels = train_enc, train_labels
         self.val_enc, self.val_labels = val_enc, val_labels
@@ -165,12 +185,18 @@ class FineTuning:
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and LayerNorm
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": float(hp["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": float(hp["weight_decay"])},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             # one kernel, not one per tensor
-            lr=float(hp["learning_rate"]), fused=self.device.type in ("cuda", "cpu"),
+            lr=float(hp["learning_rate"]),
+            fused=self.device.type in ("cuda", "cpu"),
         )
         warmup = int(total * float(hp["warmup_ratio"]))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(hp["lr_scheduler"], warmup, total))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _schedule(hp["lr_scheduler"], warmup, total)
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.epoch = 0  # epochs finished
         self.loss_start: float | None = None  # the loss EMA after DIVERGENCE_MIN_STEPS steps
@@ -191,8 +217,11 @@ class FineTuning:
             "loss_start": self.loss_start,
             "loss_ema": self.loss_ema,
             "divergence": self.divergence,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -219,7 +248,9 @@ class FineTuning:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+        )
 
     def _forward_backward(self, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
         """Forward and backward of one micro-batch, its loss weighted by its share of the batch."""
@@ -233,7 +264,7 @@ class FineTuning:
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for s in range(0, len(idx), self.micro_batch_size):
-            part = idx[s:s + self.micro_batch_size]
+            part = idx[s : s + self.micro_batch_size]
             batch = self._to_device(collate(self.train_enc, self.train_labels, part, self.pad_id))
             share = len(part) / len(idx)
             total += self._forward_backward(batch, share) * share
@@ -261,8 +292,10 @@ class FineTuning:
                 break
             self._free_after_oom()
             if self.micro_batch_size == 1:
-                raise TrialFailure(f"out of memory even with micro-batch 1 (batch size {self.batch_size},"
-                                   f" device {self.device})")
+                raise TrialFailure(
+                    f"out of memory even with micro-batch 1 (batch size {self.batch_size},"
+                    f" device {self.device})"
+                )
             self.micro_batch_size = max(1, self.micro_batch_size // 2)
         self.scaler.unscale_(self.optimizer)
         nn.utils.clip_grad_norm_(self.model.parameters(), float(self.hp["max_grad_norm"]))
@@ -282,14 +315,20 @@ class FineTuning:
         where = f"epoch {self.epoch + 1}, step {step}"
         if not math.isfinite(loss):
             return f"loss became {loss} at {where}"
-        ema = self.loss_ema = loss if self.loss_ema is None else EMA_DECAY * self.loss_ema + (1 - EMA_DECAY) * loss
+        ema = self.loss_ema = (
+            loss if self.loss_ema is None else EMA_DECAY * self.loss_ema + (1 - EMA_DECAY) * loss
+        )
         if self.loss_start is None and step >= DIVERGENCE_MIN_STEPS:
             self.loss_start = ema
         if self.loss_start is not None and ema > DIVERGENCE_FACTOR * self.loss_start:
             return f"training loss climbed to {ema:.3g} from {self.loss_start:.3g} at {where}"
-        if step >= max(DIVERGENCE_MIN_STEPS, CHANCE_AFTER * self.steps_per_epoch) and \
-                ema > CHANCE_FACTOR * self.chance_loss:
-            return (f"training loss {ema:.3g} is worse than a uniform guess ({self.chance_loss:.3g}) at {where}")
+        if (
+            step >= max(DIVERGENCE_MIN_STEPS, CHANCE_AFTER * self.steps_per_epoch)
+            and ema > CHANCE_FACTOR * self.chance_loss
+        ):
+            return (
+                f"training loss {ema:.3g} is worse than a uniform guess ({self.chance_loss:.3g}) at {where}"
+            )
         return ""
 
     def evaluate(self) -> tuple[float, float]:
@@ -314,7 +353,7 @@ class FineTuning:
         try:
             with torch.inference_mode(), self._autocast():
                 for s in range(0, len(order), batch_size):
-                    idx = order[s:s + batch_size]
+                    idx = order[s : s + batch_size]
                     batch = self._to_device(collate(self.val_enc, self.val_labels, idx, self.pad_id))
                     out = self.model(**batch)
                     loss_sum += out.loss.float() * len(idx)  # summed on the device: one sync per evaluation
@@ -329,7 +368,9 @@ class FineTuning:
         stop = getattr(self.settings, "divergence_stop", True)
         self.model.train()
         while self.epoch < self.settings.n_epochs:
-            plan = batches(self.lengths, self.batch_size, seed * 1000 + self.epoch, self.settings.group_by_length)
+            plan = batches(
+                self.lengths, self.batch_size, seed * 1000 + self.epoch, self.settings.group_by_length
+            )
             reason, loss_sum, samples, real, padded, train_seconds = "", 0.0, 0, 0, 0, 0.0
             for step, idx in enumerate(plan, start=1):
                 started = time.perf_counter()
@@ -347,16 +388,39 @@ class FineTuning:
                     reason = found
                     break
             if reason:
-                yield EpochResult(self.epoch + 1, float("nan"), float("nan"), 1.0, train_seconds, 0.0, samples, real,
-                                  padded, self.micro_batch_size, diverged=True, reason=reason,
-                                  divergence=self.divergence)
+                yield EpochResult(
+                    self.epoch + 1,
+                    float("nan"),
+                    float("nan"),
+                    1.0,
+                    train_seconds,
+                    0.0,
+                    samples,
+                    real,
+                    padded,
+                    self.micro_batch_size,
+                    diverged=True,
+                    reason=reason,
+                    divergence=self.divergence,
+                )
                 return
             started = time.perf_counter()
             val_loss, val_error = self.evaluate()
             eval_seconds = time.perf_counter() - started
             self.epoch += 1
-            yield EpochResult(self.epoch, loss_sum / max(1, samples), val_loss, val_error, train_seconds,
-                              eval_seconds, samples, real, padded, self.micro_batch_size, divergence=self.divergence)
+            yield EpochResult(
+                self.epoch,
+                loss_sum / max(1, samples),
+                val_loss,
+                val_error,
+                train_seconds,
+                eval_seconds,
+                samples,
+                real,
+                padded,
+                self.micro_batch_size,
+                divergence=self.divergence,
+            )
 
     def release(self) -> None:
         """Free the model, optimizer state and cached GPU blocks so memory does not grow across trials."""

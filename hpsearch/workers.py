@@ -67,13 +67,15 @@ def parse_gpus(spec: str, visible: str | None = None, count: int | None = None) 
         if count is None:
             count = _count_gpus()
         if count == 0:
-            raise ConfigError("--gpus all: no CUDA GPU is visible on this machine;"
-                              " use --workers N for CPU workers")
+            raise ConfigError(
+                "--gpus all: no CUDA GPU is visible on this machine; use --workers N for CPU workers"
+            )
         return listed[:count] if listed else [str(i) for i in range(count)]
     parts = [p.strip() for p in spec.split(",")]
     if not parts or not all(p.isdigit() for p in parts):
-        raise ConfigError(f"--gpus {spec!r}: expected `all` or GPU indices separated by commas,"
-                          " e.g. --gpus 0,1,3")
+        raise ConfigError(
+            f"--gpus {spec!r}: expected `all` or GPU indices separated by commas, e.g. --gpus 0,1,3"
+        )
     if len(set(parts)) != len(parts):
         raise ConfigError(f"--gpus {spec!r}: a GPU is listed twice; give each GPU once")
     if count is None:
@@ -81,8 +83,10 @@ def parse_gpus(spec: str, visible: str | None = None, count: int | None = None) 
     bad = [p for p in parts if int(p) >= count]
     if bad:
         via = f" via CUDA_VISIBLE_DEVICES={visible}" if listed else ""
-        raise ConfigError(f"--gpus {spec!r}: no GPU {', '.join(bad)} on this machine ({count} visible{via});"
-                          f" use 0..{count - 1}")
+        raise ConfigError(
+            f"--gpus {spec!r}: no GPU {', '.join(bad)} on this machine ({count} visible{via});"
+            f" use 0..{count - 1}"
+        )
     return [listed[int(p)] for p in parts] if listed else parts
 
 
@@ -92,8 +96,9 @@ def _count_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def plan_workers(n_workers: int | None = None, gpus: list[str] | None = None,
-                 first_index: int = 0) -> list[Worker]:
+def plan_workers(
+    n_workers: int | None = None, gpus: list[str] | None = None, first_index: int = 0
+) -> list[Worker]:
     """One Worker per GPU (with ``CUDA_VISIBLE_DEVICES`` set to it) or ``n_workers`` CPU workers."""
     if gpus:
         return [Worker(f"gpu{g}", first_index + k, {"CUDA_VISIBLE_DEVICES": g}) for k, g in enumerate(gpus)]
@@ -152,18 +157,26 @@ def _pump(worker: Worker, stream, out: TextIO, lock: threading.Lock) -> None:
 def _start(worker: Worker, command: list[str], out: TextIO, lock: threading.Lock) -> list[threading.Thread]:
     env = {**os.environ, **worker.env, "PYTHONUNBUFFERED": "1"}
     # A session of its own: Ctrl-C in a terminal reaches only the parent, which passes it on once.
-    worker.process = subprocess.Popen([*command, "--worker-index", str(worker.index)], env=env,
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, start_new_session=True)
-    threads = [threading.Thread(target=_pump, args=(worker, s, out, lock), daemon=True)
-               for s in (worker.process.stdout, worker.process.stderr)]
+    worker.process = subprocess.Popen(
+        [*command, "--worker-index", str(worker.index)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    threads = [
+        threading.Thread(target=_pump, args=(worker, s, out, lock), daemon=True)
+        for s in (worker.process.stdout, worker.process.stderr)
+    ]
     for t in threads:
         t.start()
     return threads
 
 
-def run_workers(workers: list[Worker], command: list[str],
-                out: TextIO | None = None) -> tuple[int, int | None]:
+def run_workers(
+    workers: list[Worker], command: list[str], out: TextIO | None = None
+) -> tuple[int, int | None]:
     """Run ``command`` once per worker; returns (exit status, signal received or None).
 
     The exit status is 0 when every worker exited 0; else the first worker's status when it failed before the

@@ -24,7 +24,9 @@ SHARED = Path(os.environ.get("HPSEARCH_SHARED", ROOT.parent / "shared"))
 SST2 = SHARED / "data" / "sst2"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-_spec = importlib.util.spec_from_file_location("hpsearch_tests_pgserver", Path(__file__).parent / "pgserver.py")
+_spec = importlib.util.spec_from_file_location(
+    "hpsearch_tests_pgserver", Path(__file__).parent / "pgserver.py"
+)
 pgserver = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = pgserver
 _spec.loader.exec_module(pgserver)
@@ -82,7 +84,9 @@ def make_config(workdir):
 @pytest.fixture(scope="session")
 def sst2_dir() -> Path:
     if not (SST2 / "train.tsv").is_file():
-        missing(f"SST-2 files not found at {SST2}: tests that need them run with ../shared beside the checkout")
+        missing(
+            f"SST-2 files not found at {SST2}: tests that need them run with ../shared beside the checkout"
+        )
     return SST2
 
 

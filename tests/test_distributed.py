@@ -24,8 +24,13 @@ from hpsearch.workers import parse_gpus, plan_workers
 ERRORS = re.compile(r"database is locked|Traceback|hpsearch: (internal )?error|Error:", re.IGNORECASE)
 # Trials long enough to be caught mid-way: four epochs of a few seconds each.
 SLOW_TRIAL = {
-    "study": {"n_trials": 2, "sampler": "random", "pruner": "none", "heartbeat_interval": 1,
-              "grace_period": 3},
+    "study": {
+        "n_trials": 2,
+        "sampler": "random",
+        "pruner": "none",
+        "heartbeat_interval": 1,
+        "grace_period": 3,
+    },
     "data": {"demo_size": 800},
     "train": {"n_epochs": 4},
     "search_space": {"batch_size": 16},
@@ -117,8 +122,9 @@ def _assert_resumed(study: optuna.Study, original: optuna.trial.FrozenTrial, out
     assert retry.params == original.params
     resumed = retry.user_attrs["resumed_from_epoch"]
     assert resumed >= original.user_attrs["epochs_run"] >= 1
-    assert {s: v for s, v in retry.intermediate_values.items() if s in after.intermediate_values} \
-        == after.intermediate_values  # the learning curve is kept, so the pruner compares it fairly
+    assert {
+        s: v for s, v in retry.intermediate_values.items() if s in after.intermediate_values
+    } == after.intermediate_values  # the learning curve is kept, so the pruner compares it fairly
     assert sorted(retry.intermediate_values) == list(range(1, n_epochs + 1))
     assert _epochs_trained(output, retry.number) == list(range(resumed + 1, n_epochs + 1))
     assert f"trial {retry.number} resumes trial {original.number} after epoch {resumed}" in output
@@ -138,6 +144,7 @@ def _assert_budget_exact(study: optuna.Study, n_trials: int) -> None:
 
 
 # --- several workers, one study ---------------------------------------------------------------------------
+
 
 def _eight_workers(make_config, workdir, storage: str) -> None:
     """8 workers share study w8 (16 trials) while one more worker runs study `solo` in the same store."""
@@ -174,11 +181,13 @@ def test_eight_workers_on_one_sqlite_study_run_exactly_n_trials_beside_another_s
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_eight_workers_on_one_postgresql_study_run_exactly_n_trials_beside_another_study(
-        make_config, workdir, postgres_url):
+    make_config, workdir, postgres_url
+):
     _eight_workers(make_config, workdir, postgres_url)
 
 
 # --- crash recovery --------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_kill_9_mid_trial_then_a_new_worker_resumes_it_from_its_checkpoint(make_config, workdir):
@@ -195,8 +204,10 @@ def test_kill_9_mid_trial_then_a_new_worker_resumes_it_from_its_checkpoint(make_
     code, output = _run(workdir, "search", str(config))
     assert code == 0, output[-3000:]
     study = _study(url)
-    assert next(t for t in study.trials if t.number == dead.number).user_attrs["epochs_run"] \
+    assert (
+        next(t for t in study.trials if t.number == dead.number).user_attrs["epochs_run"]
         == dead.user_attrs["epochs_run"]
+    )
     _assert_resumed(study, dead, output, n_epochs=4)
     _assert_budget_exact(study, 2)
     assert not checkpoint.exists()  # the dead trial's checkpoint is gone once its retry has its own
@@ -210,10 +221,15 @@ def test_sigterm_to_workers_checkpoints_requeues_and_a_rerun_resumes(make_config
     # No trial goes stale here: a long grace period keeps a heartbeat delayed by the load from failing one.
     study = {**SLOW_TRIAL["study"], "n_trials": 3, "grace_period": 15}
     config = make_config(**{**SLOW_TRIAL, "study": study})
-    parent = _start(workdir, "stopped.log", "search", str(config), "--storage", postgres_url,
-                    "--workers", "2")
-    running = _wait_until("the second worker past its first epoch", _running_after_epoch(postgres_url),
-                          [parent], ready="[w1] trial")
+    parent = _start(
+        workdir, "stopped.log", "search", str(config), "--storage", postgres_url, "--workers", "2"
+    )
+    running = _wait_until(
+        "the second worker past its first epoch",
+        _running_after_epoch(postgres_url),
+        [parent],
+        ready="[w1] trial",
+    )
     at_signal = {t.number: len(t.intermediate_values) for t in running}
     parent.send_signal(signal.SIGTERM)  # as Slurm preemption or `kubectl delete` would
     code, output = _finish(parent, timeout=120)
@@ -236,10 +252,14 @@ def test_sigterm_to_workers_checkpoints_requeues_and_a_rerun_resumes(make_config
 
 # --- planning workers (no processes) ----------------------------------------------------------------------
 
+
 def test_gpus_are_given_one_worker_each_with_cuda_visible_devices():
     plan = plan_workers(gpus=parse_gpus("0,1,3", count=4))
     assert [(w.label, w.env["CUDA_VISIBLE_DEVICES"], w.index) for w in plan] == [
-        ("gpu0", "0", 0), ("gpu1", "1", 1), ("gpu3", "3", 2)]
+        ("gpu0", "0", 0),
+        ("gpu1", "1", 1),
+        ("gpu3", "3", 2),
+    ]
 
 
 def test_gpu_indices_follow_the_devices_slurm_made_visible():
@@ -247,12 +267,15 @@ def test_gpu_indices_follow_the_devices_slurm_made_visible():
     assert parse_gpus("1", visible="4,5", count=2) == ["5"]
 
 
-@pytest.mark.parametrize(("spec", "count", "message"), [
-    ("all", 0, "no CUDA GPU is visible"),
-    ("0,x", 2, "expected `all` or GPU indices"),
-    ("0,0", 2, "listed twice"),
-    ("0,3", 2, "no GPU 3 on this machine"),
-])
+@pytest.mark.parametrize(
+    ("spec", "count", "message"),
+    [
+        ("all", 0, "no CUDA GPU is visible"),
+        ("0,x", 2, "expected `all` or GPU indices"),
+        ("0,0", 2, "listed twice"),
+        ("0,3", 2, "no GPU 3 on this machine"),
+    ],
+)
 def test_bad_gpu_lists_are_rejected_with_the_fix(spec, count, message):
     from hpsearch.errors import ConfigError
 
@@ -294,8 +317,11 @@ def test_a_worker_whose_trial_another_worker_failed_as_stale_goes_on(workdir):
     from hpsearch.search import Reporter, _run_one
     from hpsearch.study import quiet_optuna_warnings
 
-    cfg = load_config(None, overrides={"storage": f"sqlite:///{workdir}/s.db", "name": "late"},
-                      sets=["study.heartbeat_interval=1"])
+    cfg = load_config(
+        None,
+        overrides={"storage": f"sqlite:///{workdir}/s.db", "name": "late"},
+        sets=["study.heartbeat_interval=1"],
+    )
     study = optuna.create_study(study_name="late", storage=open_storage(cfg.study.storage, cfg))
 
     def objective(trial):

@@ -129,6 +129,8 @@ def test_tiny_tokenizer_is_identical_in_every_process():
         "tok = train_tiny_tokenizer(make_demo_dataset(500)['text'])\n"
         "print(hashlib.sha256(json.dumps(tok.get_vocab(), sort_keys=True).encode()).hexdigest())\n"
     )
-    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-               for _ in range(3)}
+    digests = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(3)
+    }
     assert len(digests) == 1

@@ -41,14 +41,20 @@ def _one_line_error(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("postgresql://hp:pw@db/hpsearch", "postgresql+psycopg://hp:pw@db/hpsearch"),  # psycopg 3, not psycopg2
-    ("postgres://hp@db/hpsearch", "postgresql+psycopg://hp@db/hpsearch"),
-    ("postgresql+psycopg://hp@db/hpsearch", "postgresql+psycopg://hp@db/hpsearch"),
-    ("mysql://hp@db/hpsearch", "mysql+pymysql://hp@db/hpsearch"),
-    ("mysql+pymysql://hp@db/hpsearch", "mysql+pymysql://hp@db/hpsearch"),
-    ("sqlite:///studies/x.db", "sqlite:///studies/x.db"),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "postgresql://hp:pw@db/hpsearch",
+            "postgresql+psycopg://hp:pw@db/hpsearch",
+        ),  # psycopg 3, not psycopg2
+        ("postgres://hp@db/hpsearch", "postgresql+psycopg://hp@db/hpsearch"),
+        ("postgresql+psycopg://hp@db/hpsearch", "postgresql+psycopg://hp@db/hpsearch"),
+        ("mysql://hp@db/hpsearch", "mysql+pymysql://hp@db/hpsearch"),
+        ("mysql+pymysql://hp@db/hpsearch", "mysql+pymysql://hp@db/hpsearch"),
+        ("sqlite:///studies/x.db", "sqlite:///studies/x.db"),
+    ],
+)
 def test_short_database_urls_name_the_installed_driver(url, expected):
     assert _normalise_url(url) == expected
 
@@ -61,7 +67,9 @@ def test_mysql_url_without_its_driver_is_one_line_naming_the_extra(make_config, 
     except ImportError:
         pass
     config = make_config()
-    line = _one_line_error(CliRunner().invoke(cli, ["search", str(config), "--storage", "mysql://hp:secret@db/hp"]))
+    line = _one_line_error(
+        CliRunner().invoke(cli, ["search", str(config), "--storage", "mysql://hp:secret@db/hp"])
+    )
     assert "hpsearch[mysql]" in line and "secret" not in line
     assert not (workdir / "studies").exists() and not (workdir / "checkpoints").exists()
 
@@ -123,8 +131,11 @@ def test_reading_a_missing_journal_file_does_not_create_it(workdir):
 def _study(workdir, n_trials=2, heartbeat=False, **study):
     """A real SQLite study; with ``heartbeat`` its storage beats and retries as a worker's does."""
     storage = f"sqlite:///{workdir}/s.db"
-    cfg = load_config(None, overrides={"storage": storage, "name": "b", "n_trials": n_trials},
-                      sets=[f"study.{k}={v}" for k, v in study.items()])
+    cfg = load_config(
+        None,
+        overrides={"storage": storage, "name": "b", "n_trials": n_trials},
+        sets=[f"study.{k}={v}" for k, v in study.items()],
+    )
     storage = open_storage(cfg.study.storage, cfg if heartbeat else None)
     study = optuna.create_study(study_name="b", storage=storage, load_if_exists=True)
     study.set_user_attr("hpsearch_config", cfg.to_dict())  # as open_study records it: grace period, n_epochs
@@ -261,8 +272,9 @@ def test_a_resumed_study_does_not_repeat_the_first_runs_hyperparameters(workdir)
     from hpsearch.study import open_study
 
     def config(db: str):
-        return load_config(None, overrides={"storage": f"sqlite:///{workdir}/{db}", "name": "again",
-                                            "sampler": "random"})
+        return load_config(
+            None, overrides={"storage": f"sqlite:///{workdir}/{db}", "name": "again", "sampler": "random"}
+        )
 
     cfg = config("s.db")
     space = parse_space(cfg.search_space, cfg.source)

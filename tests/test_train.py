@@ -27,8 +27,16 @@ from hpsearch.models import ModelFactory
 from hpsearch.search import Reporter, run_search
 from hpsearch.train import FineTuning, batches, resolve_precision
 
-HP = {"learning_rate": 1e-3, "batch_size": 16, "weight_decay": 0.0, "warmup_ratio": 0.0, "dropout": 0.1,
-      "seed": 0, "lr_scheduler": "linear", "max_grad_norm": 1.0}
+HP = {
+    "learning_rate": 1e-3,
+    "batch_size": 16,
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "dropout": 0.1,
+    "seed": 0,
+    "lr_scheduler": "linear",
+    "max_grad_norm": 1.0,
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,9 +60,19 @@ def demo():
 def fine_tuning(demo, n_epochs=1, dropout=0.1, model_seed=0, **changes) -> FineTuning:
     data, factory, (train_enc, val_enc) = demo
     hp = {**HP, **{k: v for k, v in changes.items() if k in HP}}
-    settings = TrainSection(n_epochs=n_epochs, device="cpu", **{k: v for k, v in changes.items() if k not in HP})
-    return FineTuning(factory.build(model_seed, dropout), train_enc, data.train.labels, val_enc,
-                      data.validation.labels, hp, settings, pad_id=factory.tokenizer.pad_token_id)
+    settings = TrainSection(
+        n_epochs=n_epochs, device="cpu", **{k: v for k, v in changes.items() if k not in HP}
+    )
+    return FineTuning(
+        factory.build(model_seed, dropout),
+        train_enc,
+        data.train.labels,
+        val_enc,
+        data.validation.labels,
+        hp,
+        settings,
+        pad_id=factory.tokenizer.pad_token_id,
+    )
 
 
 def fake_loss(monkeypatch, value_at):
@@ -193,7 +211,9 @@ def test_out_of_memory_in_evaluation_halves_the_evaluation_batch(demo, monkeypat
     assert run.eval_micro_batch_size == 8
 
 
-def test_out_of_memory_at_micro_batch_one_fails_the_trial_and_the_study_goes_on(make_config, workdir, monkeypatch):
+def test_out_of_memory_at_micro_batch_one_fails_the_trial_and_the_study_goes_on(
+    make_config, workdir, monkeypatch
+):
     """The first trial cannot fit even one example: it is marked failed with the reason; the others run."""
     original_init, original_fb = FineTuning.__init__, FineTuning._forward_backward
     made = []
@@ -250,7 +270,9 @@ def test_bf16_trains_under_cpu_autocast(demo):
     assert next(run.model.parameters()).dtype == torch.float32  # master weights stay fp32
 
 
-@pytest.mark.parametrize(("precision", "expected"), [("fp32", None), ("auto", None), ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("precision", "expected"), [("fp32", None), ("auto", None), ("bf16", torch.bfloat16)]
+)
 def test_precision_on_cpu(precision, expected):
     assert resolve_precision(precision, torch.device("cpu")) == expected
 
