@@ -771,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print_summary(result, sys.stdout)
-    print(f"\nfull results: {out} (trial log: {out.with_suffix('.log')})", file=sys.stderr)
+    print(f"\nfull results: {out} (trial log: {out.with_suffix('.progress.txt')})", file=sys.stderr)
     return 0
 
 
@@ -781,7 +781,7 @@ def run_all(
     from hpsearch.search import prepare
 
     majority = data.majority_error()
-    log_path = out.with_suffix(".log")  # every trial's progress lines, for reading after the run
+    log_path = out.with_suffix(".progress.txt")  # every trial's progress lines, for reading after the run
     started = time.monotonic()
     per_seed: dict[int, dict[str, Recorder]] = {}
     with open(log_path, "w", encoding="utf-8") as log:

@@ -98,6 +98,13 @@ storage_option = click.option(
 )
 
 
+def format_option(*choices: str, help: str = "Output format."):
+    """``--format`` with the first choice as default, shared by the commands that print results."""
+    return click.option(
+        "--format", "fmt", type=click.Choice(choices), default=choices[0], show_default=True, help=help
+    )
+
+
 def _storage_for(study: str | None, storage: str | None) -> str:
     return storage or os.environ.get(STORAGE_ENV) or f"sqlite:///studies/{study}.db"
 
@@ -441,14 +448,7 @@ def requeue(study, trial_number, storage):
 @cli.command()
 @click.argument("study")
 @storage_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["yaml", "json"]),
-    default="yaml",
-    show_default=True,
-    help="Output format.",
-)
+@format_option("yaml", "json")
 @_translate
 def best(study, storage, fmt):
     """Print the best trial's hyperparameters, ready to paste into a config.
@@ -481,14 +481,7 @@ def best(study, storage, fmt):
 @cli.command()
 @click.argument("study")
 @storage_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["csv", "json"]),
-    default="csv",
-    show_default=True,
-    help="Output format.",
-)
+@format_option("csv", "json")
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout)."
 )
@@ -578,12 +571,9 @@ def dashboard(storage, host, port, allow_writes):
     type=click.Path(),
     help="HTML file to write, or a folder for --format png.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["html", "png"]),
-    default="html",
-    show_default=True,
+@format_option(
+    "html",
+    "png",
     help="html: one self-contained file (plotly.js inline); png: one image per figure (needs kaleido "
     "and Chrome/Chromium).",
 )

@@ -254,16 +254,7 @@ def _validate(cfg: Config) -> dict[str, Any]:
         raise ConfigError(f"{src}: data: give data.name (`demo` or a hub data set) or data.train_file")
     if d.validation_file and not d.train_file:
         raise ConfigError(f"{src}: data.validation_file needs data.train_file")
-    for key in (
-        "learning_rate",
-        "batch_size",
-        "weight_decay",
-        "warmup_ratio",
-        "dropout",
-        "seed",
-        "lr_scheduler",
-        "max_grad_norm",
-    ):
+    for key in HYPERPARAMETERS:
         check_hyperparameter(f"{src}: train.{key}", key, getattr(t, key))
     from hpsearch.space import parse_space  # the space module owns the search-space rules
 

@@ -16,22 +16,13 @@ from typing import Any
 
 import optuna
 
-from hpsearch.config import Config
+from hpsearch.config import HYPERPARAMETERS, Config
 from hpsearch.data import TextData
 from hpsearch.models import ModelFactory
 from hpsearch.space import SearchSpace, suggest
 
 CHECKPOINT_ATTR = "checkpoint_path"
-TUNABLE = (
-    "learning_rate",
-    "batch_size",
-    "weight_decay",
-    "warmup_ratio",
-    "dropout",
-    "seed",
-    "lr_scheduler",
-    "max_grad_norm",
-)
+TUNABLE = tuple(HYPERPARAMETERS)  # the train keys a search space may set
 
 
 class Interrupted(Exception):
