@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +175,3 @@ def _gpu_name() -> str:
     import torch
 
     return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
-
-
-def epoch_summary(result) -> dict[str, Any]:
-    return {k: v for k, v in asdict(result).items() if k not in ("reason",)}

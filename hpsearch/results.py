@@ -13,14 +13,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.study import CONFIG_ATTR, OVER_BUDGET_ATTR, _summaries, best_trial, open_storage
+from hpsearch.study import CONFIG_ATTR, _summaries, best_trial, counts, open_storage, visible_trials
 
 STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
-
-
-def visible_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The study's trials, less the ones a worker asked for past the budget and gave back untouched."""
-    return [t for t in study.get_trials(deepcopy=False) if OVER_BUDGET_ATTR not in t.user_attrs]
 
 
 def default_stores(directory: str = "studies") -> list[str]:
@@ -259,5 +254,5 @@ def format_running(rows: list[dict[str, Any]], grace: float) -> str:
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
-    c = Counter(t.state for t in visible_trials(study))
+    c = counts(study)
     return {s.name.lower(): c.get(s, 0) for s in TrialState}

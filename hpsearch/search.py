@@ -277,7 +277,7 @@ def _loop(
                 " worker stops (raise --n-trials to run more)"
             )
             return "budget", ran
-        if remaining_budget(study, n_trials) <= 0 and not c[TrialState.WAITING]:
+        if remaining_budget(study, n_trials, c) <= 0 and not c[TrialState.WAITING]:
             # Other workers hold the last trials. Wait: if one dies, its trial comes back here to be retried.
             if not waited:
                 reporter.line(

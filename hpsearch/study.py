@@ -342,14 +342,20 @@ def load_existing_study(storage_url: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def visible_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's trials, less the ones a worker asked for past the budget and gave back untouched."""
+    return [t for t in study.get_trials(deepcopy=False) if OVER_BUDGET_ATTR not in t.user_attrs]
+
+
 def counts(study: optuna.Study) -> Counter:
-    """Trials by state, leaving out the ones a worker started past the budget and gave back at once."""
-    return Counter(t.state for t in study.get_trials(deepcopy=False) if OVER_BUDGET_ATTR not in t.user_attrs)
+    """Visible trials by state."""
+    return Counter(t.state for t in visible_trials(study))
 
 
-def remaining_budget(study: optuna.Study, n_trials: int) -> int:
-    """Trials this study may still start: ``n_trials`` minus finished, running and queued ones."""
-    c = counts(study)
+def remaining_budget(study: optuna.Study, n_trials: int, c: Counter | None = None) -> int:
+    """Trials this study may still start: ``n_trials`` minus finished, running and queued ones.
+    Pass ``c`` (from :func:`counts`) when the caller has just counted, to save a read of every trial."""
+    c = counts(study) if c is None else c
     return n_trials - (
         c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING] + c[TrialState.WAITING]
     )

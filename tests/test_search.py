@@ -25,17 +25,6 @@ DEMO_SIZE = 800  # small enough for seconds per trial, big enough that a good le
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads are many times slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def invoke(*args: str):
     return CliRunner().invoke(cli, [str(a) for a in args])
 

@@ -39,15 +39,6 @@ HP = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: a tiny model gains nothing from more, and a shared CI box loses a lot to spinning."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def demo():
     """300 demo sentences (270 train / 30 validation), a tiny tokenizer and their token ids."""
