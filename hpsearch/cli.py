@@ -144,7 +144,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     "--timeout", type=float, help="Seconds this invocation may search before it stops starting trials."
 )
 @click.option("--sampler", help="tpe (default), random, grid, cmaes, gp or qmc.")
-@click.option("--pruner", help="hyperband (default), successive-halving, median, percentile or none.")
+@click.option("--pruner", help="successive-halving (default, ASHA), hyperband, median, percentile or none.")
 @click.option("--seed", type=int, help="Sampler seed.")
 @click.option(
     "--set",

@@ -28,7 +28,7 @@ import yaml
 from hpsearch.errors import ConfigError
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
-PRUNERS = ("hyperband", "successive-halving", "median", "percentile", "none")
+PRUNERS = ("successive-halving", "hyperband", "median", "percentile", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULERS = ("linear", "cosine", "constant")
@@ -45,7 +45,8 @@ class StudySection:
     n_trials: int = 20  # total finished (complete + pruned) trials for the whole study, all workers together
     timeout: float | None = None  # seconds this invocation may search before it stops starting trials
     sampler: str = "tpe"  # tpe | random | grid | cmaes | gp | qmc
-    pruner: str = "hyperband"  # hyperband | successive-halving | median | percentile | none
+    pruner: str = "successive-halving"  # successive-halving (ASHA) | hyperband | median | percentile | none
+    reduction_factor: int = 3  # successive halving / hyperband: a third of a rung's trials go on to the next
     seed: int | None = 0  # sampler seed; each extra worker adds its index so workers do not repeat each other
     heartbeat_interval: int = 30  # seconds between a running trial's heartbeats on an RDB store
     grace_period: int | None = None  # seconds without heartbeat before a trial is stale; None: 2 * interval
@@ -239,6 +240,10 @@ def _validate(cfg: Config) -> dict[str, Any]:
     }.items():
         if value is not None and value <= 0:
             raise ConfigError(f"{src}: {key}: must be > 0 (or left out), got {value}")
+    if s.reduction_factor < 2:
+        raise ConfigError(
+            f"{src}: study.reduction_factor must be >= 2 (got {s.reduction_factor}); 3 keeps a third per rung"
+        )
     if s.max_retries < 0 or s.n_startup_trials < 0:
         raise ConfigError(f"{src}: study.max_retries and study.n_startup_trials must be >= 0")
     if not s.name.strip():

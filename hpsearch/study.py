@@ -261,11 +261,17 @@ def make_sampler(
 
 
 def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
-    n_epochs, name = cfg.train.n_epochs, cfg.study.pruner
+    """Epochs are the resource: rungs at epochs 1, r, r**2, ... for successive halving (r: reduction_factor).
+
+    The default, asynchronous successive halving (ASHA), lets a trial past a rung when its error there is in
+    the best 1/r of the errors any trial reported at that rung so far; hyperband runs several such brackets
+    with later first rungs, one of which never prunes, so it spends more epochs (see BENCHMARKS.md).
+    """
+    n_epochs, name, r = cfg.train.n_epochs, cfg.study.pruner, cfg.study.reduction_factor
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_epochs, reduction_factor=r)
     if name == "successive-halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=r)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.study.n_startup_trials, n_warmup_steps=0)
     if name == "percentile":

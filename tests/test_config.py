@@ -29,7 +29,7 @@ def test_defaults_fill_every_section(tmp_path):
     assert cfg.study.storage == "sqlite:///studies/study.db"
     assert (cfg.study.sampler, cfg.study.pruner, cfg.model.name, cfg.data.name) == (
         "tpe",
-        "hyperband",
+        "successive-halving",
         "tiny",
         "demo",
     )
@@ -141,6 +141,7 @@ BAD_CONFIGS = [
         ["study.sampler", "unknown value 'tpr'", "did you mean 'tpe'"],
     ),
     ("unknown pruner", "study: {pruner: hyperbnd}", ["study.pruner", "did you mean 'hyperband'"]),
+    ("reduction factor", "study: {reduction_factor: 1}", ["study.reduction_factor must be >= 2", "got 1"]),
     ("unknown far-off sampler", "study: {sampler: hyperopt}", ["allowed: cmaes, gp, grid, qmc, random, tpe"]),
     (
         "guess lists the choices",

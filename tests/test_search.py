@@ -326,3 +326,21 @@ def test_resuming_with_a_changed_config_is_refused_and_adds_nothing(demo, tmp_pa
     study = optuna.load_study(study_name="demo", storage=url)
     assert len(study.trials) == 12
     assert study.user_attrs["hpsearch_config"]["train"]["n_epochs"] == 3
+
+
+@pytest.mark.parametrize("factor, promoted", [(2, True), (4, False)])
+def test_successive_halving_keeps_the_best_share_of_each_rung(factor, promoted):
+    """The default pruner: a trial goes on past epoch 1 only when its error is in the best 1/factor there."""
+    from hpsearch.study import make_pruner
+
+    cfg = load_config(sets=[f"study.reduction_factor={factor}", "train.n_epochs=9"])
+    assert cfg.study.pruner == "successive-halving"
+    study = optuna.create_study(pruner=make_pruner(cfg))
+    for error in (0.20, 0.30, 0.40, 0.50, 0.60, 0.70):  # six trials finished epoch 1 with these errors
+        trial = study.ask()
+        trial.report(error, 1)
+        trial.should_prune()  # records the trial's value at the rung
+        study.tell(trial, state=TrialState.PRUNED)
+    trial = study.ask()
+    trial.report(0.35, 1)  # 3rd of 7: inside the best half, outside the best quarter
+    assert trial.should_prune() is not promoted
