@@ -1,0 +1,105 @@
+"""The benchmark harness (bench/run.py) end to end on a tiny demo config: its figures, its targets, its errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+from bench import run as bench  # noqa: E402
+
+N_TRIALS, N_EPOCHS = 3, 3
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    """Arms A, C and D for seeds 0 and 1 side by side (two spawned processes, as `make bench` runs), on 300
+    demo rows, with one retraining seed; the result path and JSON."""
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "r.json"
+    cfg = ROOT / "studies" / "demo.yaml"
+    argv = [
+        "--config", str(cfg), "--arms", "A,C,D", "--seeds", "0,1", "--n-trials", str(N_TRIALS),
+        "--n-epochs", str(N_EPOCHS), "--throughput-repeats", "0", "--retrain-seeds", "1", "--jobs", "2",
+        "--set", "data.demo_size=300", "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    return out, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_seeds_run_side_by_side_into_one_result_and_one_log(result):
+    out, r = result
+    assert set(r["per_seed"]) == {"0", "1"}
+    log = out.with_suffix(".progress.txt").read_text()
+    for name in ("bench-A-seed0", "bench-C-seed0", "bench-A-seed1", "bench-C-seed1"):
+        assert f"study '{name}'" in log
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "r.json",
+        "r.progress.txt",
+    ]  # per-seed parts merged
+
+
+@pytest.mark.slow
+def test_every_arm_records_its_trials_and_budget(result):
+    _, r = result
+    seed = r["per_seed"]["1"]
+    assert set(seed) == {"A", "C", "D"}
+    assert seed["A"]["total_epochs"] == N_TRIALS * N_EPOCHS  # no pruning, no stop: every epoch of every trial
+    assert len(seed["A"]["trials"]) == len(seed["C"]["trials"]) == len(seed["D"]["trials"]) == N_TRIALS
+    assert 0 < seed["C"]["total_epochs"] <= N_TRIALS * N_EPOCHS
+    for arm in seed.values():
+        assert 0.0 <= arm["best_val_error"] <= 1.0
+        # the target is the best of any arm + 0.5 points, so at least one arm reaches it
+        assert arm["target_val_error"] == pytest.approx(
+            min(a["best_val_error"] for a in seed.values()) + 0.005, abs=1e-4
+        )
+    assert any(a["reached_target"] for a in seed.values())
+
+
+@pytest.mark.slow
+def test_each_arm_best_configuration_is_retrained_with_fresh_seeds(result):
+    _, r = result
+    for name, arm in r["per_seed"]["0"].items():
+        rb = arm["retrained_best"]
+        best = min((t for t in arm["trials"] if t["val_errors"]), key=lambda t: min(t["val_errors"]))
+        assert (rb["learning_rate"], rb["batch_size"]) == (best["learning_rate"], best["batch_size"]), name
+        assert rb["epochs"] == best["val_errors"].index(min(best["val_errors"])) + 1
+        assert len(rb["val_errors"]) == 1 and 0.0 <= rb["mean"] <= 1.0
+    names = [t["target"] for t in r["targets"]]
+    assert "C best configuration, retrained, no worse than A's and D's (within 0.5 points)" in names
+    assert "C epochs (whole search) <= 1/3 of A's" in names
+
+
+@pytest.mark.slow
+def test_retrain_from_updates_an_earlier_result(result, tmp_path):
+    out, r = result
+    copy = tmp_path / "again.json"
+    for seed in r["per_seed"].values():
+        for arm in seed.values():
+            arm.pop("retrained_best")
+    copy.write_text(json.dumps(r))
+    argv = [
+        "--config",
+        str(ROOT / "studies" / "demo.yaml"),
+        "--retrain-from",
+        str(copy),
+        "--retrain-seeds",
+        "2",
+    ]
+    assert bench.main(argv + ["--jobs", "1"]) == 0
+    again = json.loads(copy.read_text())
+    for seed in again["per_seed"].values():
+        assert all(len(a["retrained_best"]["val_errors"]) == 2 for a in seed.values())
+    assert again["aggregate"]["C"]["retrained_best_mean"]["median"] is not None
+
+
+def test_unknown_arm_is_one_line_and_exit_2(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert bench.main(["--arms", "A,E", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --arms: unknown arm(s) E; choose from A, B, C, D"]
+    assert not out.exists()
