@@ -749,7 +749,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--jobs",
         type=int,
         default=0,
-        help="seeds run side by side, one process each (default 0: one per CPU core, at most one per seed)",
+        help="seeds run side by side, one process each (default: one per CPU core on a CPU, 1 on a GPU)",
     )
     p.add_argument(
         "--retrain-seeds",
@@ -799,6 +799,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.jobs:  # one seed per core on a CPU; on a GPU, one at a time (they would share the one card)
+        args.jobs = 1 if torch.cuda.is_available() else os.cpu_count() or 1
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # arm D's per-trial lines; the log has them
