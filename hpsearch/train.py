@@ -297,9 +297,22 @@ class FineTuning:
                     f" device {self.device})"
                 )
             self.micro_batch_size = max(1, self.micro_batch_size // 2)
-        self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.model.parameters(), float(self.hp["max_grad_norm"]))
-        self.scaler.step(self.optimizer)
+        out_of_memory = False
+        try:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), float(self.hp["max_grad_norm"]))
+            self.scaler.step(
+                self.optimizer
+            )  # AdamW's state (2 x the parameters) is allocated at the first step
+        except OOM_ERRORS:
+            out_of_memory = True
+        if out_of_memory:  # smaller micro-batches cannot help: the parameters, gradients and state do not fit
+            self._free_after_oom()
+            raise TrialFailure(
+                f"out of memory in the optimizer step (device {self.device}): the model's parameters, gradients"
+                " and AdamW state do not fit; micro-batches cannot help. Use a smaller model, train.precision:"
+                " bf16, or a device with more memory"
+            )
         self.scaler.update()
         self.scheduler.step()
         return total

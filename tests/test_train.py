@@ -230,6 +230,34 @@ def test_out_of_memory_at_micro_batch_one_fails_the_trial_and_the_study_goes_on(
     assert all(t.user_attrs["micro_batch_size"] in (16, 32) for t in study.trials[1:])
 
 
+def test_out_of_memory_in_the_optimizer_step_fails_the_trial_with_the_reason(
+    make_config, workdir, monkeypatch
+):
+    """Optimizer state that does not fit: no micro-batch helps, so the trial fails at once and the next runs."""
+    original_init = FineTuning.__init__
+    made = []
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        made.append(self)
+        if len(made) == 1:
+
+            def doomed_step(*a, **kw):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 84.00 MiB (injected)")
+
+            self.optimizer.step = doomed_step
+
+    monkeypatch.setattr(FineTuning, "__init__", init)
+    config = make_config(study={"n_trials": 2, "name": "oomstep"}, train={"n_epochs": 1})
+    result = CliRunner().invoke(cli, ["search", str(config)])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="oomstep", storage=f"sqlite:///{workdir}/studies/oomstep.db")
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    reason = study.trials[0].user_attrs["fail_reason"]
+    assert reason.startswith("out of memory in the optimizer step") and "micro-batches cannot help" in reason
+    assert made[0].micro_batch_size == made[0].batch_size  # it did not halve the micro-batch in vain
+
+
 def test_release_drops_the_model(demo):
     run = fine_tuning(demo)
     next(run.epochs())
