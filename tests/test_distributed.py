@@ -393,3 +393,37 @@ def test_a_failed_trials_checkpoint_is_kept_until_its_retry_is_queued(workdir):
     study.tell(retry, 0.4)
     cleanup_checkpoints(study)
     assert not checkpoint.exists()
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_and_the_trial_resumes_from_its_last_epoch(make_config, workdir):
+    """First SIGINT: finish the epoch. A second one, more than a second later: stop mid-epoch, keep the finished
+    epochs and the checkpoint, re-queue the trial; a rerun trains only the epoch that was cut short."""
+    # Epochs of several seconds (6,000 rows at batch 8), so both signals land inside epoch 2.
+    config = make_config(
+        study={**SLOW_TRIAL["study"], "n_trials": 1, "grace_period": 15},
+        data={"demo_size": 6000},
+        train={"n_epochs": 2},
+        search_space={"batch_size": 8},
+    )
+    url = f"sqlite:///{workdir}/studies/t.db"  # tiny_config's study is named t
+    proc = _start(workdir, "ctrl-c.log", "search", str(config))
+    _wait_until("the trial past its first epoch", _running_after_epoch(url), [proc])
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.5)  # a repeat within a second counts as the same request (Slurm signals every process)
+    proc.send_signal(signal.SIGINT)
+    code, output = _finish(proc, timeout=120)
+    assert code == 130, output[-3000:]
+    assert "Traceback" not in output
+    [stopped, retry] = _study(url).trials
+    assert stopped.state == TrialState.FAIL
+    assert stopped.user_attrs["fail_reason"].startswith("interrupted at once (second signal)"), output[-2000:]
+    assert list(stopped.intermediate_values) == [1]  # epoch 2 was cut short, epoch 1 kept
+    assert retry.state == TrialState.WAITING
+    assert Path(stopped.user_attrs["checkpoint_path"]).is_file()
+
+    code, output = _run(workdir, "search", str(config))
+    assert code == 0, output[-3000:]
+    study = _study(url)
+    _assert_resumed(study, stopped, output, n_epochs=2)
+    _assert_budget_exact(study, 1)
