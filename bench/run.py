@@ -764,6 +764,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only retrain the best configurations of an earlier result (same --config) and update it",
     )
     p.add_argument(
+        "--merge",
+        type=Path,
+        metavar="OTHER_JSON",
+        help="add the seeds of another result of the same config (e.g. --seeds 3,4) to --out's result; runs nothing",
+    )
+    p.add_argument(
         "--throughput-repeats", type=int, default=3, help="epochs timed per loop for throughput (0: skip)"
     )
     p.add_argument("--out", type=Path, help="result JSON (default bench/results/<config>[-quick].json)")
@@ -816,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg, sets = load_bench_config(args)
         if args.retrain_from:
             return retrain_from(args, args.retrain_from)
+        if args.merge:
+            return merge_into(out, args.merge)
         with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
             workdir = Path(tmp)
             # Warm the per-process caches (data, tokenizer, tokenized ids) once, so no arm pays them alone.
@@ -941,6 +949,36 @@ def retrain_best(
             "mean": round(statistics.fmean(done[key]), 4),
         }
     return out
+
+
+def merge_into(path: Path, other_path: Path) -> int:
+    """Add ``other_path``'s seeds (and progress lines) to the result at ``path``; figures recomputed."""
+    from hpsearch.errors import ConfigError
+
+    result = json.loads(path.read_text(encoding="utf-8"))
+    other = json.loads(other_path.read_text(encoding="utf-8"))
+    same = ("config", "overrides", "resolved_config", "arms")
+    if any(result[k] != other[k] for k in same) or set(result["seeds"]) & set(other["seeds"]):
+        raise ConfigError(
+            f"--merge: {other_path} must come from the same config, overrides and arms as {path}, with other seeds"
+        )
+    first = {"command": result["command"], "seeds": result["seeds"], "total_seconds": result["total_seconds"]}
+    result["per_seed"].update(other["per_seed"])
+    result["seeds"] = sorted(result["seeds"] + other["seeds"])
+    result["runs"] = [
+        *result.get("runs", [first]),
+        {"command": other["command"], "seeds": other["seeds"], "total_seconds": other["total_seconds"]},
+    ]
+    result["total_seconds"] = round(result["total_seconds"] + other["total_seconds"], 1)
+    result["throughput"] = result["throughput"] or other["throughput"]
+    summaries = {int(s): v for s, v in result["per_seed"].items()}
+    result["aggregate"] = aggregate(summaries, list(result["arms"]))
+    result["targets"] = check_targets(result["aggregate"], result["throughput"])
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    with open(path.with_suffix(".progress.txt"), "a", encoding="utf-8") as log:
+        log.write(other_path.with_suffix(".progress.txt").read_text(encoding="utf-8"))
+    print_summary(result, sys.stdout)
+    return 0
 
 
 def retrain_from(args, path: Path) -> int:

@@ -77,6 +77,7 @@ def test_each_arm_best_configuration_is_retrained_with_fresh_seeds(result):
 @pytest.mark.slow
 def test_retrain_from_updates_an_earlier_result(result, tmp_path):
     out, r = result
+    r = json.loads(json.dumps(r))  # the module's result stays as it was for the other tests
     copy = tmp_path / "again.json"
     for seed in r["per_seed"].values():
         for arm in seed.values():
@@ -103,3 +104,26 @@ def test_unknown_arm_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --arms: unknown arm(s) E; choose from A, B, C, D"]
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_merge_adds_seeds_run_later_and_recomputes_the_figures(result, tmp_path):
+    out, r = result
+    log = out.with_suffix(".progress.txt").read_text()
+    parts = {}
+    for seed in ("0", "1"):
+        part = {**r, "seeds": [int(seed)], "per_seed": {seed: r["per_seed"][seed]}}
+        parts[seed] = tmp_path / f"seed{seed}.json"
+        parts[seed].write_text(json.dumps(part))
+        parts[seed].with_suffix(".progress.txt").write_text(f"seed {seed} lines\n")
+    assert bench.main(["--merge", str(parts["1"]), "--out", str(parts["0"])]) == 0
+    merged = json.loads(parts["0"].read_text())
+    assert merged["seeds"] == [0, 1]
+    assert merged["aggregate"] == r["aggregate"]  # the same figures as the two seeds run together
+    assert [run["seeds"] for run in merged["runs"]] == [[0], [1]]
+    assert parts["0"].with_suffix(".progress.txt").read_text() == "seed 0 lines\nseed 1 lines\n"
+    assert log  # the original result is untouched
+    # the same seed twice is refused, in one line, and nothing is written
+    before = parts["0"].read_text()
+    assert bench.main(["--merge", str(parts["1"]), "--out", str(parts["0"])]) == 2
+    assert parts["0"].read_text() == before
