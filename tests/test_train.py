@@ -202,6 +202,16 @@ def test_out_of_memory_in_evaluation_halves_the_evaluation_batch(demo, monkeypat
     assert run.eval_micro_batch_size == 8
 
 
+def search_where_the_first_trial_fails(make_config, workdir) -> optuna.Study:
+    """A 2-trial search through the CLI: the first trial fails (no retry is queued for it) and the next two complete."""
+    config = make_config(study={"n_trials": 2, "name": "oom"}, train={"n_epochs": 1})
+    result = CliRunner().invoke(cli, ["search", str(config)])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="oom", storage=f"sqlite:///{workdir}/studies/oom.db")
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    return study
+
+
 def test_out_of_memory_at_micro_batch_one_fails_the_trial_and_the_study_goes_on(
     make_config, workdir, monkeypatch
 ):
@@ -221,11 +231,7 @@ def test_out_of_memory_at_micro_batch_one_fails_the_trial_and_the_study_goes_on(
 
     monkeypatch.setattr(FineTuning, "__init__", init)
     monkeypatch.setattr(FineTuning, "_forward_backward", forward_backward)
-    config = make_config(study={"n_trials": 2, "name": "oom"}, train={"n_epochs": 1})
-    result = CliRunner().invoke(cli, ["search", str(config)])
-    assert result.exit_code == 0, result.output
-    study = optuna.load_study(study_name="oom", storage=f"sqlite:///{workdir}/studies/oom.db")
-    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    study = search_where_the_first_trial_fails(make_config, workdir)
     assert "out of memory even with micro-batch 1" in study.trials[0].user_attrs["fail_reason"]
     assert all(t.user_attrs["micro_batch_size"] in (16, 32) for t in study.trials[1:])
 
@@ -248,11 +254,7 @@ def test_out_of_memory_in_the_optimizer_step_fails_the_trial_with_the_reason(
             self.optimizer.step = doomed_step
 
     monkeypatch.setattr(FineTuning, "__init__", init)
-    config = make_config(study={"n_trials": 2, "name": "oomstep"}, train={"n_epochs": 1})
-    result = CliRunner().invoke(cli, ["search", str(config)])
-    assert result.exit_code == 0, result.output
-    study = optuna.load_study(study_name="oomstep", storage=f"sqlite:///{workdir}/studies/oomstep.db")
-    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    study = search_where_the_first_trial_fails(make_config, workdir)
     reason = study.trials[0].user_attrs["fail_reason"]
     assert reason.startswith("out of memory in the optimizer step") and "micro-batches cannot help" in reason
     assert made[0].micro_batch_size == made[0].batch_size  # it did not halve the micro-batch in vain
