@@ -957,8 +957,12 @@ def merge_into(path: Path, other_path: Path) -> int:
 
     result = json.loads(path.read_text(encoding="utf-8"))
     other = json.loads(other_path.read_text(encoding="utf-8"))
-    same = ("config", "overrides", "resolved_config", "arms")
-    if any(result[k] != other[k] for k in same) or set(result["seeds"]) & set(other["seeds"]):
+
+    def key(r):  # what must match; each run's temporary store differs
+        resolved = {**r["resolved_config"], "study": {**r["resolved_config"]["study"], "storage": None}}
+        return r["config"], r["overrides"], r["arms"], resolved
+
+    if key(result) != key(other) or set(result["seeds"]) & set(other["seeds"]):
         raise ConfigError(
             f"--merge: {other_path} must come from the same config, overrides and arms as {path}, with other seeds"
         )

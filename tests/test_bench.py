@@ -113,6 +113,8 @@ def test_merge_adds_seeds_run_later_and_recomputes_the_figures(result, tmp_path)
     parts = {}
     for seed in ("0", "1"):
         part = {**r, "seeds": [int(seed)], "per_seed": {seed: r["per_seed"][seed]}}
+        study = {**r["resolved_config"]["study"], "storage": f"sqlite:////tmp/run-of-seed-{seed}/w.db"}
+        part["resolved_config"] = {**r["resolved_config"], "study": study}  # each run has its own store
         parts[seed] = tmp_path / f"seed{seed}.json"
         parts[seed].write_text(json.dumps(part))
         parts[seed].with_suffix(".progress.txt").write_text(f"seed {seed} lines\n")
