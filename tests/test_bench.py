@@ -129,3 +129,30 @@ def test_merge_adds_seeds_run_later_and_recomputes_the_figures(result, tmp_path)
     before = parts["0"].read_text()
     assert bench.main(["--merge", str(parts["1"]), "--out", str(parts["0"])]) == 2
     assert parts["0"].read_text() == before
+
+
+def test_replay_pruners_compares_pruners_on_recorded_curves(tmp_path, capsys):
+    from bench import replay_pruners
+
+    log = tmp_path / "curves.progress.txt"
+    lines = []
+    for number, curve in enumerate([(0.5, 0.4, 0.3), (0.49, 0.49, 0.49), (0.45, 0.3, 0.2), (0.5, 0.5, 0.5)]):
+        for epoch, error in enumerate(curve, start=1):
+            lines.append(
+                f"trial {number} epoch {epoch}/3  loss 0.6  val_loss 0.6  val_error {error}  900 samples/s"
+            )
+    log.write_text(
+        "\n".join(lines) + "\ntrial 4 epoch 1/3  loss 0.6  val_loss 0.6  val_error 0.1  9 samples/s\n"
+    )
+    assert replay_pruners.read_curves(log) == ([[0.5, 0.4, 0.3], [0.49] * 3, [0.45, 0.3, 0.2], [0.5] * 3], 3)
+    assert replay_pruners.main([str(log), "--orders", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "4 trials x 3 epochs, best 0.2000" in out  # the unfinished trial 4 is left out
+    assert "| none | 1.00 | 1.00 | 0/4 |" in out
+    sha = next(line for line in out.splitlines() if line.startswith("| successive-halving (r=3)"))
+    assert float(sha.split("|")[2]) < 1.0  # it pruned something
+
+    empty = tmp_path / "pruned.progress.txt"
+    empty.write_text("trial 0 epoch 1/3  loss 0.6  val_loss 0.6  val_error 0.5  9 samples/s\n")
+    assert replay_pruners.main([str(empty)]) == 2
+    assert "no trial ran all its epochs" in capsys.readouterr().err
