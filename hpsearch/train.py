@@ -301,9 +301,8 @@ class FineTuning:
         try:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), float(self.hp["max_grad_norm"]))
-            self.scaler.step(
-                self.optimizer
-            )  # AdamW's state (2 x the parameters) is allocated at the first step
+            # AdamW's state (2 x the parameters) is allocated at the first step
+            self.scaler.step(self.optimizer)
         except OOM_ERRORS:
             out_of_memory = True
         if out_of_memory:  # smaller micro-batches cannot help: the parameters, gradients and state do not fit
