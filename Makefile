@@ -31,8 +31,9 @@ lint: install
 	$(VENV)/bin/ruff check hpsearch tests bench
 	$(VENV)/bin/ruff format --check hpsearch tests bench
 
+# make bench BENCH_CONFIG=path.yaml BENCH_ARGS="--seeds 0,1 --jobs 2": any study config, any bench.run flags
 bench: install
-	$(PY) -m bench.run $(if $(BENCH_CONFIG),--config $(BENCH_CONFIG),)
+	$(PY) -m bench.run $(if $(BENCH_CONFIG),--config $(BENCH_CONFIG),) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
