@@ -2,7 +2,7 @@
 
 ``FineTuning(...).epochs()`` yields one :class:`EpochResult` per epoch; the caller decides what to report,
 when to checkpoint (``state_dict()``) and when to stop. A diverging trial ends the generator at once with a result
-marked ``diverged`` (see :meth:`FineTuning._divergence` for the rules); with ``train.divergence_stop: false`` the
+marked ``diverged`` (see :class:`DivergenceRule` for the rules); with ``train.divergence_stop: false`` the
 rule is only recorded (``EpochResult.divergence``) and training goes on.
 
 A batch that does not fit in memory is split into micro-batches with gradient accumulation, so the batch size,
@@ -14,9 +14,10 @@ from __future__ import annotations
 import gc
 import math
 import random
+import statistics
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,12 +31,17 @@ from hpsearch.errors import ConfigError, TrialFailure
 DIVERGENCE_FACTOR = 2.0
 DIVERGENCE_MIN_STEPS = 8
 EMA_DECAY = 0.9  # the EMA spans about ten steps
-# Worse than chance: the EMA stays above CHANCE_FACTOR x ln(number of classes), the loss of a uniform guess,
-# once CHANCE_AFTER of the first epoch is done. On SST-2 with max_grad_norm=1, learning rates >= ~1.4e-2 bounce at
-# 0.8-1.6 for the whole run without exploding past 2x their (already high) start, and never learn; in the
-# benchmark the rule fired on 15 trials left to run on, and none of them learned (BENCHMARKS.md, "Divergence stop").
+# Worse than chance: the median training loss of the last quarter of epoch 1 (CHANCE_AFTER), at most
+# CHANCE_MAX_STEPS steps but at least DIVERGENCE_MIN_STEPS steps and CHANCE_MIN_SAMPLES examples, is above
+# CHANCE_FACTOR x ln(number of classes), the loss of a uniform guess. On SST-2 with max_grad_norm=1, learning rates
+# >= ~1.4e-2 bounce at 0.8-1.6 for the whole run without exploding past 2x their (already high) start, and never
+# learn. The cap keeps the wait from growing with the epoch (a quarter of a 20k-row epoch at batch 16 is 313 steps
+# of a hopeless trial); the floor keeps a few noisy small batches from deciding (bench.divergence: over 19 batches
+# of 8 a learner's median reached 0.755, over 256 examples no learner's passed 0.705).
 CHANCE_FACTOR = 1.15
 CHANCE_AFTER = 0.25
+CHANCE_MAX_STEPS = 100
+CHANCE_MIN_SAMPLES = 256
 OOM_ERRORS = (torch.OutOfMemoryError,)
 
 
@@ -63,6 +69,61 @@ class EpochResult:
     def padding_efficiency(self) -> float:
         """Real tokens / padded tokens in this epoch's training batches."""
         return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+
+@dataclass
+class DivergenceRule:
+    """The divergence stop's three rules, fed one training loss per optimizer step.
+
+    ``check`` returns why the trial is diverging, or "": the loss is NaN or infinite; its EMA is more than
+    ``factor`` times its value after ``min_steps`` steps (an explosion); or the median loss of the last
+    :meth:`chance_wait` steps is above ``chance_factor`` times ``chance_loss``, a uniform guess (a learning rate
+    that bounces without exploding, and never learns). The median, not the mean, because a learner can hit a
+    burst of bad batches: all-MiniLM-L6-v2 at learning rate 3e-4, batch 8, had 5 steps at losses of 1-2.8 in
+    epoch 1 that lifted the EMA over the bar for 13 steps, and ended at 0.22 error; the old mean-based rule
+    stopped it (BENCHMARKS.md, "Divergence stop"). The loop and ``bench.divergence`` (which replays recorded
+    losses through other settings) share this one definition.
+    """
+
+    chance_loss: float  # ln(number of classes)
+    steps_per_epoch: int
+    batch_size: int
+    min_steps: int = DIVERGENCE_MIN_STEPS
+    factor: float = DIVERGENCE_FACTOR
+    chance_factor: float = CHANCE_FACTOR
+    chance_after: float = CHANCE_AFTER
+    chance_max_steps: float = CHANCE_MAX_STEPS
+    chance_min_samples: int = CHANCE_MIN_SAMPLES
+    chance_median: bool = True  # False: the EMA, as before 2026-12 (bench.divergence compares them)
+    loss_start: float | None = None  # the EMA after min_steps steps
+    loss_ema: float | None = None
+    recent: list[float] = field(default_factory=list)  # the last chance_wait() losses
+
+    def chance_wait(self) -> int:
+        """Steps the worse-than-chance rule waits and looks back: a quarter of epoch 1, at most chance_max_steps,
+        but never fewer than min_steps nor than chance_min_samples examples."""
+        quarter = min(self.chance_after * self.steps_per_epoch, self.chance_max_steps)
+        return math.ceil(max(self.min_steps, self.chance_min_samples / self.batch_size, quarter))
+
+    def check(self, loss: float, step: int, where: str = "") -> str:
+        """``step`` counts steps since the start of training, from 1; ``where`` ends the reason."""
+        where = where or f"step {step}"
+        if not math.isfinite(loss):
+            return f"loss became {loss} at {where}"
+        ema = self.loss_ema = (
+            loss if self.loss_ema is None else EMA_DECAY * self.loss_ema + (1 - EMA_DECAY) * loss
+        )
+        if self.loss_start is None and step >= self.min_steps:
+            self.loss_start = ema
+        if self.loss_start is not None and ema > self.factor * self.loss_start:
+            return f"training loss climbed to {ema:.3g} from {self.loss_start:.3g} at {where}"
+        wait = self.chance_wait()
+        self.recent = [*self.recent[1 - wait :], loss] if wait > 1 else [loss]
+        typical = statistics.median(self.recent) if self.chance_median else ema
+        if step >= wait and typical > self.chance_factor * self.chance_loss:
+            what = f"median training loss of the last {wait} steps" if self.chance_median else "training loss"
+            return f"{what} {typical:.3g} is worse than a uniform guess ({self.chance_loss:.3g}) at {where}"
+        return ""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -181,7 +242,9 @@ class FineTuning:
         self.steps_per_epoch = math.ceil(len(train_labels) / self.batch_size)
         total = self.steps_per_epoch * settings.n_epochs
         num_labels = getattr(getattr(model, "config", None), "num_labels", None) or max(train_labels) + 1
-        self.chance_loss = math.log(num_labels) if num_labels > 1 else math.inf
+        self.rule = DivergenceRule(
+            math.log(num_labels) if num_labels > 1 else math.inf, self.steps_per_epoch, self.batch_size
+        )
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and LayerNorm
         self.optimizer = torch.optim.AdamW(
@@ -199,8 +262,6 @@ class FineTuning:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.epoch = 0  # epochs finished
-        self.loss_start: float | None = None  # the loss EMA after DIVERGENCE_MIN_STEPS steps
-        self.loss_ema: float | None = None
         self.divergence = ""  # the first divergence rule that fired
 
     # --- checkpoint ------------------------------------------------------------------------------------------
@@ -214,8 +275,9 @@ class FineTuning:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "micro_batch_size": self.micro_batch_size,
-            "loss_start": self.loss_start,
-            "loss_ema": self.loss_ema,
+            "loss_start": self.rule.loss_start,
+            "loss_ema": self.rule.loss_ema,
+            "recent_losses": self.rule.recent,
             "divergence": self.divergence,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -231,8 +293,9 @@ class FineTuning:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
         self.micro_batch_size = state["micro_batch_size"]
-        self.loss_start = state["loss_start"]
-        self.loss_ema = state.get("loss_ema")
+        self.rule.loss_start = state["loss_start"]
+        self.rule.loss_ema = state.get("loss_ema")
+        self.rule.recent = list(state.get("recent_losses", []))
         self.divergence = state.get("divergence", "")
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
@@ -316,33 +379,6 @@ class FineTuning:
         self.scheduler.step()
         return total
 
-    def _divergence(self, loss: float, step: int) -> str:
-        """The reason this trial is diverging, or "". ``step`` counts steps since the start of training.
-
-        Three rules, checked at every step: the loss is NaN or infinite; its EMA is more than DIVERGENCE_FACTOR
-        times its value after DIVERGENCE_MIN_STEPS steps (an explosion); its EMA is above CHANCE_FACTOR times the
-        loss of a uniform guess once CHANCE_AFTER of epoch 1 is done (a learning rate that bounces without
-        exploding, and never learns).
-        """
-        where = f"epoch {self.epoch + 1}, step {step}"
-        if not math.isfinite(loss):
-            return f"loss became {loss} at {where}"
-        ema = self.loss_ema = (
-            loss if self.loss_ema is None else EMA_DECAY * self.loss_ema + (1 - EMA_DECAY) * loss
-        )
-        if self.loss_start is None and step >= DIVERGENCE_MIN_STEPS:
-            self.loss_start = ema
-        if self.loss_start is not None and ema > DIVERGENCE_FACTOR * self.loss_start:
-            return f"training loss climbed to {ema:.3g} from {self.loss_start:.3g} at {where}"
-        if (
-            step >= max(DIVERGENCE_MIN_STEPS, CHANCE_AFTER * self.steps_per_epoch)
-            and ema > CHANCE_FACTOR * self.chance_loss
-        ):
-            return (
-                f"training loss {ema:.3g} is worse than a uniform guess ({self.chance_loss:.3g}) at {where}"
-            )
-        return ""
-
     def evaluate(self) -> tuple[float, float]:
         """(validation loss, validation error) over the whole validation set; halves its batch when out of memory."""
         while True:
@@ -393,7 +429,8 @@ class FineTuning:
                 padded += max(self.lengths[i] for i in idx) * len(idx)
                 samples += len(idx)
                 loss_sum += loss * len(idx)
-                found = self._divergence(loss, self.epoch * self.steps_per_epoch + step)
+                at = self.epoch * self.steps_per_epoch + step  # steps since the start of training
+                found = self.rule.check(loss, at, f"epoch {self.epoch + 1}, step {at}")
                 if found and not self.divergence:
                     self.divergence = found
                 if found and stop:

@@ -25,7 +25,14 @@ from hpsearch.data import load_data, tokenize
 from hpsearch.errors import ConfigError
 from hpsearch.models import ModelFactory
 from hpsearch.search import Reporter, run_search
-from hpsearch.train import FineTuning, batches, resolve_precision
+from hpsearch.train import (
+    CHANCE_MAX_STEPS,
+    DIVERGENCE_MIN_STEPS,
+    DivergenceRule,
+    FineTuning,
+    batches,
+    resolve_precision,
+)
 
 HP = {
     "learning_rate": 1e-3,
@@ -115,6 +122,52 @@ def test_loss_worse_than_a_uniform_guess_stops_after_a_quarter_of_epoch_one(demo
     assert result.diverged and "worse than a uniform guess" in result.reason
     steps = result.samples // 8
     assert 8 <= steps < run.steps_per_epoch
+
+
+def first_firing(rule: DivergenceRule, loss: float, n_steps: int) -> tuple[int, str] | None:
+    for step in range(1, n_steps + 1):
+        reason = rule.check(loss, step)
+        if reason:
+            return step, reason
+    return None
+
+
+@pytest.mark.parametrize(
+    "steps_per_epoch, batch_size, fires_at",
+    [
+        (12, 64, DIVERGENCE_MIN_STEPS),  # a short epoch: the EMA still needs its settling steps
+        (200, 32, 50),  # a quarter of epoch 1
+        (40_000, 32, CHANCE_MAX_STEPS),  # a long epoch: capped, not 10,000 steps of a hopeless trial
+        (40, 8, 32),  # small batches: judged on at least 256 examples, not on 10 noisy batches
+    ],
+)
+def test_worse_than_chance_waits_a_quarter_of_epoch_one_within_its_bounds(
+    steps_per_epoch, batch_size, fires_at
+):
+    found = first_firing(DivergenceRule(math.log(2), steps_per_epoch, batch_size), 1.0, steps_per_epoch)
+    assert found is not None
+    assert found[0] == fires_at
+    assert "worse than a uniform guess" in found[1]
+
+
+def test_a_few_bad_batches_do_not_stop_a_learner():
+    # The shape of all-MiniLM-L6-v2 at lr 3e-4, batch 8, on 600 SST-2 rows: near ln 2, a burst of bad batches that
+    # lifts the EMA over the bar for ~13 steps, then learning (it ended at 0.22 error).
+    losses = [0.68] * 24 + [1.8, 2.8, 2.2, 1.6, 1.0] + [0.6] * 46
+    before = {"chance_median": False, "chance_min_samples": 0, "chance_max_steps": math.inf}
+    for settings, stops in (({}, False), (before, True)):  # the rule before 2026-12 stopped it
+        rule = DivergenceRule(math.log(2), steps_per_epoch=75, batch_size=8, **settings)
+        fired = [step for step, loss in enumerate(losses, start=1) if rule.check(loss, step)]
+        assert bool(fired) is stops, (settings, fired)
+
+
+def test_worse_than_chance_counts_classes():
+    # ln 4 = 1.39: a loss of 1.0 is no worse than a uniform guess over four classes
+    assert first_firing(DivergenceRule(math.log(4), 40_000, batch_size=32), 1.0, 2 * CHANCE_MAX_STEPS) is None
+    assert (
+        first_firing(DivergenceRule(math.log(4), 40_000, batch_size=32), 1.7, 2 * CHANCE_MAX_STEPS)[0]
+        == CHANCE_MAX_STEPS
+    )
 
 
 def test_loss_at_chance_level_is_not_stopped(demo, monkeypatch):
@@ -325,6 +378,9 @@ def test_resuming_after_epoch_one_gives_the_uninterrupted_epoch_two(demo):
     torch.rand(3)  # the resuming process has its own RNG history
     resumed = fine_tuning(demo, n_epochs=2, model_seed=123)
     resumed.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=False))
+    # the divergence stop goes on with the same window of recent losses, not an empty one
+    assert resumed.rule.recent == first.rule.recent and len(resumed.rule.recent) == resumed.rule.chance_wait()
+    assert resumed.rule.loss_ema == first.rule.loss_ema
     (again,) = list(resumed.epochs())
     assert again.epoch == 2
     assert again.train_loss == pytest.approx(expected.train_loss, rel=1e-5)
