@@ -8,14 +8,12 @@ runs it stops that went on to learn (false stops: a good configuration thrown aw
 and what the stopped runs cost (share of an epoch trained). A run "learned" when its best validation error is 2
 points under the majority-class error (``bench.run.LEARNED_MARGIN``, the benchmark's own definition).
 
-How the default was chosen (BENCHMARKS.md, "Divergence stop"):
-    python -m bench.divergence record --config bench/configs/sst2-minilm.yaml --lrs 1e-4:1e-2:9 \\
-        --batch-sizes 8,32 --n-epochs 2 --out bench/results/losses-minilm-600.json
-    python -m bench.divergence record --config bench/configs/sst2.yaml --lrs 1e-3:1e-1:9 \\
-        --batch-sizes 8,16,32,64 --n-epochs 9 --out bench/results/losses-tiny-2000.json
-    python -m bench.divergence record --config bench/configs/sst2.yaml --set data.max_train_samples=20000 \\
-        --lrs 2e-3:1e-1:8 --batch-sizes 16 --n-epochs 2 --out bench/results/losses-tiny-20000.json
+How the default was chosen (BENCHMARKS.md, "Divergence stop"): the recordings in bench/results, each file's
+``grids`` naming what it holds, replayed with
     python -m bench.divergence replay bench/results/losses-*.json
+and recorded like this (the tiny model on the benchmark's 2,000 SST-2 rows, ~25 min here):
+    python -m bench.divergence record --config bench/configs/sst2.yaml --lrs 1e-4:1e-1:10 \
+        --batch-sizes 8,16,32,64 --n-epochs 9 --out bench/results/losses-tiny-2000.json
 """
 
 from __future__ import annotations

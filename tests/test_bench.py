@@ -156,3 +156,37 @@ def test_replay_pruners_compares_pruners_on_recorded_curves(tmp_path, capsys):
     empty.write_text("trial 0 epoch 1/3  loss 0.6  val_loss 0.6  val_error 0.5  9 samples/s\n")
     assert replay_pruners.main([str(empty)]) == 2
     assert "no trial ran all its epochs" in capsys.readouterr().err
+
+
+# --- bench.divergence: the divergence stop replayed on recorded losses --------------------------------------
+
+
+@pytest.mark.slow
+def test_divergence_record_then_replay_counts_stops_and_false_stops(tmp_path, capsys):
+    from bench import divergence
+
+    out = tmp_path / "losses.json"
+    argv = [
+        "record", "--config", str(ROOT / "studies" / "demo.yaml"), "--set", "data.demo_size=300",
+        "--lrs", "1e-3:1e-1:2", "--batch-sizes", "8", "--n-epochs", "2", "--out", str(out),
+    ]  # fmt: skip
+    assert divergence.main(argv) == 0
+    rec = json.loads(out.read_text())
+    assert [r["learning_rate"] for r in rec["runs"]] == pytest.approx([1e-3, 1e-1])
+    for run in rec["runs"]:  # every step of both epochs, the stop off
+        assert len(run["losses"]) == 2 * run["steps_per_epoch"] and len(run["val_errors"]) == 2
+
+    # A learner with a burst of bad batches (the rule before 2026-12 stopped it) next to a hopeless run.
+    learner = {**rec["runs"][0], "val_errors": [0.2, 0.1], "losses": [0.68] * 5 + [2.5] * 4 + [0.5] * 41}
+    hopeless = {**rec["runs"][1], "val_errors": [0.5, 0.5], "losses": [1.2] * 50}
+    for run in (learner, hopeless):
+        run["steps_per_epoch"] = 25
+    (tmp_path / "made.json").write_text(
+        json.dumps({**rec, "majority_val_error": 0.5, "runs": [learner, hopeless]})
+    )
+    assert divergence.main(["replay", str(tmp_path / "made.json")]) == 0
+    rows = {
+        line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines() if "|" in line
+    }
+    assert "| 0 | 1 of 1 |" in rows["median (default)"]
+    assert "| 1: lr 0.001 bs 8 (best 0.1) | 1 of 1 |" in rows["EMA, no floor, no cap (before 2026-12)"]
