@@ -73,7 +73,7 @@ def record(args: argparse.Namespace) -> int:
     store = Path(tempfile.mkdtemp(prefix="hpsearch-divergence-")) / "unused.db"
     cfg = load_config(args.config, overrides={"storage": f"sqlite:///{store}"}, sets=args.set)
     settings = dataclasses.replace(cfg.train, divergence_stop=False, n_epochs=args.n_epochs)
-    _, data, factory, (train_enc, val_enc) = prepare(cfg)
+    _, data, factory, encoded = prepare(cfg)
     out: dict[str, Any] = {
         "config": str(args.config),
         "set": args.set,
@@ -87,16 +87,8 @@ def record(args: argparse.Namespace) -> int:
         for lr in log_grid(args.lrs):
             hp = {name: getattr(cfg.train, name) for name in HYPERPARAMETERS}
             hp.update(learning_rate=lr, batch_size=batch_size)
-            run = FineTuning(
-                factory.build(int(hp["seed"]), float(hp["dropout"])),
-                train_enc,
-                data.train.labels,
-                val_enc,
-                data.validation.labels,
-                hp,
-                settings,
-                pad_id=factory.tokenizer.pad_token_id,
-            )
+            model = factory.build(int(hp["seed"]), float(hp["dropout"]))
+            run = FineTuning.on(model, data, encoded, hp, settings, factory.tokenizer.pad_token_id)
             run.rule = RecordingRule(run.rule.chance_loss, run.rule.steps_per_epoch, batch_size)
             errors = [round(r.val_error, 4) for r in run.epochs()]
             run.release()

@@ -389,15 +389,8 @@ def measure_throughput(
     out: dict[str, list[float]] = {"hpsearch": [], "trainer": [], "trainer_group_by_length": []}
     padding = None
     for _ in range(repeats):
-        run = FineTuning(
-            factory.build(0, 0.1),
-            encoded[0],
-            data.train.labels,
-            encoded[1],
-            data.validation.labels,
-            hp,
-            settings,
-            pad_id=factory.tokenizer.pad_token_id,
+        run = FineTuning.on(
+            factory.build(0, 0.1), data, encoded, hp, settings, factory.tokenizer.pad_token_id
         )
         started = time.perf_counter()
         for idx in run_plan(run):

@@ -118,17 +118,7 @@ def _fine_tuning(cfg, data, factory, encoded, hp, device, model=None):
     from hpsearch.train import FineTuning
 
     model = model if model is not None else factory.build(int(hp["seed"]), float(hp["dropout"]))
-    return FineTuning(
-        model,
-        encoded[0],
-        data.train.labels,
-        encoded[1],
-        data.validation.labels,
-        hp,
-        cfg.train,
-        pad_id=factory.tokenizer.pad_token_id,
-        device=device,
-    )
+    return FineTuning.on(model, data, encoded, hp, cfg.train, factory.tokenizer.pad_token_id, device)
 
 
 def _train_one(cfg, data, factory, encoded, hp, n_epochs, device) -> tuple[SeedRun, dict | None]:

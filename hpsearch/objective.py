@@ -75,7 +75,7 @@ class Objective:
         stop: threading.Event | None = None,
     ):
         self.cfg, self.space, self.data, self.factory = cfg, space, data, factory
-        self.train_enc, self.val_enc = encoded
+        self.encoded = encoded  # (train, validation) token ids
         self.reporter = reporter
         self.stop = stop or threading.Event()
 
@@ -89,16 +89,9 @@ class Objective:
         curve = dict(frozen.intermediate_values)  # inherited when this trial retries a dead one
         trial.set_user_attr("worker", worker_name())
         trial.set_user_attr("device", str(device) if device.type != "cuda" else _gpu_name())
-        run = FineTuning(
-            self.factory.build(int(hp["seed"]), float(hp["dropout"])),
-            self.train_enc,
-            self.data.train.labels,
-            self.val_enc,
-            self.data.validation.labels,
-            hp,
-            cfg.train,
-            pad_id=self.factory.tokenizer.pad_token_id,
-            device=device,
+        model = self.factory.build(int(hp["seed"]), float(hp["dropout"]))
+        run = FineTuning.on(
+            model, self.data, self.encoded, hp, cfg.train, self.factory.tokenizer.pad_token_id, device
         )
         resumed = load_checkpoint(frozen.user_attrs.get(CHECKPOINT_ATTR, ""))
         if resumed is not None:

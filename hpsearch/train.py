@@ -264,6 +264,23 @@ class FineTuning:
         self.epoch = 0  # epochs finished
         self.divergence = ""  # the first divergence rule that fired
 
+    @classmethod
+    def on(
+        cls,
+        model: nn.Module,
+        data: Any,
+        encoded: tuple[dict, dict],
+        hp: dict[str, Any],
+        settings: TrainSection,
+        pad_id: int,
+        device: torch.device | None = None,
+    ) -> FineTuning:
+        """A run of ``model`` on ``data`` (an ``hpsearch.data.TextData``) and its ``(train, validation)`` token ids."""
+        train_enc, val_enc = encoded
+        return cls(
+            model, train_enc, data.train.labels, val_enc, data.validation.labels, hp, settings, pad_id, device
+        )
+
     # --- checkpoint ------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:

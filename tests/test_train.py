@@ -56,20 +56,13 @@ def demo():
 
 
 def fine_tuning(demo, n_epochs=1, dropout=0.1, model_seed=0, **changes) -> FineTuning:
-    data, factory, (train_enc, val_enc) = demo
+    data, factory, encoded = demo
     hp = {**HP, **{k: v for k, v in changes.items() if k in HP}}
     settings = TrainSection(
         n_epochs=n_epochs, device="cpu", **{k: v for k, v in changes.items() if k not in HP}
     )
-    return FineTuning(
-        factory.build(model_seed, dropout),
-        train_enc,
-        data.train.labels,
-        val_enc,
-        data.validation.labels,
-        hp,
-        settings,
-        pad_id=factory.tokenizer.pad_token_id,
+    return FineTuning.on(
+        factory.build(model_seed, dropout), data, encoded, hp, settings, factory.tokenizer.pad_token_id
     )
 
 
