@@ -875,6 +875,21 @@ def in_process(threads: int, fn, *args):
     return fn(*args)
 
 
+def die_with_parent() -> None:
+    """Let the kernel kill this process when its parent dies (Linux; elsewhere a no-op).
+
+    Without it, killing ``bench.run`` leaves its seed processes training on the cores for tens of minutes, and
+    whatever runs next is timed against them.
+    """
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def per_seed_map(jobs: int, threads: int, fn, seeds: list[int], args_of) -> dict[int, Any]:
     """``{seed: fn(*args_of(seed))}``, with up to ``jobs`` seeds side by side, one spawned process each (a
     forked torch can hang); each process prepares its own data and tokenizer."""
@@ -884,7 +899,8 @@ def per_seed_map(jobs: int, threads: int, fn, seeds: list[int], args_of) -> dict
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn, initializer=die_with_parent) as pool:
         futures = {s: pool.submit(in_process, threads, fn, *args_of(s)) for s in seeds}
         return {s: f.result() for s, f in futures.items()}
 

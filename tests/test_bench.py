@@ -190,3 +190,49 @@ def test_divergence_record_then_replay_counts_stops_and_false_stops(tmp_path, ca
     }
     assert "| 0 | 1 of 1 |" in rows["median (default)"]
     assert "| 1: lr 0.001 bs 8 (best 0.1) | 1 of 1 |" in rows["EMA, no floor, no cap (before 2026-12)"]
+
+
+def test_a_seed_process_dies_with_its_parent(tmp_path):
+    """Killing bench.run must not leave its seed processes training (and skewing whatever is timed next)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pid_file, script = tmp_path / "child.pid", tmp_path / "parent.py"  # spawn needs a file to import
+    script.write_text(CHILD_OF_A_PARENT.format(root=str(ROOT), pid_file=str(pid_file)))
+    parent = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    os.kill(parent.pid, signal.SIGKILL)  # no cleanup runs in the parent: only the kernel can stop the child
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+CHILD_OF_A_PARENT = """
+import multiprocessing, sys, time
+sys.path.insert(0, {root!r})
+from bench.run import die_with_parent
+
+def child(path):
+    die_with_parent()
+    open(path, "w").write(str(multiprocessing.current_process().pid))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    multiprocessing.get_context("spawn").Process(target=child, args=({pid_file!r},)).start()
+    time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has died; its parent is gone
+    except FileNotFoundError:
+        return False
