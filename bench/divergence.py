@@ -6,7 +6,7 @@ through the divergence stop with other settings, to compare them without trainin
 those losses to :class:`hpsearch.train.DivergenceRule` under each setting below and reports, per setting, the
 runs it stops that went on to learn (false stops: a good configuration thrown away), the hopeless runs it stops,
 and what the stopped runs cost (share of an epoch trained). A run "learned" when its best validation error is 2
-points under the majority-class error (``bench.run.LEARNED_MARGIN``, the benchmark's own definition).
+points under the majority-class error (``bench.run.went_on_to_learn``, the benchmark's own definition).
 
 How the default was chosen (BENCHMARKS.md, "Divergence stop"): the recordings in bench/results, each file's
 ``grids`` naming what it holds, replayed with
@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.run import LEARNED_MARGIN
+from bench.run import went_on_to_learn
 from hpsearch.train import DivergenceRule
 
 # name -> DivergenceRule settings; the first is the default, the others what it was compared with
@@ -70,10 +70,12 @@ def record(args: argparse.Namespace) -> int:
     from hpsearch.train import FineTuning
 
     torch.set_num_threads(args.threads)
-    store = Path(tempfile.mkdtemp(prefix="hpsearch-divergence-")) / "unused.db"
-    cfg = load_config(args.config, overrides={"storage": f"sqlite:///{store}"}, sets=args.set)
+    with tempfile.TemporaryDirectory(
+        prefix="hpsearch-divergence-"
+    ) as tmp:  # prepare() checks a store answers
+        cfg = load_config(args.config, overrides={"storage": f"sqlite:///{tmp}/unused.db"}, sets=args.set)
+        _, data, factory, encoded = prepare(cfg)
     settings = dataclasses.replace(cfg.train, divergence_stop=False, n_epochs=args.n_epochs)
-    _, data, factory, encoded = prepare(cfg)
     out: dict[str, Any] = {
         "config": str(args.config),
         "set": args.set,
@@ -115,9 +117,8 @@ def first_stop(run: dict[str, Any], n_labels: int, **settings: Any) -> int | Non
 def replay(args: argparse.Namespace) -> int:
     for path in args.files:
         rec = json.loads(path.read_text(encoding="utf-8"))
-        bar = rec["majority_val_error"] - LEARNED_MARGIN
         runs = rec["runs"]
-        learners = [r for r in runs if r["val_errors"] and min(r["val_errors"]) < bar]
+        learners = [r for r in runs if went_on_to_learn(r["val_errors"], rec["majority_val_error"])]
         print(
             f"\n{path.name}: {rec['model']}, {rec['n_train']} training rows, {len(runs)} runs"
             f" ({len(learners)} learned)"

@@ -456,6 +456,11 @@ def padding_of(run) -> dict[str, float]:
 # --- figures ----------------------------------------------------------------------------------------------
 
 
+def went_on_to_learn(val_errors: list[float], majority: float) -> bool:
+    """A trial learned when its best validation error is LEARNED_MARGIN under the majority-class error."""
+    return bool(val_errors) and min(val_errors) < majority - LEARNED_MARGIN
+
+
 def summarise_arm(rec: Recorder, target: float, majority: float) -> dict[str, Any]:
     """The figures of one arm and seed, from its timeline."""
     trials = list(rec.trials.values())
@@ -469,7 +474,7 @@ def summarise_arm(rec: Recorder, target: float, majority: float) -> dict[str, An
             reached = {"seconds": round(e["t"], 2), "epochs": round(epochs_so_far, 3)}
 
     def learned(t):
-        return bool(t["val_errors"]) and min(t["val_errors"]) < majority - LEARNED_MARGIN
+        return went_on_to_learn(t["val_errors"], majority)
 
     proxy = [t for t in trials if t["learning_rate"] >= DIVERGING_LR or t["nan_loss"]]
     outcome = [
