@@ -311,7 +311,8 @@ def trial_note_text(trial: FrozenTrial) -> str:
     elif trial.state == TrialState.PRUNED:
         title, reason = f"Trial {trial.number} pruned", prune or "pruned"
         hint = (
-            "Its validation error was behind the other trials' at the same epoch, so the pruner stopped it."
+            "Its validation error was behind the other trials' at the same epoch (or tied with theirs at a"
+            " higher training loss, as when every trial still predicts one class), so the pruner stopped it."
         )
     else:
         title, reason = f"Trial {trial.number} failed", fail or "no reason recorded"

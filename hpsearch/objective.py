@@ -18,6 +18,7 @@ import optuna
 from hpsearch.config import HYPERPARAMETERS, Config
 from hpsearch.data import TextData
 from hpsearch.models import ModelFactory
+from hpsearch.pruners import TRAIN_LOSS_ATTR
 from hpsearch.space import SearchSpace, suggest
 
 CHECKPOINT_ATTR = "checkpoint_path"
@@ -137,7 +138,7 @@ class Objective:
                     trial.set_user_attr(
                         "prune_reason",
                         f"pruned by {cfg.study.pruner} after epoch {result.epoch}:"
-                        f" val_error {result.val_error:.4f}",
+                        f" val_error {result.val_error:.4f}, train loss {result.train_loss:.4f}",
                     )
                     raise optuna.TrialPruned(f"val_error {result.val_error:.4f} at epoch {result.epoch}")
             return min(curve.values())
@@ -151,6 +152,7 @@ class Objective:
             "best_epoch": best_epoch,
             "epochs_run": result.epoch,
             "val_losses": val_losses,
+            TRAIN_LOSS_ATTR: round(result.train_loss, 5),  # the pruner breaks ties in val_error with it
             "train_seconds": round(train_seconds, 3),
             "samples_per_second": round(result.samples_per_second, 1),
             "padding_efficiency": round(result.real_tokens / max(1, result.padded_tokens), 4),

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import Config, mask_password
 from hpsearch.errors import ConfigError, StorageError
+from hpsearch.pruners import SuccessiveHalvingPruner
 from hpsearch.space import SearchSpace
 
 DIRECTION = "minimize"  # the study minimises validation error
@@ -264,14 +265,15 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     """Epochs are the resource: rungs at epochs 1, r, r**2, ... for successive halving (r: reduction_factor).
 
     The default, asynchronous successive halving (ASHA), lets a trial past a rung when its error there is in
-    the best 1/r of the errors any trial reported at that rung so far; hyperband runs several such brackets
-    with later first rungs, one of which never prunes, so it spends more epochs (see BENCHMARKS.md).
+    the best 1/r of the errors any trial reported at that rung so far, ties broken by the epoch's training loss
+    (:class:`hpsearch.pruners.SuccessiveHalvingPruner`); hyperband runs several such brackets with later first
+    rungs, one of which never prunes, so it spends more epochs (see BENCHMARKS.md).
     """
     n_epochs, name, r = cfg.train.n_epochs, cfg.study.pruner, cfg.study.reduction_factor
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_epochs, reduction_factor=r)
     if name == "successive-halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=r)
+        return SuccessiveHalvingPruner(reduction_factor=r, min_resource=1)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.study.n_startup_trials, n_warmup_steps=0)
     if name == "percentile":

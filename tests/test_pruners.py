@@ -1,0 +1,93 @@
+"""hpsearch.pruners.SuccessiveHalvingPruner, driven through real studies (in memory and in a SQLite file)."""
+
+import math
+
+import optuna
+import pytest
+
+from hpsearch.pruners import TRAIN_LOSS_ATTR, SuccessiveHalvingPruner
+
+
+def run_trial(study: optuna.Study, curve: list[tuple[float, float | None]]) -> int:
+    """Report (val_error, train_loss) per epoch as hpsearch's objective does; the number of epochs trained."""
+    trial = study.ask()
+    for epoch, (error, loss) in enumerate(curve, start=1):
+        trial.report(error, epoch)
+        if loss is not None:
+            trial.set_user_attr(TRAIN_LOSS_ATTR, loss)
+        if epoch < len(curve) and trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return epoch
+    study.tell(trial, min(error for error, _ in curve))
+    return len(curve)
+
+
+PLATEAU = 0.4908  # every trial still predicts the majority class after epoch 1
+
+
+def test_a_tie_at_the_cutoff_is_broken_by_the_training_loss():
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3))
+    assert (
+        run_trial(study, [(PLATEAU, 0.682), (0.30, 0.5), (0.28, 0.4)]) == 3
+    )  # the first trial always goes on
+    # same validation error, higher training loss: Optuna's pruner would let both through
+    assert run_trial(study, [(PLATEAU, 0.690), (0.45, 0.6), (0.40, 0.5)]) == 1
+    assert run_trial(study, [(PLATEAU, 0.695), (0.45, 0.6), (0.40, 0.5)]) == 1
+    # a lower training loss than the trial in front wins the tie
+    assert run_trial(study, [(PLATEAU, 0.681), (0.31, 0.5), (0.29, 0.4)]) == 3
+
+
+def test_a_lower_error_wins_whatever_the_training_loss():
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3))
+    run_trial(study, [(0.45, 0.69), (0.3, 0.5), (0.3, 0.5)])
+    assert run_trial(study, [(0.46, 0.10), (0.3, 0.5), (0.3, 0.5)]) == 1
+    assert run_trial(study, [(0.40, 0.99), (0.3, 0.5), (0.3, 0.5)]) == 3
+
+
+def test_without_ties_it_prunes_like_optunas_successive_halving():
+    curves = [
+        [(e, 0.6) for e in c]
+        for c in (
+            [0.5, 0.4, 0.3],
+            [0.45, 0.4, 0.4],
+            [0.48, 0.3, 0.2],
+            [0.44, 0.42, 0.41],
+            [0.47, 0.46, 0.3],
+            [0.43, 0.3, 0.2],
+            [0.49, 0.2, 0.1],
+        )
+    ]
+    ours = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=2))
+    theirs = optuna.create_study(
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    )
+    assert [run_trial(ours, c) for c in curves] == [run_trial(theirs, c) for c in curves]
+
+
+def test_trials_without_a_training_loss_rank_after_those_with_one_and_rungs_persist(tmp_path):
+    """A study begun by Optuna's pruner (no training losses recorded) goes on with hpsearch's, in a SQLite file."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    old = optuna.create_study(
+        study_name="s", storage=storage, pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    )
+    run_trial(old, [(PLATEAU, None), (0.3, None), (0.3, None)])
+    study = optuna.load_study(
+        study_name="s", storage=storage, pruner=SuccessiveHalvingPruner(reduction_factor=3)
+    )
+    assert run_trial(study, [(PLATEAU, 0.69), (0.3, 0.5), (0.3, 0.5)]) == 3  # ties the old trial, has a loss
+    assert run_trial(study, [(PLATEAU, None), (0.3, 0.5), (0.3, 0.5)]) == 1  # no loss: last among the tied
+    last = study.get_trials()[-2]
+    assert last.system_attrs["completed_rung_0"] == PLATEAU
+    assert last.system_attrs["completed_rung_0_train_loss"] == 0.69
+
+
+def test_a_nan_error_at_a_rung_is_pruned():
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner())
+    run_trial(study, [(0.4, 0.6), (0.3, 0.5)])
+    assert run_trial(study, [(math.nan, 0.6), (0.3, 0.5)]) == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"reduction_factor": 1}, {"reduction_factor": 2.5}, {"min_resource": 0}])
+def test_bad_arguments_are_refused_when_built(kwargs):
+    with pytest.raises(ValueError, match="must be an integer"):
+        SuccessiveHalvingPruner(**kwargs)
