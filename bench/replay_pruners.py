@@ -1,17 +1,20 @@
-"""Replay full learning curves through Optuna's pruners, to compare them without training anything.
+"""Replay full learning curves through pruners, to compare them without training anything.
 
-Input: progress logs of studies run without pruning (``bench.run --arms A``, whose trials all run every epoch).
-Each log's trials are replayed in their own order and in ``--orders`` random orders: every epoch's validation
-error is reported to a fresh in-memory study with the pruner under test, and ``should_prune`` is asked after every
-epoch but the last, as hpsearch's objective does. Per pruner: the share of the epochs it trains, and the share of
-the no-pruning epochs it needs until its best-so-far is within 0.5 points of the log's best (median over orders),
-and in how many orders it never got there (it pruned the trial that held the best).
+Input: progress logs of studies run without pruning (``bench.run --arms A`` or ``B``, whose trials all run every
+epoch); a log holding several studies (``bench/results/sst2.progress.txt``) is split at each ``study '...'`` line,
+and only studies whose trials all ran every epoch are replayed. Each study's trials are replayed in their own
+order and in ``--orders`` random orders: every epoch's validation error (and, for hpsearch's pruner, the epoch's
+training loss) is reported to a fresh in-memory study with the pruner under test, and ``should_prune`` is asked
+after every epoch but the last, as hpsearch's objective does. Per pruner: the share of the epochs it trains, and
+the share of the no-pruning epochs it needs until its best-so-far is within 0.5 points of the study's best
+(median over orders), and in how many orders it never got there (it pruned the trial that held the best).
+Per study it also prints how well each epoch-1 figure ranks the trials by their final best error (Spearman).
 
-How the default pruner was chosen (BENCHMARKS.md, "What changed since the first run"):
+How the default pruner was chosen (BENCHMARKS.md, "What changed since the first run" and "Pruning ties"):
     python -m bench.run --arms A --seeds 0 --n-epochs 9 --n-trials 20 --throughput-repeats 0 --out /tmp/a0.json
     python -m bench.run --arms A --seeds 1 --n-epochs 9 --n-trials 20 --throughput-repeats 0 --out /tmp/a1.json
     python -m bench.replay_pruners bench/results/curves-9epochs-seed0.progress.txt \\
-        bench/results/curves-9epochs-seed1.progress.txt
+        bench/results/curves-9epochs-seed1.progress.txt bench/results/sst2.progress.txt
 """
 
 from __future__ import annotations
@@ -26,55 +29,123 @@ from pathlib import Path
 
 import optuna
 
-EPOCH_LINE = re.compile(r"trial (\d+) epoch (\d+)/(\d+)\s.*\bval_error (\S+)")
+from hpsearch.pruners import TRAIN_LOSS_ATTR, SuccessiveHalvingPruner
+
+EPOCH_LINE = re.compile(r"trial (\d+) epoch (\d+)/(\d+)\s+loss (\S+)\s.*\bval_error (\S+)")
+STUDY_LINE = re.compile(r"^study '([^']+)'")
+PRUNED_LINE = re.compile(r"^trial \d+ pruned:")
 TARGET_MARGIN = 0.005
 
+Curve = list[tuple[float, float]]  # (validation error, mean training loss) per epoch
 
-def read_curves(path: Path) -> tuple[list[list[float]], int]:
-    """The validation error per epoch of every trial that ran all its epochs, in trial order."""
-    curves: dict[int, list[float]] = {}
-    n_epochs = 0
+
+def read_studies(path: Path) -> list[tuple[str, list[Curve], int]]:
+    """(study name, curves, epochs per trial) of every study in the log that pruned nothing, its trials in order.
+
+    A curve is kept only when its trial ran every epoch (one cut short by an interrupted run is left out).
+    """
+    studies: list[tuple[str, dict[int, Curve], list[int], list[bool]]] = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        m = EPOCH_LINE.search(line)
-        if m:
-            curves.setdefault(int(m[1]), []).append(float(m[4]))
-            n_epochs = int(m[3])
-    return [c for _, c in sorted(curves.items()) if len(c) == n_epochs], n_epochs
+        if m := STUDY_LINE.match(line):
+            studies.append((m[1], {}, [0], [False]))
+            continue
+        if not studies:
+            studies.append((path.stem, {}, [0], [False]))
+        curves, n_epochs, pruned = studies[-1][1:]
+        if PRUNED_LINE.match(line):
+            pruned[0] = True
+        elif m := EPOCH_LINE.search(line):
+            curves.setdefault(int(m[1]), []).append((float(m[5]), float(m[4])))
+            n_epochs[0] = int(m[3])
+    return [
+        (name, [c for _, c in sorted(curves.items()) if len(c) == n[0]], n[0])
+        for name, curves, n, pruned in studies
+        if not pruned[0] and any(len(c) == n[0] for c in curves.values())
+    ]
 
 
-def replay(curves: list[list[float]], pruner: optuna.pruners.BasePruner) -> list[tuple[int, float]]:
-    """(epochs trained so far, best error so far) after every epoch trained, with ``pruner`` deciding."""
+def replay(
+    curves: list[Curve], pruner: optuna.pruners.BasePruner, budget: int | None = None
+) -> list[tuple[int, float]]:
+    """(epochs trained so far, best error so far) after every epoch trained, with ``pruner`` deciding; it stops
+    when ``budget`` epochs are spent, if given."""
     # a fixed name: hyperband assigns trials to brackets by a hash of the study name and trial number
     study = optuna.create_study(study_name="replay", pruner=pruner, sampler=optuna.samplers.RandomSampler(0))
     timeline, used, best = [], 0, math.inf
     for curve in curves:
         trial = study.ask()
-        for epoch, error in enumerate(curve, start=1):
+        for epoch, (error, train_loss) in enumerate(curve, start=1):
             used, best = used + 1, min(best, error)
             timeline.append((used, best))
+            if used == budget:
+                return timeline
             trial.report(error, epoch)
+            trial.set_user_attr(TRAIN_LOSS_ATTR, train_loss)  # as hpsearch's objective records it
             if epoch < len(curve) and trial.should_prune():
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 break
         else:
-            study.tell(trial, min(curve))
+            study.tell(trial, min(error for error, _ in curve))
     return timeline
+
+
+def rank_correlation(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation, ties given their mean rank (nan when either side is constant)."""
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx and syy else math.nan
 
 
 def epochs_to(timeline: list[tuple[int, float]], target: float) -> int | None:
     return next((used for used, best in timeline if best <= target + 1e-12), None)
 
 
+def regrets_at_budgets(
+    curves: list[Curve], pruner: str, budgets: list[int], n_draws: int, n_epochs: int
+) -> dict[int, list[float]]:
+    """Same compute for every pruner: trials drawn at random, with replacement, from ``curves`` (a random
+    search of the study's space, as arm A ran it), trained under ``pruner`` until each budget (in epochs) is
+    spent; per budget and draw, the best error found minus the study's best, in points."""
+    best = min(error for c in curves for error, _ in c)
+    regrets: dict[int, list[float]] = {b: [] for b in budgets}
+    for draw in range(n_draws):
+        rng = random.Random(draw)
+        stream = [
+            rng.choice(curves) for _ in range(max(budgets))
+        ]  # enough if every trial stops after epoch 1
+        timeline = replay(stream, pruners(n_epochs)[pruner], budget=max(budgets))
+        for b in budgets:
+            regrets[b].append(100 * (timeline[b - 1][1] - best))
+    return regrets
+
+
 def pruners(n_epochs: int) -> dict[str, optuna.pruners.BasePruner]:
     return {
         "none": optuna.pruners.NopPruner(),
-        "successive-halving (r=3)": optuna.pruners.SuccessiveHalvingPruner(
+        "hpsearch successive-halving (r=3, ties by training loss; the default)": SuccessiveHalvingPruner(3),
+        "optuna successive-halving (r=3)": optuna.pruners.SuccessiveHalvingPruner(
             min_resource=1, reduction_factor=3
         ),
-        "successive-halving (r=2)": optuna.pruners.SuccessiveHalvingPruner(
+        "optuna successive-halving (r=2)": optuna.pruners.SuccessiveHalvingPruner(
             min_resource=1, reduction_factor=2
         ),
-        "successive-halving (r=4)": optuna.pruners.SuccessiveHalvingPruner(
+        "optuna successive-halving (r=4)": optuna.pruners.SuccessiveHalvingPruner(
             min_resource=1, reduction_factor=4
         ),
         "hyperband (r=3)": optuna.pruners.HyperbandPruner(1, n_epochs, reduction_factor=3),
@@ -87,36 +158,94 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.replay_pruners", description=__doc__.split("\n\n")[0])
     p.add_argument("logs", nargs="+", type=Path, help="progress logs of studies run without pruning")
     p.add_argument("--orders", type=int, default=40, help="random trial orders besides the logged one")
+    p.add_argument(
+        "--draws", type=int, default=30, help="random searches per study for the same-budget table (0: none)"
+    )
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    for path in args.logs:
-        curves, n_epochs = read_curves(path)
-        if not curves:
-            print(
-                f"error: {path}: no trial ran all its epochs; give logs of runs without pruning",
-                file=sys.stderr,
-            )
-            return 2
-        target = min(min(c) for c in curves) + TARGET_MARGIN
+    studies = [(path, *study) for path in args.logs for study in read_studies(path)]
+    if not studies:
+        print(
+            f"error: {', '.join(map(str, args.logs))}: no study ran without pruning; give logs of runs"
+            " without pruning (bench.run --arms A or B)",
+            file=sys.stderr,
+        )
+        return 2
+    summary: dict[str, list[tuple[float, float | None, int, int]]] = {}
+    for path, name, curves, n_epochs in studies:
+        target = min(error for c in curves for error, _ in c) + TARGET_MARGIN
         rng = random.Random(0)
         orders = [curves] + [rng.sample(curves, len(curves)) for _ in range(args.orders)]
-        print(f"\n{path.name}: {len(curves)} trials x {n_epochs} epochs, best {target - TARGET_MARGIN:.4f}")
+        final = [min(error for error, _ in c) for c in curves]
+        spearman = {
+            what: rank_correlation([c[0][i] for c in curves], final)
+            for i, what in ((0, "validation error"), (1, "training loss"))
+        }
+        print(
+            f"\n{path.name}, {name}: {len(curves)} trials x {n_epochs} epochs, best {target - TARGET_MARGIN:.4f}"
+        )
+        print(
+            "epoch 1 against the final best error, rank correlation:"
+            + ",".join(f" {what} {rho:.2f}" for what, rho in spearman.items())
+        )
         print("| pruner | share of epochs trained | share of epochs to target | orders that missed it |")
         print("| --- | ---: | ---: | ---: |")
-        for name in pruners(n_epochs):
+        for pruner in pruners(n_epochs):
             shares, to_target, missed = [], [], 0
             for order in orders:
                 full = replay(order, optuna.pruners.NopPruner())
-                run = replay(order, pruners(n_epochs)[name])
+                run = replay(order, pruners(n_epochs)[pruner])
                 shares.append(run[-1][0] / full[-1][0])
                 reached = epochs_to(run, target)
                 if reached is None:
                     missed += 1
                 else:
                     to_target.append(reached / epochs_to(full, target))
-            median = f"{statistics.median(to_target):.2f}" if to_target else "-"
-            print(f"| {name} | {statistics.median(shares):.2f} | {median} | {missed}/{len(orders)} |")
+            median = statistics.median(to_target) if to_target else None
+            summary.setdefault(pruner, []).append((statistics.median(shares), median, missed, len(orders)))
+            print(
+                f"| {pruner} | {statistics.median(shares):.2f} | {'-' if median is None else f'{median:.2f}'}"
+                f" | {missed}/{len(orders)} |"
+            )
+    if len(studies) > 1:
+        print(f"\nall {len(studies)} studies: medians over studies, orders that missed summed")
+        print("| pruner | share of epochs trained | share of epochs to target | orders that missed it |")
+        print("| --- | ---: | ---: | ---: |")
+        for pruner, rows in summary.items():
+            reached = [r[1] for r in rows if r[1] is not None]
+            median = f"{statistics.median(reached):.2f}" if reached else "-"
+            print(
+                f"| {pruner} | {statistics.median(r[0] for r in rows):.2f} | {median}"
+                f" | {sum(r[2] for r in rows)}/{sum(r[3] for r in rows)} |"
+            )
+    if args.draws:
+        print_same_budget(studies, args.draws)
     return 0
+
+
+def print_same_budget(studies, n_draws: int) -> None:
+    """The question a user pays for: with the same epochs, which pruner finds the better configuration?"""
+    sizes = (3, 6, 9)  # budgets, in full trials' worth of epochs
+    regrets: dict[str, dict[int, list[float]]] = {}
+    for _, _, curves, n_epochs in studies:
+        for pruner in pruners(n_epochs):
+            at = regrets_at_budgets(curves, pruner, [k * n_epochs for k in sizes], n_draws, n_epochs)
+            for k in sizes:
+                regrets.setdefault(pruner, {}).setdefault(k, []).extend(at[k * n_epochs])
+    print(
+        f"\nsame budget: {n_draws} random searches per study ({len(studies)} studies), trials drawn with"
+        " replacement from the study's curves, each pruner training until the budget is spent;"
+        " regret = best error found - the study's best, in points (mean; in brackets the share of searches"
+        " within 0.5 points)"
+    )
+    print("| pruner | " + " | ".join(f"{k} trials' epochs" for k in sizes) + " |")
+    print("| --- |" + " ---: |" * len(sizes))
+    for pruner, by_size in regrets.items():
+        cells = [
+            f"{statistics.fmean(r):.2f} ({sum(x <= 100 * TARGET_MARGIN + 1e-9 for x in r) / len(r):.2f})"
+            for r in (by_size[k] for k in sizes)
+        ]
+        print(f"| {pruner} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -134,28 +134,45 @@ def test_merge_adds_seeds_run_later_and_recomputes_the_figures(result, tmp_path)
 def test_replay_pruners_compares_pruners_on_recorded_curves(tmp_path, capsys):
     from bench import replay_pruners
 
+    def study(name: str, curves, pruned: bool = False) -> list[str]:
+        lines = [f"study '{name}' in sqlite:///x.db: 9 train / 9 validation examples"]
+        for number, curve in enumerate(curves):
+            for epoch, error in enumerate(curve, start=1):
+                lines.append(
+                    f"trial {number} epoch {epoch}/3  loss {0.7 - error / 10:.3f}  val_loss 0.6"
+                    f"  val_error {error}  900 samples/s"
+                )
+            if pruned:
+                lines.append(
+                    f"trial {number} pruned: pruned by successive-halving after epoch 3: val_error 0.5"
+                )
+        return lines
+
+    curves = [(0.5, 0.4, 0.3), (0.49, 0.49, 0.49), (0.45, 0.3, 0.2), (0.5, 0.5, 0.5)]
     log = tmp_path / "curves.progress.txt"
-    lines = []
-    for number, curve in enumerate([(0.5, 0.4, 0.3), (0.49, 0.49, 0.49), (0.45, 0.3, 0.2), (0.5, 0.5, 0.5)]):
-        for epoch, error in enumerate(curve, start=1):
-            lines.append(
-                f"trial {number} epoch {epoch}/3  loss 0.6  val_loss 0.6  val_error {error}  900 samples/s"
-            )
     log.write_text(
-        "\n".join(lines) + "\ntrial 4 epoch 1/3  loss 0.6  val_loss 0.6  val_error 0.1  9 samples/s\n"
+        "\n".join(study("A-seed0", curves) + study("C-seed0", curves, pruned=True))
+        + "\ntrial 4 epoch 1/3  loss 0.6  val_loss 0.6  val_error 0.1  9 samples/s\n"
     )
-    assert replay_pruners.read_curves(log) == ([[0.5, 0.4, 0.3], [0.49] * 3, [0.45, 0.3, 0.2], [0.5] * 3], 3)
-    assert replay_pruners.main([str(log), "--orders", "3"]) == 0
+    # the pruned study is left out, and so is the unfinished trial 4 of the other
+    [(name, read, n_epochs)] = replay_pruners.read_studies(log)
+    assert (name, n_epochs) == ("A-seed0", 3)
+    assert [[error for error, _ in c] for c in read] == [list(c) for c in curves]
+    assert read[0][0] == (0.5, 0.65)  # (val_error, training loss)
+    assert replay_pruners.main([str(log), "--orders", "3", "--draws", "2"]) == 0
     out = capsys.readouterr().out
-    assert "4 trials x 3 epochs, best 0.2000" in out  # the unfinished trial 4 is left out
+    assert "A-seed0: 4 trials x 3 epochs, best 0.2000" in out
     assert "| none | 1.00 | 1.00 | 0/4 |" in out
-    sha = next(line for line in out.splitlines() if line.startswith("| successive-halving (r=3)"))
+    sha = next(line for line in out.splitlines() if line.startswith("| hpsearch successive-halving"))
     assert float(sha.split("|")[2]) < 1.0  # it pruned something
+    assert "same budget: 2 random searches per study" in out
+    no_pruning = next(line for line in out.splitlines() if line.startswith("| none |") and "(" in line)
+    assert no_pruning.count("(") == 3  # one cell per budget
 
     empty = tmp_path / "pruned.progress.txt"
-    empty.write_text("trial 0 epoch 1/3  loss 0.6  val_loss 0.6  val_error 0.5  9 samples/s\n")
+    empty.write_text("\n".join(study("C-seed1", curves, pruned=True)) + "\n")
     assert replay_pruners.main([str(empty)]) == 2
-    assert "no trial ran all its epochs" in capsys.readouterr().err
+    assert "no study ran without pruning" in capsys.readouterr().err
 
 
 # --- bench.divergence: the divergence stop replayed on recorded losses --------------------------------------
