@@ -27,9 +27,10 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
     training many trials share one value: the majority class's error, while a model still predicts one class.
     Optuna's pruner lets every trial tied at the cut-off through, so on such a plateau its first rung prunes
     nothing. Here trials with the same error are ordered by their mean training loss over that epoch, which
-    still tells a model that has started to learn from one that has not: on 192 recorded 9-epoch learning
-    curves of the tiny model on SST-2 its rank correlation with the trial's final error was 0.7-0.9 after epoch
-    1, against 0.2-0.4 for the validation error (BENCHMARKS.md, "Pruning ties").
+    still tells a model that has started to learn from one that has not: in 20 recorded studies of the tiny
+    model on SST-2 (328 complete 9-epoch curves) its rank correlation with the trial's final error after epoch 1
+    was 0.70-0.89, against 0.29-0.64 for the validation error. At the same compute, it found configurations
+    closer to the best than Optuna's pruner on those curves and on MiniLM's (BENCHMARKS.md, "Pruning ties").
     A trial without a recorded training loss (one from an older study) ranks after those with one.
     """
 
