@@ -70,9 +70,8 @@ def record(args: argparse.Namespace) -> int:
     from hpsearch.train import FineTuning
 
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(
-        prefix="hpsearch-divergence-"
-    ) as tmp:  # prepare() checks a store answers
+    # prepare() checks that a store answers; this one is thrown away
+    with tempfile.TemporaryDirectory(prefix="hpsearch-divergence-") as tmp:
         cfg = load_config(args.config, overrides={"storage": f"sqlite:///{tmp}/unused.db"}, sets=args.set)
         _, data, factory, encoded = prepare(cfg)
     settings = dataclasses.replace(cfg.train, divergence_stop=False, n_epochs=args.n_epochs)

@@ -44,24 +44,25 @@ def read_studies(path: Path) -> list[tuple[str, list[Curve], int]]:
 
     A curve is kept only when its trial ran every epoch (one cut short by an interrupted run is left out).
     """
-    studies: list[tuple[str, dict[int, Curve], list[int], list[bool]]] = []
+    studies: list[dict] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if m := STUDY_LINE.match(line):
-            studies.append((m[1], {}, [0], [False]))
+            studies.append({"name": m[1], "curves": {}, "n_epochs": 0, "pruned": False})
             continue
-        if not studies:
-            studies.append((path.stem, {}, [0], [False]))
-        curves, n_epochs, pruned = studies[-1][1:]
+        if not studies:  # a log of one study, without its study line
+            studies.append({"name": path.stem, "curves": {}, "n_epochs": 0, "pruned": False})
+        study = studies[-1]
         if PRUNED_LINE.match(line):
-            pruned[0] = True
+            study["pruned"] = True
         elif m := EPOCH_LINE.search(line):
-            curves.setdefault(int(m[1]), []).append((float(m[5]), float(m[4])))
-            n_epochs[0] = int(m[3])
-    return [
-        (name, [c for _, c in sorted(curves.items()) if len(c) == n[0]], n[0])
-        for name, curves, n, pruned in studies
-        if not pruned[0] and any(len(c) == n[0] for c in curves.values())
-    ]
+            study["curves"].setdefault(int(m[1]), []).append((float(m[5]), float(m[4])))
+            study["n_epochs"] = int(m[3])
+    out = []
+    for study in studies:
+        full = [c for _, c in sorted(study["curves"].items()) if len(c) == study["n_epochs"]]
+        if full and not study["pruned"]:
+            out.append((study["name"], full, study["n_epochs"]))
+    return out
 
 
 def replay(
@@ -190,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("| pruner | share of epochs trained | share of epochs to target | orders that missed it |")
         print("| --- | ---: | ---: | ---: |")
+        fulls = [replay(order, optuna.pruners.NopPruner()) for order in orders]
         for pruner in pruners(n_epochs):
             shares, to_target, missed = [], [], 0
-            for order in orders:
-                full = replay(order, optuna.pruners.NopPruner())
+            for order, full in zip(orders, fulls, strict=True):
                 run = replay(order, pruners(n_epochs)[pruner])
                 shares.append(run[-1][0] / full[-1][0])
                 reached = epochs_to(run, target)

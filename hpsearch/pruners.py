@@ -48,6 +48,7 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
             return False
         value = trial.intermediate_values[step]
         mine = (value, _train_loss(trial.user_attrs.get(TRAIN_LOSS_ATTR)))
+        recorded = mine[1] if math.isfinite(mine[1]) else None  # None, not inf: JSON has no infinity
         rung = _current_rung(trial)
         trials: list[FrozenTrial] | None = None
         while True:
@@ -59,9 +60,7 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
                 trials = study.get_trials(deepcopy=False)
             key = _rung_key(rung)
             study._storage.set_trial_system_attr(trial._trial_id, key, value)
-            # None, not inf, where there is no loss: JSON has no infinity
-            loss = mine[1] if math.isfinite(mine[1]) else None
-            study._storage.set_trial_system_attr(trial._trial_id, f"{key}_train_loss", loss)
+            study._storage.set_trial_system_attr(trial._trial_id, f"{key}_train_loss", recorded)
             competing = [
                 (t.system_attrs[key], _train_loss(t.system_attrs.get(f"{key}_train_loss")))
                 for t in trials
