@@ -361,6 +361,9 @@ def load_config(
         merged["study"].update({k: v for k, v in (overrides or {}).items() if v is not None})
         if "name" not in merged["study"] and path is not None:
             merged["study"]["name"] = Path(path).stem
+    data = merged["data"]
+    if isinstance(data, dict) and data.get("train_file") and "name" not in data:
+        data["name"] = None  # local files given: the default data set (`demo`) does not apply
     sections = {name: _build_section(source, name, merged[name]) for name in SECTIONS}
     space_raw = merged["search_space"]
     if space_raw is not None and not isinstance(space_raw, dict):

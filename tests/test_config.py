@@ -154,7 +154,11 @@ BAD_CONFIGS = [
         "study: {sampler: grid}",
         ["search_space.learning_rate", "grid sampler needs finite values", "give `step`"],
     ),
-    ("both data name and file", "data: {train_file: a.csv}", ["either data.name", "`name: null`"]),
+    (
+        "both data name and file",
+        "data: {name: demo, train_file: a.csv}",
+        ["either data.name", "`name: null`"],
+    ),
     ("no data at all", "data: {name: null}", ["give data.name"]),
     (
         "validation file alone",
@@ -176,6 +180,14 @@ def test_bad_config_raises_one_line_naming_the_problem(tmp_path, rule, text, wor
     assert message.startswith(str(path)), message
     for word in words:
         assert word in message, message
+
+
+def test_a_train_file_alone_selects_local_files_not_the_demo_set(tmp_path):
+    cfg = load_text(tmp_path, "data: {train_file: a.csv, validation_file: v.csv}")
+    assert (cfg.data.name, cfg.data.train_file) == (None, "a.csv")
+    # and so does a file given with --set on a config that names no data set
+    cfg = load_config(write(tmp_path, "study: {n_trials: 2}"), sets=["data.train_file=b.csv"])
+    assert (cfg.data.name, cfg.data.train_file) == (None, "b.csv")
 
 
 def test_yaml_1_1_exponent_without_dot_is_read_as_a_float(tmp_path):
