@@ -561,11 +561,38 @@ def spread(values: list[float | None]) -> dict[str, Any]:
 FIGURES = ("best_val_error", "total_epochs", "wall_seconds", "seconds_to_target", "epochs_to_target")
 
 
+def best_within_epochs(trials: list[dict[str, Any]], budget: float) -> float | None:
+    """The best validation error an arm had measured when its trials, in the order they ran, had trained
+    ``budget`` epochs in all: what that arm buys with the compute another arm used for its whole search."""
+    best, spent = None, 0.0
+    for t in trials:
+        for k, err in enumerate(t["val_errors"], 1):  # the k-th epoch end of this trial
+            if spent + k > budget + 1e-9:
+                return best
+            best = err if best is None else min(best, err)
+        spent += t["epochs"]
+    return best
+
+
+def at_c_compute(by_arm: dict[str, dict[str, Any]]) -> None:
+    """Record, for every arm of one seed, its best error within the epochs C trained (``best_at_c_epochs``)."""
+    if "C" not in by_arm:
+        return
+    budget = by_arm["C"]["total_epochs"]
+    for summary in by_arm.values():
+        best = best_within_epochs(summary["trials"], budget)
+        summary["best_at_c_epochs"] = None if best is None else round(best, 4)
+
+
 def aggregate(per_seed: dict[int, dict[str, dict[str, Any]]], arms: list[str]) -> dict[str, Any]:
     out = {}
+    for by_arm in per_seed.values():
+        at_c_compute(by_arm)
     for arm in arms:
         runs = [per_seed[s][arm] for s in sorted(per_seed) if arm in per_seed[s]]
         fig = {name: spread([r[name] for r in runs]) for name in FIGURES}
+        if "C" in arms:
+            fig["best_at_c_epochs"] = spread([r.get("best_at_c_epochs") for r in runs])
         fig["reached_target"] = f"{sum(r['reached_target'] for r in runs)}/{len(runs)}"
         for kind in ("diverging_by_learning_rate", "diverging_by_outcome"):
             n = sum(r[kind]["n"] for r in runs)
@@ -1098,18 +1125,22 @@ def print_summary(result: dict[str, Any], stream) -> None:
         f"{result['majority_val_error']}, seeds {result['seeds']}, {result['total_seconds']:.0f} s\n\n"
     )
     w(
-        "| arm | best val error | epochs | wall s | s to target | epochs to target | reached | best retrained |\n"
+        "| arm | best val error | epochs | wall s | s to target | epochs to target | reached | best retrained |"
+        " best within C's epochs |\n"
     )
-    w("|---|---|---|---|---|---|---|---|\n")
+    w("|---|---|---|---|---|---|---|---|---|\n")
 
     def cell(f):
-        return "-" if f["median"] is None else f"{f['median']:g} ({f['min']:g}-{f['max']:g})"
+        if f is None or f["median"] is None:
+            return "-"
+        return f"{f['median']:g} ({f['min']:g}-{f['max']:g})"
 
     for arm, fig in agg.items():
         w(
             f"| {arm} | "
             + " | ".join(cell(fig[n]) for n in FIGURES)
-            + f" | {fig['reached_target']} | {cell(fig['retrained_best_mean'])} |\n"
+            + f" | {fig['reached_target']} | {cell(fig['retrained_best_mean'])}"
+            + f" | {cell(fig.get('best_at_c_epochs'))} |\n"
         )
     w("\n| target | value | met |\n|---|---|---|\n")
     for t in result["targets"]:

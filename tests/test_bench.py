@@ -58,6 +58,28 @@ def test_every_arm_records_its_trials_and_budget(result):
             min(a["best_val_error"] for a in seed.values()) + 0.005, abs=1e-4
         )
     assert any(a["reached_target"] for a in seed.values())
+    # at the compute C used, C has its own best; the unpruned arm at most what its whole search found
+    assert seed["C"]["best_at_c_epochs"] == seed["C"]["best_val_error"]
+    assert (
+        seed["A"]["best_at_c_epochs"] is None or seed["A"]["best_at_c_epochs"] >= seed["A"]["best_val_error"]
+    )
+
+
+def test_best_within_epochs_follows_the_order_trials_ran():
+    trials = [
+        {"val_errors": [0.5, 0.4, 0.3], "epochs": 3.0},  # epochs 1-3 of the arm
+        {"val_errors": [], "epochs": 0.25},  # stopped inside its first epoch: no epoch end
+        {"val_errors": [0.35, 0.2], "epochs": 2.0},  # its epoch ends at 4.25 and 5.25
+    ]
+    assert bench.best_within_epochs(trials, 0.5) is None  # no epoch end yet
+    assert bench.best_within_epochs(trials, 2) == 0.4
+    assert bench.best_within_epochs(trials, 4.25) == 0.3
+    assert bench.best_within_epochs(trials, 5.0) == 0.3
+    assert bench.best_within_epochs(trials, 5.25) == 0.2
+    assert bench.best_within_epochs(trials, 100) == 0.2
+    by_arm = {"A": {"trials": trials, "total_epochs": 5.25}, "C": {"trials": trials[:1], "total_epochs": 3.0}}
+    bench.at_c_compute(by_arm)
+    assert (by_arm["A"]["best_at_c_epochs"], by_arm["C"]["best_at_c_epochs"]) == (0.3, 0.3)
 
 
 @pytest.mark.slow
