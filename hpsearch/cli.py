@@ -143,6 +143,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option(
     "--timeout", type=float, help="Seconds this invocation may search before it stops starting trials."
 )
+@click.option(
+    "--epoch-budget",
+    type=float,
+    help="Epochs all trials may train together (all workers); no trial starts once they have.",
+)
 @click.option("--sampler", help="tpe (default), random, grid, cmaes, gp or qmc.")
 @click.option("--pruner", help="successive-halving (default, ASHA), hyperband, median, percentile or none.")
 @click.option("--seed", type=int, help="Sampler seed.")
@@ -180,6 +185,7 @@ def search(
     study_name,
     n_trials,
     timeout,
+    epoch_budget,
     sampler,
     pruner,
     seed,
@@ -193,6 +199,7 @@ def search(
     Every trial fine-tunes the model and reports its validation error after each epoch; trials that fall
     behind are pruned, diverging ones stopped at once. Running the same command again resumes the study:
     --n-trials is the total for the study, so `--n-trials 8` after 5 finished trials runs 3 more.
+    --epoch-budget caps the compute instead: the epochs all trials train together, pruned ones included.
 
     Many workers share one study and its budget: --workers 4 (CPU) or --gpus all start one process each;
     the same command on another node (same --storage) joins the study. A worker killed mid-trial is noticed
@@ -204,6 +211,7 @@ def search(
       hpsearch search studies/demo.yaml --n-trials 12 --set train.n_epochs=2
       hpsearch search studies/sst2.yaml --gpus all --storage postgresql+psycopg://hp@db/hpsearch
       hpsearch search studies/demo.yaml --workers 2
+      hpsearch search studies/demo.yaml --epoch-budget 40 --n-trials 1000
     """
     from hpsearch.search import run_search
 
@@ -214,6 +222,7 @@ def search(
             "name": study_name,
             "n_trials": n_trials,
             "timeout": timeout,
+            "epoch_budget": epoch_budget,
             "sampler": sampler,
             "pruner": pruner,
             "seed": seed,
@@ -245,6 +254,7 @@ def search(
 
 def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None:
     """--workers/--gpus: one `hpsearch search` process per worker, same arguments, then the study summary."""
+    from hpsearch.cost import epochs_spent
     from hpsearch.results import state_counts
     from hpsearch.study import best_trial, check_storage, load_existing_study
     from hpsearch.workers import finished_trials, parse_gpus, plan_workers, run_workers
@@ -296,6 +306,9 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
     counts = {k: v for k, v in state_counts(study).items() if v}
     best = best_trial(study)
     done = counts.get("complete", 0) + counts.get("pruned", 0)
+    budget_met = done >= cfg.study.n_trials or (
+        cfg.study.epoch_budget is not None and epochs_spent(study) >= cfg.study.epoch_budget
+    )
     click.echo(
         f"study '{cfg.study.name}': {done}/{cfg.study.n_trials} trials finished by {len(plan)}"
         f" workers ({counts})",
@@ -309,7 +322,7 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
                 "best_value": best.value if best else None,
                 "best_params": dict(best.params) if best else {},
                 "trials": counts,
-                "stopped_by": "signal" if signum else "budget" if done >= cfg.study.n_trials else "failures",
+                "stopped_by": "signal" if signum else "budget" if budget_met else "failures",
                 "workers": len(plan),
             }
         )

@@ -44,6 +44,8 @@ class StudySection:
     )
     n_trials: int = 20  # total finished (complete + pruned) trials for the whole study, all workers together
     timeout: float | None = None  # seconds this invocation may search before it stops starting trials
+    # epochs all trials may train together, all workers (a device-hours budget); no trial starts past it
+    epoch_budget: float | None = None
     sampler: str = "tpe"  # tpe | random | grid | cmaes | gp | qmc
     pruner: str = "successive-halving"  # successive-halving (ASHA) | hyperband | median | percentile | none
     reduction_factor: int = 3  # successive halving / hyperband: a third of a rung's trials go on to the next
@@ -234,6 +236,7 @@ def _validate(cfg: Config) -> dict[str, Any]:
             raise ConfigError(f"{src}: {key}: must be >= 1, got {value}")
     for key, value in {
         "study.timeout": s.timeout,
+        "study.epoch_budget": s.epoch_budget,
         "study.grace_period": s.grace_period,
         "data.max_train_samples": d.max_train_samples,
         "data.max_validation_samples": d.max_validation_samples,

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.study import CONFIG_ATTR, OVER_BUDGET_ATTR, best_trial
+from hpsearch.study import CONFIG_ATTR, OVER_BUDGET_ATTR, PARTIAL_EPOCH_ATTR, best_trial
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Cost:
     best_trial: int | None = None
     time_to_best_s: float | None = None  # study start -> completion of the best trial, wall time
     wall_s: float | None = None  # study start -> last trial finished (or now, while trials run)
+    epoch_budget: float | None = None  # study.epoch_budget, when the study has one
+    epochs_spent: float = 0.0  # what the epoch budget counts: epochs_trained plus cut-short epochs
 
     @property
     def epochs_saved(self) -> float | None:
@@ -52,6 +54,8 @@ class Cost:
             )
         else:
             parts.append(f"{self.epochs_trained} epochs trained")
+        if self.epoch_budget is not None:
+            parts.append(f"epoch budget {self.epochs_spent:.1f} of {self.epoch_budget:g} spent")
         if self.time_to_best_s is not None:
             parts.append(
                 f"best trial {self.best_trial} after {format_seconds(self.time_to_best_s)}"
@@ -73,6 +77,22 @@ def _replaced(trials: list[FrozenTrial]) -> set[int]:
     return {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
 
 
+def epochs_spent(study: optuna.Study) -> float:
+    """Epochs the study's trials have trained, all workers together, running trials included: each trial's
+    finished epochs plus the part of an epoch a divergence stop cut short. What ``study.epoch_budget`` counts.
+    A retry carries its predecessor's epochs, so the failed trial it replaced is not counted again."""
+    trials = [t for t in study.get_trials(deepcopy=False) if OVER_BUDGET_ATTR not in t.user_attrs]
+    replaced = _replaced(trials)
+    return _spent([t for t in trials if t.number not in replaced])
+
+
+def _spent(counted: list[FrozenTrial]) -> float:
+    return sum(
+        int(t.user_attrs.get("epochs_run") or 0) + float(t.user_attrs.get(PARTIAL_EPOCH_ATTR) or 0.0)
+        for t in counted
+    )
+
+
 def compute_cost(study: optuna.Study) -> Cost:
     from datetime import datetime
 
@@ -85,7 +105,8 @@ def compute_cost(study: optuna.Study) -> Cost:
         if seconds:
             by_device[str(t.user_attrs.get("device", "unknown"))] += seconds / 3600
     n_finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    n_epochs = study.user_attrs.get(CONFIG_ATTR, {}).get("train", {}).get("n_epochs")
+    stored = study.user_attrs.get(CONFIG_ATTR, {})
+    n_epochs = stored.get("train", {}).get("n_epochs")
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     start = min(starts) if starts else None
     ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
@@ -105,4 +126,6 @@ def compute_cost(study: optuna.Study) -> Cost:
         best_trial=best.number if best else None,
         time_to_best_s=None if to_best is None else round(to_best, 1),
         wall_s=None if start is None or end is None else round((end - start).total_seconds(), 1),
+        epoch_budget=stored.get("study", {}).get("epoch_budget"),
+        epochs_spent=round(_spent(counted), 4),
     )

@@ -214,6 +214,8 @@ def study_note_text(
         )
     lines += [what + ", minimising **val_error** (the validation error rate) reported after every epoch.", ""]
     budget = f"{s.n_trials} finished trials, up to {t.n_epochs} epochs each"
+    if s.epoch_budget:
+        budget += f"; {s.epoch_budget:g} epochs in all"
     if s.timeout:
         budget += f"; {s.timeout:g} s per invocation"
     lines += [

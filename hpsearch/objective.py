@@ -20,6 +20,7 @@ from hpsearch.data import TextData
 from hpsearch.models import ModelFactory
 from hpsearch.pruners import TRAIN_LOSS_ATTR
 from hpsearch.space import SearchSpace, suggest
+from hpsearch.study import PARTIAL_EPOCH_ATTR
 
 CHECKPOINT_ATTR = "checkpoint_path"
 TUNABLE = tuple(HYPERPARAMETERS)  # the train keys a search space may set
@@ -110,6 +111,8 @@ class Objective:
                     trial.set_user_attr("prune_reason", f"diverged: {result.reason}")
                     trial.set_user_attr("train_seconds", round(train_seconds, 3))
                     trial.set_user_attr("epochs_run", result.epoch - 1)
+                    # the part of an epoch the stop cut short, for study.epoch_budget
+                    trial.set_user_attr(PARTIAL_EPOCH_ATTR, round(result.samples / len(self.data.train), 4))
                     if self.reporter:
                         self.reporter.diverged(trial.number, hp, result)
                     raise optuna.TrialPruned(f"diverged: {result.reason}")

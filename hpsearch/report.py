@@ -261,6 +261,8 @@ def _cost_html(cost) -> str:
         )
     else:
         rows.append(("epochs trained", cost.epochs_trained))
+    if cost.epoch_budget is not None:
+        rows.append(("epoch budget", f"{cost.epochs_spent:.1f} of {cost.epoch_budget:g} epochs spent"))
     if cost.time_to_best_s is not None:
         from hpsearch.cost import format_seconds
 

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.config import Config
+from hpsearch.cost import epochs_spent
 from hpsearch.dashboard import write_study_note, write_trial_note
 from hpsearch.errors import StorageError, TrialFailure
 from hpsearch.objective import CHECKPOINT_ATTR, Interrupted, Objective
@@ -261,7 +262,7 @@ def _loop(
     space: SearchSpace,
 ) -> tuple[str, list[int]]:
     started, failures, ran, waited = time.monotonic(), 0, [], False
-    n_trials = cfg.study.n_trials
+    n_trials, epoch_budget = cfg.study.n_trials, cfg.study.epoch_budget
     while True:
         if stop.is_set():
             return "signal", ran
@@ -277,12 +278,24 @@ def _loop(
                 " worker stops (raise --n-trials to run more)"
             )
             return "budget", ran
-        if remaining_budget(study, n_trials, c) <= 0 and not c[TrialState.WAITING]:
+        spent = epochs_spent(study) if epoch_budget is not None else 0.0
+        out_of_epochs = epoch_budget is not None and spent >= epoch_budget
+        if out_of_epochs and not c[TrialState.RUNNING] and not c[TrialState.WAITING]:
+            reporter.line(
+                f"epoch budget met: study '{cfg.study.name}' has trained {spent:.1f} of {epoch_budget:g} epochs"
+                f" in {finished} trials; this worker stops (raise --epoch-budget to run more)"
+            )
+            return "budget", ran
+        if (out_of_epochs or remaining_budget(study, n_trials, c) <= 0) and not c[TrialState.WAITING]:
             # Other workers hold the last trials. Wait: if one dies, its trial comes back here to be retried.
             if not waited:
+                spent_line = (
+                    f"{spent:.1f} of {epoch_budget:g} epochs trained"
+                    if out_of_epochs
+                    else f"{finished}/{n_trials} trials finished"
+                )
                 reporter.line(
-                    f"{finished}/{n_trials} trials finished, {c[TrialState.RUNNING]} running elsewhere;"
-                    " waiting in case one must be retried"
+                    f"{spent_line}, {c[TrialState.RUNNING]} running elsewhere; waiting in case one must be retried"
                 )
                 waited = True
             if not _has_heartbeat(study):

@@ -26,6 +26,7 @@ from hpsearch.space import SearchSpace
 DIRECTION = "minimize"  # the study minimises validation error
 CONFIG_ATTR = "hpsearch_config"
 OVER_BUDGET_ATTR = "hpsearch_over_budget"
+PARTIAL_EPOCH_ATTR = "partial_epoch"  # user attribute: the share of an epoch trained before a divergence stop
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that change what a trial measures: resuming a study with other values would mix incomparable trials.
 IDENTITY_KEYS = {

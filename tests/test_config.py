@@ -160,6 +160,7 @@ BAD_CONFIGS = [
         ["either data.name", "`name: null`"],
     ),
     ("no data at all", "data: {name: null}", ["give data.name"]),
+    ("epoch budget", "study: {epoch_budget: 0}", ["study.epoch_budget: must be > 0 (or left out), got 0"]),
     (
         "validation file alone",
         "data: {validation_file: v.csv}",

@@ -19,9 +19,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cli import cli
 from hpsearch.config import load_config
-from hpsearch.cost import compute_cost
+from hpsearch.cost import compute_cost, epochs_spent
 from hpsearch.report import FIGURES, build_figures
-from hpsearch.study import CONFIG_ATTR, OVER_BUDGET_ATTR
+from hpsearch.study import CONFIG_ATTR, OVER_BUDGET_ATTR, PARTIAL_EPOCH_ATTR
 
 FIGURE_IDS = [f[0] for f in FIGURES]
 
@@ -211,6 +211,21 @@ def test_cost_counts_each_epoch_once_and_times_the_best_trial(costed_study):
     assert (cost.n_finished, cost.epochs_trained, cost.epochs_without_pruning) == (3, 7, 9)
     assert cost.epochs_saved == pytest.approx(2 / 9)
     assert (cost.best_trial, cost.time_to_best_s, cost.wall_s) == (3, 240.0, 240.0)
+
+
+def test_epoch_budget_counts_cut_short_epochs_and_each_retried_epoch_once(costed_study):
+    study = optuna.load_study(study_name="c", storage=costed_study)
+    assert epochs_spent(study) == 7  # the seven whole epochs of compute_cost: trial 2 is inside its retry
+    study.add_trial(
+        _frozen(5, TrialState.PRUNED, 241, 245, None, {"epochs_run": 0, PARTIAL_EPOCH_ATTR: 0.25})
+    )
+    study.add_trial(_frozen(6, TrialState.PRUNED, 245, 260, 0.4, {"epochs_run": 1, PARTIAL_EPOCH_ATTR: 0.5}))
+    assert epochs_spent(study) == pytest.approx(8.75)
+    cost = compute_cost(study)
+    assert (cost.epochs_spent, cost.epoch_budget) == (8.75, None)  # the study has no epoch budget
+    assert "epoch budget" not in cost.summary()
+    study.set_user_attr(CONFIG_ATTR, load_config(None, sets=["study.epoch_budget=10"]).to_dict())
+    assert "epoch budget 8.8 of 10 spent" in compute_cost(study).summary()
 
 
 def test_show_prints_the_cost_after_the_table_and_in_json(costed_study):

@@ -300,6 +300,26 @@ def test_another_tsv_data_set_with_other_columns_and_four_classes(workdir):
     assert study.best_value < data.majority_error()
 
 
+def test_epoch_budget_stops_starting_trials_and_a_larger_one_resumes(make_config, workdir):
+    config = make_config(study={"n_trials": 100, "pruner": "none", "epoch_budget": 5}, train={"n_epochs": 2})
+    url = f"sqlite:///{workdir}/studies/t.db"
+    result = invoke("search", config)
+    assert result.exit_code == 0, result.output
+    # 2 + 2 epochs are under the budget, so a third trial starts; it finishes, and then nothing starts
+    assert "epoch budget met: study 't' has trained 6.0 of 5 epochs in 3 trials" in result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["stopped_by"] == "budget"
+    study = optuna.load_study(study_name="t", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    more = invoke("search", config, "--epoch-budget", 8)
+    assert more.exit_code == 0, more.output
+    study = optuna.load_study(study_name="t", storage=url)
+    assert len(finished(study)) == 4 and "trained 8.0 of 8 epochs in 4 trials" in more.output
+    show = invoke("show", "t", "--storage", url)
+    assert "epoch budget 8.0 of 8 spent" in show.output
+    again = invoke("search", config, "--epoch-budget", 8)  # met: the same command starts nothing
+    assert again.exit_code == 0 and len(optuna.load_study(study_name="t", storage=url).trials) == 4
+
+
 def test_grid_sampler_stops_when_the_grid_is_exhausted(make_config, workdir):
     config = make_config(
         study={"sampler": "grid", "n_trials": 4},
