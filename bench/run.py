@@ -7,12 +7,14 @@ Arms, all on the same data, model, search space, trial budget, epochs and seeds:
   C  hpsearch's default: TPE + successive halving (ASHA) + divergence stop (run_search)
   D  transformers' Trainer.hyperparameter_search(backend="optuna"), its default pruner (MedianPruner at every
      evaluation) and TPE, seeded like the others
+  E  C given A's compute instead of its trial budget: as many trials as A's epochs buy (study.epoch_budget),
+     the question a user who pays for GPU-hours asks
 
 Each arm runs once per study seed, arms interleaved seed by seed so a busy machine slows them alike. Then the
 throughput of hpsearch's loop and the Trainer's on the same model, data and batch size.
 
 Example:
-    python -m bench.run            # the default config, 4 arms x 3 seeds (~32 min on 2 shared cores)
+    python -m bench.run            # the default config, 5 arms x 3 seeds (~40 min on 2 shared cores)
     python -m bench.run --quick    # a few-minute smoke run
     python -m bench.run --config studies/my.yaml --seeds 0,1,2,3
     python -m bench.run --model all-minilm-l6-v2 --arms C,D --seeds 0 --n-trials 1 --n-epochs 1 \
@@ -42,7 +44,9 @@ ARMS = {
     "B": "TPE, no pruning",
     "C": "hpsearch default: TPE + successive halving (ASHA) + divergence stop",
     "D": "Trainer.hyperparameter_search (optuna, default pruner)",
+    "E": "hpsearch default with A's compute: no trial limit, study.epoch_budget = A's epochs",
 }
+E_TRIAL_FACTOR = 100  # arm E's trial limit, in units of the config's n_trials: the epoch budget decides
 TARGET_MARGIN = 0.005  # "within 0.5 points of the best found by any arm"
 # the issue's proxy: a trial with learning rate >= 1e-3 (or a NaN loss) counts as diverging
 DIVERGING_LR = 1e-3
@@ -186,7 +190,7 @@ def make_reporter(recorder: Recorder, log):
 
 
 def arm_config(cfg, arm: str, seed: int, workdir: Path):
-    """The study config for one hpsearch arm (A, B or C) and seed, with its own SQLite store."""
+    """The study config for one hpsearch arm (A, B, C or E) and seed, with its own SQLite store."""
     from hpsearch.config import StudySection
 
     study = dataclasses.replace(
@@ -212,6 +216,12 @@ def arm_config(cfg, arm: str, seed: int, workdir: Path):
             reduction_factor=defaults.reduction_factor,
         )
         train = dataclasses.replace(train, divergence_stop=True)
+        if arm == "E":  # the compute A spends on its trials, spent on as many trials as it buys
+            study = dataclasses.replace(
+                study,
+                n_trials=cfg.study.n_trials * E_TRIAL_FACTOR,
+                epoch_budget=float(cfg.study.n_trials * cfg.train.n_epochs),
+            )
     return dataclasses.replace(cfg, study=study, train=train)
 
 
@@ -514,6 +524,7 @@ def summarise_arm(rec: Recorder, target: float, majority: float) -> dict[str, An
     train_s = sum(t["train_seconds"] for t in trials)
     return {
         "best_val_error": None if best == math.inf else round(best, 4),
+        "n_trials": len(trials),
         "total_epochs": round(total_epochs, 3),
         "wall_seconds": round(rec.wall, 2),
         "target_val_error": round(target, 4),
@@ -593,6 +604,7 @@ def aggregate(per_seed: dict[int, dict[str, dict[str, Any]]], arms: list[str]) -
         fig = {name: spread([r[name] for r in runs]) for name in FIGURES}
         if "C" in arms:
             fig["best_at_c_epochs"] = spread([r.get("best_at_c_epochs") for r in runs])
+        fig["n_trials"] = spread([r.get("n_trials", len(r["trials"])) for r in runs])
         fig["reached_target"] = f"{sum(r['reached_target'] for r in runs)}/{len(runs)}"
         for kind in ("diverging_by_learning_rate", "diverging_by_outcome"):
             n = sum(r[kind]["n"] for r in runs)
@@ -614,6 +626,26 @@ def aggregate(per_seed: dict[int, dict[str, dict[str, Any]]], arms: list[str]) -
         fig["retrained_best_mean"] = spread([r["mean"] if r else None for r in retrained])
         out[arm] = fig
     return out
+
+
+def same_compute(agg: dict[str, Any]) -> dict[str, Any] | None:
+    """Arm E against arm A: what hpsearch's default finds with the epochs random search spends (medians)."""
+    if "E" not in agg or "A" not in agg:
+        return None
+
+    def med(arm, name):
+        return agg[arm][name]["median"]
+
+    def gap(name):
+        e, a = med("E", name), med("A", name)
+        return None if e is None or a is None else round(e - a, 4)
+
+    return {
+        "E_trials_median": med("E", "n_trials"),
+        "E_epochs_over_A": round(med("E", "total_epochs") / med("A", "total_epochs"), 3),
+        "E_best_minus_A_best": gap("best_val_error"),
+        "E_retrained_minus_A_retrained": gap("retrained_best_mean"),
+    }
 
 
 def check_targets(agg: dict[str, Any], throughput: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -752,7 +784,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--seeds", default="0,1,2", help="comma-separated study seeds, each arm runs once per seed"
     )
-    p.add_argument("--arms", default="A,B,C,D", help="comma-separated arms to run (A, B, C, D)")
+    p.add_argument("--arms", default="A,B,C,D,E", help="comma-separated arms to run (A, B, C, D, E)")
     p.add_argument("--model", help="override model.name, e.g. all-minilm-l6-v2 (slow on a CPU)")
     p.add_argument("--n-trials", type=int, help="override study.n_trials (the budget of every arm)")
     p.add_argument("--n-epochs", type=int, help="override train.n_epochs")
@@ -1020,6 +1052,7 @@ def merge_into(path: Path, other_path: Path) -> int:
     summaries = {int(s): v for s, v in result["per_seed"].items()}
     result["aggregate"] = aggregate(summaries, list(result["arms"]))
     result["targets"] = check_targets(result["aggregate"], result["throughput"])
+    result["same_compute"] = same_compute(result["aggregate"])
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     with open(path.with_suffix(".progress.txt"), "a", encoding="utf-8") as log:
         log.write(other_path.with_suffix(".progress.txt").read_text(encoding="utf-8"))
@@ -1054,6 +1087,7 @@ def retrain_from(args, path: Path) -> int:
     summaries = {int(s): v for s, v in result["per_seed"].items()}
     result["aggregate"] = aggregate(summaries, arms)
     result["targets"] = check_targets(result["aggregate"], result["throughput"])
+    result["same_compute"] = same_compute(result["aggregate"])
     result["retrained_with"] = "python -m bench.run " + " ".join(sys.argv[1:])
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print_summary(result, sys.stdout)
@@ -1105,6 +1139,7 @@ def run_all(
         "arms": {a: ARMS[a] for a in arms},
         "aggregate": agg,
         "targets": check_targets(agg, throughput),
+        "same_compute": same_compute(agg),
         "throughput": throughput,
         "per_seed": {str(s): v for s, v in summaries.items()},
     }
@@ -1145,6 +1180,13 @@ def print_summary(result: dict[str, Any], stream) -> None:
     w("\n| target | value | met |\n|---|---|---|\n")
     for t in result["targets"]:
         w(f"| {t['target']} | {t['value']} | {'met' if t['met'] else 'MISSED'} |\n")
+    if result.get("same_compute"):
+        sc = result["same_compute"]
+        w(
+            f"\nsame compute (E against A, medians): E ran {sc['E_trials_median']:g} trials in"
+            f" {sc['E_epochs_over_A']:g}x A's epochs; best error E - A {sc['E_best_minus_A_best']},"
+            f" retrained E - A {sc['E_retrained_minus_A_retrained']}\n"
+        )
     if result["throughput"]:
         w(
             f"\nthroughput (samples/s, batch {result['throughput']['batch_size']}, best of "

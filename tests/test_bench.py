@@ -16,13 +16,13 @@ N_TRIALS, N_EPOCHS = 3, 3
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    """Arms A, C and D for seeds 0 and 1 side by side (two spawned processes, as `make bench` runs), on 300
+    """Arms A, C, D and E for seeds 0 and 1 side by side (two spawned processes, as `make bench` runs), on 300
     demo rows, with one retraining seed; the result path and JSON."""
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "r.json"
     cfg = ROOT / "studies" / "demo.yaml"
     argv = [
-        "--config", str(cfg), "--arms", "A,C,D", "--seeds", "0,1", "--n-trials", str(N_TRIALS),
+        "--config", str(cfg), "--arms", "A,C,D,E", "--seeds", "0,1", "--n-trials", str(N_TRIALS),
         "--n-epochs", str(N_EPOCHS), "--throughput-repeats", "0", "--retrain-seeds", "1", "--jobs", "2",
         "--set", "data.demo_size=300", "--out", str(out),
     ]  # fmt: skip
@@ -47,7 +47,7 @@ def test_seeds_run_side_by_side_into_one_result_and_one_log(result):
 def test_every_arm_records_its_trials_and_budget(result):
     _, r = result
     seed = r["per_seed"]["1"]
-    assert set(seed) == {"A", "C", "D"}
+    assert set(seed) == {"A", "C", "D", "E"}
     assert seed["A"]["total_epochs"] == N_TRIALS * N_EPOCHS  # no pruning, no stop: every epoch of every trial
     assert len(seed["A"]["trials"]) == len(seed["C"]["trials"]) == len(seed["D"]["trials"]) == N_TRIALS
     assert 0 < seed["C"]["total_epochs"] <= N_TRIALS * N_EPOCHS
@@ -58,6 +58,12 @@ def test_every_arm_records_its_trials_and_budget(result):
             min(a["best_val_error"] for a in seed.values()) + 0.005, abs=1e-4
         )
     assert any(a["reached_target"] for a in seed.values())
+    # E spends A's epochs on as many trials as they buy: it stops once past them, inside one more trial
+    assert N_TRIALS * N_EPOCHS <= seed["E"]["total_epochs"] < N_TRIALS * N_EPOCHS + N_EPOCHS
+    assert seed["E"]["n_trials"] >= N_TRIALS and seed["A"]["n_trials"] == N_TRIALS
+    assert set(r["same_compute"]) == {
+        "E_trials_median", "E_epochs_over_A", "E_best_minus_A_best", "E_retrained_minus_A_retrained"
+    }  # fmt: skip
     # at the compute C used, C has its own best; the unpruned arm at most what its whole search found
     assert seed["C"]["best_at_c_epochs"] == seed["C"]["best_val_error"]
     assert (
@@ -122,9 +128,9 @@ def test_retrain_from_updates_an_earlier_result(result, tmp_path):
 
 def test_unknown_arm_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert bench.main(["--arms", "A,E", "--out", str(out)]) == 2
+    assert bench.main(["--arms", "A,F", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --arms: unknown arm(s) E; choose from A, B, C, D"]
+    assert err == ["error: --arms: unknown arm(s) F; choose from A, B, C, D, E"]
     assert not out.exists()
 
 
