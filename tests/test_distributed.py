@@ -6,6 +6,7 @@ the store is read back with Optuna, never only the printed text.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpsearch.cost import compute_cost
 from hpsearch.study import OVER_BUDGET_ATTR, close_storages, open_storage
 from hpsearch.workers import parse_gpus, plan_workers
 
@@ -184,6 +186,27 @@ def test_eight_workers_on_one_postgresql_study_run_exactly_n_trials_beside_anoth
     make_config, workdir, postgres_url
 ):
     _eight_workers(make_config, workdir, postgres_url)
+
+
+@pytest.mark.slow
+def test_workers_share_an_epoch_budget_and_let_running_trials_finish(make_config, workdir):
+    config = make_config(
+        study={"n_trials": 100, "pruner": "none", "epoch_budget": 5, "grace_period": 15}, **FAST_TRIAL
+    )
+    storage = f"sqlite:///{workdir}/studies/t.db"
+    code, output = _finish(
+        _start(workdir, "eb.log", "search", str(config), "--storage", storage, "--workers", "2")
+    )
+    assert code == 0, output[-3000:]
+    assert json.loads(output.strip().splitlines()[-1])["stopped_by"] == "budget"
+    for k in range(2):
+        assert f"[w{k}] epoch budget met: study 't' has trained" in output, output[-3000:]
+    study = _study(storage)
+    # 1-epoch trials: starts stop at 5 epochs; each worker's trial then running finishes, nothing is cut short
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert 5 <= len(finished) <= 6 and all(t.user_attrs["epochs_run"] == 1 for t in finished)
+    assert all(t.state == TrialState.COMPLETE or OVER_BUDGET_ATTR in t.user_attrs for t in study.trials)
+    assert compute_cost(study).epochs_spent == len(finished)
 
 
 # --- crash recovery --------------------------------------------------------------------------------------
