@@ -53,11 +53,11 @@ def test_every_arm_records_its_trials_and_budget(result):
     assert 0 < seed["C"]["total_epochs"] <= N_TRIALS * N_EPOCHS
     for arm in seed.values():
         assert 0.0 <= arm["best_val_error"] <= 1.0
-        # the target is the best of any arm + 0.5 points, so at least one arm reaches it
+        # the target is the best of the arms (not E) + 0.5 points, so one of them reaches it
         assert arm["target_val_error"] == pytest.approx(
-            min(a["best_val_error"] for a in seed.values()) + 0.005, abs=1e-4
+            min(a["best_val_error"] for name, a in seed.items() if name != "E") + 0.005, abs=1e-4
         )
-    assert any(a["reached_target"] for a in seed.values())
+    assert any(a["reached_target"] for name, a in seed.items() if name != "E")
     # E spends A's epochs on as many trials as they buy: it stops once past them, inside one more trial
     assert N_TRIALS * N_EPOCHS <= seed["E"]["total_epochs"] < N_TRIALS * N_EPOCHS + N_EPOCHS
     assert seed["E"]["n_trials"] >= N_TRIALS and seed["A"]["n_trials"] == N_TRIALS
