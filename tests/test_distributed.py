@@ -422,10 +422,11 @@ def test_a_failed_trials_checkpoint_is_kept_until_its_retry_is_queued(workdir):
 def test_a_second_ctrl_c_stops_at_once_and_the_trial_resumes_from_its_last_epoch(make_config, workdir):
     """First SIGINT: finish the epoch. A second one, more than a second later: stop mid-epoch, keep the finished
     epochs and the checkpoint, re-queue the trial; a rerun trains only the epoch that was cut short."""
-    # Epochs of several seconds (6,000 rows at batch 8), so both signals land inside epoch 2.
+    # Epochs of several seconds (12,000 rows at batch 8: ~5 s at 2,500 samples/s, this machine on a fast day;
+    # 6,000 rows let epoch 2 end before the second signal), so both signals land inside epoch 2.
     config = make_config(
         study={**SLOW_TRIAL["study"], "n_trials": 1, "grace_period": 15},
-        data={"demo_size": 6000},
+        data={"demo_size": 12000},
         train={"n_epochs": 2},
         search_space={"batch_size": 8},
     )
