@@ -597,6 +597,8 @@ def at_c_compute(by_arm: dict[str, dict[str, Any]]) -> None:
 
 
 def aggregate(per_seed: dict[int, dict[str, dict[str, Any]]], arms: list[str]) -> dict[str, Any]:
+    """Median and spread over seeds of every figure; first records each seed's same-compute figure
+    (``best_at_c_epochs``) in ``per_seed``, so results written before it existed get it too."""
     out = {}
     for by_arm in per_seed.values():
         at_c_compute(by_arm)

@@ -77,13 +77,18 @@ def _replaced(trials: list[FrozenTrial]) -> set[int]:
     return {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
 
 
-def epochs_spent(study: optuna.Study) -> float:
-    """Epochs the study's trials have trained, all workers together, running trials included: each trial's
-    finished epochs plus the part of an epoch a divergence stop cut short. What ``study.epoch_budget`` counts.
-    A retry carries its predecessor's epochs, so the failed trial it replaced is not counted again."""
+def _trials(study: optuna.Study) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+    """The study's trials without over-budget asks, and of those the ones whose cost counts: a retry carries
+    its predecessor's epochs and seconds, so the failed trial it replaced is left out."""
     trials = [t for t in study.get_trials(deepcopy=False) if OVER_BUDGET_ATTR not in t.user_attrs]
     replaced = _replaced(trials)
-    return _spent([t for t in trials if t.number not in replaced])
+    return trials, [t for t in trials if t.number not in replaced]
+
+
+def epochs_spent(study: optuna.Study) -> float:
+    """Epochs the study's trials have trained, all workers together, running trials included: each trial's
+    finished epochs plus the part of an epoch a divergence stop cut short. What ``study.epoch_budget`` counts."""
+    return _spent(_trials(study)[1])
 
 
 def _spent(counted: list[FrozenTrial]) -> float:
@@ -96,9 +101,7 @@ def _spent(counted: list[FrozenTrial]) -> float:
 def compute_cost(study: optuna.Study) -> Cost:
     from datetime import datetime
 
-    trials = [t for t in study.get_trials(deepcopy=False) if OVER_BUDGET_ATTR not in t.user_attrs]
-    replaced = _replaced(trials)
-    counted = [t for t in trials if t.number not in replaced]
+    trials, counted = _trials(study)
     by_device: dict[str, float] = defaultdict(float)
     for t in counted:
         seconds = float(t.user_attrs.get("train_seconds") or 0.0)
