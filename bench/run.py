@@ -115,8 +115,20 @@ class Recorder:
         real: int = 0,
         padded: int = 0,
         train_seconds: float = 0.0,
+        early: bool = False,
     ) -> None:
+        """One epoch end, divergence stop or (``early``) early evaluation. The figures are the epoch's so far;
+        what an early evaluation already recorded of the same epoch is taken off."""
         t = self.trial(number, hp)
+        figures = [epochs, busy, samples, real, padded, train_seconds]
+        before = t.pop("early_counted", [0.0] * len(figures))
+        if early:
+            t["early_counted"] = figures
+            t["early_val_error"] = val_error
+            val_error, train_loss = None, None  # val_errors and train_losses hold epoch ends only
+        epochs, busy, samples, real, padded, train_seconds = (
+            a - b for a, b in zip(figures, before, strict=True)
+        )
         t["epochs"] += epochs
         t["busy_seconds"] += busy
         t["samples"] += samples
@@ -157,6 +169,22 @@ def make_reporter(recorder: Recorder, log):
             if r.divergence:
                 recorder.trial(number, hp)["divergence_observed"] = r.divergence
 
+        def early(self, number, hp, r, share):
+            super().early(number, hp, r, share)
+            recorder.epoch(
+                number,
+                hp,
+                r.val_error,
+                share,
+                r.train_loss,
+                r.train_seconds + r.eval_seconds,
+                r.samples,
+                r.real_tokens,
+                r.padded_tokens,
+                r.train_seconds,
+                early=True,
+            )
+
         def diverged(self, number, hp, r):
             super().diverged(number, hp, r)
             nan = r.reason.startswith("loss became")  # NaN or infinite
@@ -166,7 +194,7 @@ def make_reporter(recorder: Recorder, log):
                 None,
                 r.samples / recorder.n_train,
                 math.nan if nan else None,
-                r.train_seconds,
+                r.train_seconds + r.eval_seconds,  # eval: an early evaluation's, if any
                 r.samples,
                 r.real_tokens,
                 r.padded_tokens,

@@ -104,6 +104,7 @@ class TrainSection:
     )
     checkpoint_dir: str = "checkpoints"  # per-epoch checkpoints for resuming trials; share it across nodes
     save_best: bool = False  # keep the best trial's model checkpoint so no retraining is needed
+    early_eval: float | None = None  # also validate after this share of epoch 1 (step 0), for the pruner
 
 
 # Hyperparameters a trial may set, and the checks their values must pass.
@@ -251,6 +252,11 @@ def _validate(cfg: Config) -> dict[str, Any]:
         raise ConfigError(f"{src}: study.max_retries and study.n_startup_trials must be >= 0")
     if not s.name.strip():
         raise ConfigError(f"{src}: study.name: must not be empty")
+    if t.early_eval is not None and not 0 < t.early_eval < 1:
+        raise ConfigError(
+            f"{src}: train.early_eval: the share of epoch 1 after which to validate early must be in (0, 1),"
+            f" e.g. 0.25; got {t.early_eval} (leave it out for no early evaluation)"
+        )
     if not 0 < d.validation_fraction < 1:
         raise ConfigError(f"{src}: data.validation_fraction: must be in (0, 1), got {d.validation_fraction}")
     if d.train_file and d.name:

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import STORAGE_ENV, Config, mask_password
 from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.pruners import EARLY_STEP
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -322,13 +323,15 @@ def trial_note_text(trial: FrozenTrial) -> str:
             "The search went on without it; `hpsearch show` lists every failure, `--debug` shows tracebacks."
         )
     lines = [f"### {title}", "", f"**Why:** {reason}", "", hint, ""]
-    curve = sorted(trial.intermediate_values.items())
+    from hpsearch.results import learning_curve
+
+    curve = learning_curve(trial)
     if curve:
-        losses = attrs.get("val_losses", [])
+        losses = iter(attrs.get("val_losses", []))  # one per epoch end, none for an early evaluation
         lines += ["| epoch | val_error | val_loss |", "| --- | --- | --- |"]
         lines += [
-            f"| {step} | {value:.4f} | {losses[i] if i < len(losses) else ''} |"
-            for i, (step, value) in enumerate(curve)
+            f"| {label} | {value:.4f} | {next(losses, '') if step != EARLY_STEP else ''} |"
+            for step, label, value in curve
         ]
         lines.append("")
     params = ", ".join(

@@ -3,6 +3,9 @@
 Per epoch, in this order (optuna-examples' pytorch_checkpoint): report the validation error at ``step=epoch``,
 save the checkpoint and record its path on the trial, then ask ``should_prune``. A retried trial (its worker
 died or was stopped) inherits the path and its learning curve, and resumes after the last saved epoch.
+With ``train.early_eval``, the validation error part-way through epoch 1 is reported at step 0 and the pruner
+asked there too (no checkpoint: a trial stopped before epoch 1 ends starts again); the trial's value is the
+best epoch end.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import optuna
 from hpsearch.config import HYPERPARAMETERS, Config
 from hpsearch.data import TextData
 from hpsearch.models import ModelFactory
-from hpsearch.pruners import TRAIN_LOSS_ATTR
+from hpsearch.pruners import EARLY_EVAL_ATTR, EARLY_STEP, TRAIN_LOSS_ATTR
 from hpsearch.space import SearchSpace, suggest
 from hpsearch.study import PARTIAL_EPOCH_ATTR
 
@@ -105,7 +108,10 @@ class Objective:
         train_seconds = float(frozen.user_attrs.get("train_seconds", 0.0))
         path = checkpoint_path(cfg, trial.number)
         try:
-            for result in run.epochs():
+            for result in run.epochs(cfg.train.early_eval):
+                if result.early:
+                    self._early(trial, hp, result, curve, train_seconds)
+                    continue
                 train_seconds += result.train_seconds + result.eval_seconds
                 if result.diverged:
                     trial.set_user_attr("prune_reason", f"diverged: {result.reason}")
@@ -130,7 +136,7 @@ class Objective:
                         "label_names": self.data.label_names,
                     },
                 )
-                best_epoch = min(curve, key=lambda e: (curve[e], e))
+                best_epoch = min(_epoch_ends(curve), key=lambda e: (curve[e], e))
                 self._record(trial, path, result, curve, best_epoch, val_losses, train_seconds)
                 if self.reporter:
                     self.reporter.epoch(trial.number, hp, result, cfg.train.n_epochs)
@@ -144,9 +150,32 @@ class Objective:
                         f" val_error {result.val_error:.4f}, train loss {result.train_loss:.4f}",
                     )
                     raise optuna.TrialPruned(f"val_error {result.val_error:.4f} at epoch {result.epoch}")
-            return min(curve.values())
+            return min(curve[e] for e in _epoch_ends(curve))
         finally:
             run.release()
+
+    def _early(self, trial, hp, result, curve, train_seconds: float) -> None:
+        """Report the early evaluation at step 0 and let the pruner stop the trial there."""
+        share = round(result.samples / len(self.data.train), 4)
+        if EARLY_STEP not in curve:
+            trial.report(result.val_error, EARLY_STEP)
+        curve[EARLY_STEP] = result.val_error
+        trial.set_user_attr(EARLY_EVAL_ATTR, share)
+        trial.set_user_attr(TRAIN_LOSS_ATTR, round(result.train_loss, 5))
+        if self.reporter:
+            self.reporter.early(trial.number, hp, result, share)
+        if trial.should_prune():
+            trial.set_user_attr(
+                "prune_reason",
+                f"pruned by {self.cfg.study.pruner} at the early evaluation ({share:g} of epoch 1):"
+                f" val_error {result.val_error:.4f}, train loss {result.train_loss:.4f}",
+            )
+            trial.set_user_attr("epochs_run", 0)
+            trial.set_user_attr(PARTIAL_EPOCH_ATTR, share)  # for study.epoch_budget
+            trial.set_user_attr(
+                "train_seconds", round(train_seconds + result.train_seconds + result.eval_seconds, 3)
+            )
+            raise optuna.TrialPruned(f"val_error {result.val_error:.4f} at {share:g} of epoch 1")
 
     @staticmethod
     def _record(trial, path, result, curve, best_epoch, val_losses, train_seconds) -> None:
@@ -167,6 +196,11 @@ class Objective:
             result.divergence
         ):  # a rule fired but train.divergence_stop is off: how often would it have been wrong?
             trial.set_user_attr("divergence_observed", result.divergence)
+
+
+def _epoch_ends(curve: dict[int, float]) -> list[int]:
+    """The steps of a learning curve that are epoch ends: all but the early evaluation's."""
+    return [e for e in curve if e != EARLY_STEP]
 
 
 def _gpu_name() -> str:

@@ -240,7 +240,9 @@ def _best_html(study: optuna.Study, best: FrozenTrial | None) -> str:
         ("worker", a.get("worker")),
         ("finished", best.datetime_complete and f"{best.datetime_complete:%Y-%m-%d %H:%M:%S}"),
     ]
-    curve = ", ".join(f"{v:.4f}" for _, v in sorted(best.intermediate_values.items()))
+    from hpsearch.results import learning_curve
+
+    curve = ", ".join(f"{label}: {v:.4f}" for _, label, v in learning_curve(best))
     rows.append(("val_error by epoch", curve))
     return (
         _table(rows) + f'<p class="caption">Get the model: <code>hpsearch train-best {_e(study.study_name)} '

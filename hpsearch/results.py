@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.pruners import EARLY_EVAL_ATTR, EARLY_STEP
 from hpsearch.study import CONFIG_ATTR, _summaries, best_trial, counts, open_storage, visible_trials
 
 STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
@@ -74,6 +75,16 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def learning_curve(t: FrozenTrial) -> list[tuple[int, str, float]]:
+    """A trial's intermediate values in step order as (step, label, value): the label is the epoch, or for
+    step 0 (``train.early_eval``) the share of epoch 1 it was measured after, e.g. ``0.25``."""
+    share = t.user_attrs.get(EARLY_EVAL_ATTR)
+    return [
+        (step, f"{share:g}" if step == EARLY_STEP and share is not None else str(step), value)
+        for step, value in sorted(t.intermediate_values.items())
+    ]
 
 
 def _fmt_value(v: Any) -> str:

@@ -60,6 +60,12 @@ class Reporter:
             f"  val_error {r.val_error:.4f}  {r.samples_per_second:.0f} samples/s  [{self._hp(hp)}]"
         )
 
+    def early(self, number: int, hp: dict[str, Any], r, share: float) -> None:
+        self.line(
+            f"trial {number} early evaluation at {share:g} of epoch 1  loss {r.train_loss:.4f}"
+            f"  val_loss {r.val_loss:.4f}  val_error {r.val_error:.4f}  [{self._hp(hp)}]"
+        )
+
     def diverged(self, number: int, hp: dict[str, Any], r) -> None:
         self.line(f"trial {number} diverged and stopped: {r.reason}  [{self._hp(hp)}]")
 

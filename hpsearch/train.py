@@ -58,6 +58,7 @@ class EpochResult:
     padded_tokens: int
     micro_batch_size: int
     diverged: bool = False  # the trial stopped inside this epoch; val_* are NaN/1.0
+    early: bool = False  # the early evaluation part-way through epoch 1 (train.early_eval), not an epoch end
     reason: str = ""  # why it stopped
     divergence: str = ""  # the first time a divergence rule fired, even when divergence_stop is off
 
@@ -427,16 +428,27 @@ class FineTuning:
             self.model.train()
         return float(loss_sum) / len(order), int(wrong) / len(order)
 
-    def epochs(self) -> Iterator[EpochResult]:
-        """Train the remaining epochs, yielding after each one (and at once on divergence)."""
+    def early_eval_step(self, share: float | None) -> int:
+        """The step of epoch 1 after ``share`` of it (``train.early_eval``), or 0 for none: at least one step
+        in, and before the epoch's last step, whose evaluation is the epoch's own."""
+        if not share:
+            return 0
+        step = max(1, round(share * self.steps_per_epoch))
+        return step if step < self.steps_per_epoch else 0
+
+    def epochs(self, early_eval: float | None = None) -> Iterator[EpochResult]:
+        """Train the remaining epochs, yielding after each one and at once on divergence; with ``early_eval``
+        (a share of epoch 1) also after that share of epoch 1, a result with ``early=True``."""
         seed = int(self.hp["seed"])
         stop = getattr(self.settings, "divergence_stop", True)
+        early = self.early_eval_step(early_eval) if self.epoch == 0 else 0
         self.model.train()
         while self.epoch < self.settings.n_epochs:
             plan = batches(
                 self.lengths, self.batch_size, seed * 1000 + self.epoch, self.settings.group_by_length
             )
             reason, loss_sum, samples, real, padded, train_seconds = "", 0.0, 0, 0, 0, 0.0
+            early_seconds = 0.0  # the early evaluation's time, counted in epoch 1's eval_seconds
             for step, idx in enumerate(plan, start=1):
                 started = time.perf_counter()
                 # a sync point per step (a few µs on a GPU): divergence shows at once
@@ -453,6 +465,24 @@ class FineTuning:
                 if found and stop:
                     reason = found
                     break
+                if self.epoch == 0 and step == early:
+                    started = time.perf_counter()
+                    val_loss, val_error = self.evaluate()
+                    early_seconds = time.perf_counter() - started
+                    yield EpochResult(
+                        1,
+                        loss_sum / samples,
+                        val_loss,
+                        val_error,
+                        train_seconds,
+                        early_seconds,
+                        samples,
+                        real,
+                        padded,
+                        self.micro_batch_size,
+                        early=True,
+                        divergence=self.divergence,
+                    )
             if reason:
                 yield EpochResult(
                     self.epoch + 1,
@@ -460,7 +490,7 @@ class FineTuning:
                     float("nan"),
                     1.0,
                     train_seconds,
-                    0.0,
+                    early_seconds,
                     samples,
                     real,
                     padded,
@@ -472,7 +502,7 @@ class FineTuning:
                 return
             started = time.perf_counter()
             val_loss, val_error = self.evaluate()
-            eval_seconds = time.perf_counter() - started
+            eval_seconds = time.perf_counter() - started + early_seconds
             self.epoch += 1
             yield EpochResult(
                 self.epoch,

@@ -162,6 +162,12 @@ BAD_CONFIGS = [
     ("no data at all", "data: {name: null}", ["give data.name"]),
     ("epoch budget", "study: {epoch_budget: 0}", ["study.epoch_budget: must be > 0 (or left out), got 0"]),
     (
+        "early eval past epoch 1",
+        "train: {early_eval: 1.5}",
+        ["train.early_eval", "must be in (0, 1)", "got 1.5"],
+    ),
+    ("early eval zero", "train: {early_eval: 0}", ["train.early_eval", "must be in (0, 1)", "got 0"]),
+    (
         "validation file alone",
         "data: {validation_file: v.csv}",
         ["data.validation_file needs data.train_file"],

@@ -5,7 +5,7 @@ import math
 import optuna
 import pytest
 
-from hpsearch.pruners import TRAIN_LOSS_ATTR, SuccessiveHalvingPruner
+from hpsearch.pruners import EARLY_RUNG_KEY, EARLY_STEP, TRAIN_LOSS_ATTR, SuccessiveHalvingPruner
 
 
 def run_trial(study: optuna.Study, curve: list[tuple[float, float | None]]) -> int:
@@ -91,3 +91,35 @@ def test_a_nan_error_at_a_rung_is_pruned():
 def test_bad_arguments_are_refused_when_built(kwargs):
     with pytest.raises(ValueError, match="must be an integer"):
         SuccessiveHalvingPruner(**kwargs)
+
+
+def test_the_early_evaluation_is_a_rung_of_its_own():
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3))
+    curve = [(0.40, 0.6), (0.30, 0.5), (0.20, 0.4)]
+    trial = study.ask()
+    trial.report(0.45, EARLY_STEP)
+    trial.set_user_attr(TRAIN_LOSS_ATTR, 0.69)
+    assert not trial.should_prune()  # the first trial at a rung goes on
+    second = study.ask()
+    second.report(0.47, EARLY_STEP)
+    second.set_user_attr(TRAIN_LOSS_ATTR, 0.60)
+    assert second.should_prune()  # behind the first at step 0
+    third = study.ask()
+    third.report(0.45, EARLY_STEP)
+    third.set_user_attr(TRAIN_LOSS_ATTR, 0.68)
+    assert not third.should_prune()  # tied with the first, a lower training loss
+    for t, e in ((trial, 0.45), (second, 0.47), (third, 0.45)):
+        assert study._storage.get_trial(t._trial_id).system_attrs[EARLY_RUNG_KEY] == e
+    # the epoch rungs are apart: the third trial is the first to reach epoch 1, so it goes on
+    third.report(curve[0][0], 1)
+    third.set_user_attr(TRAIN_LOSS_ATTR, curve[0][1])
+    assert not third.should_prune()
+    assert "completed_rung_0" in study._storage.get_trial(third._trial_id).system_attrs
+    assert "completed_rung_0" not in study._storage.get_trial(trial._trial_id).system_attrs
+
+
+def test_nan_at_the_early_evaluation_is_pruned():
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner())
+    trial = study.ask()
+    trial.report(math.nan, EARLY_STEP)
+    assert trial.should_prune()

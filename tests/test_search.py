@@ -320,6 +320,33 @@ def test_epoch_budget_stops_starting_trials_and_a_larger_one_resumes(make_config
     assert again.exit_code == 0 and len(optuna.load_study(study_name="t", storage=url).trials) == 4
 
 
+def test_the_early_evaluation_prunes_inside_epoch_one_and_counts_that_share(make_config, workdir):
+    from hpsearch.cost import epochs_spent
+    from hpsearch.dashboard import trial_note_text
+
+    config = make_config(study={"n_trials": 5}, train={"n_epochs": 2, "early_eval": 0.3})
+    result = invoke("search", config)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{workdir}/studies/t.db")
+    trials = finished(study)
+    assert len(trials) == 5 and all(0 in t.intermediate_values for t in trials)
+    early = [t for t in trials if "at the early evaluation" in t.user_attrs.get("prune_reason", "")]
+    assert early, [t.user_attrs.get("prune_reason") for t in trials]
+    for t in early:
+        share = t.user_attrs["early_eval_epochs"]
+        assert 0.2 < share < 0.4 and t.user_attrs["partial_epoch"] == share
+        assert t.user_attrs["epochs_run"] == 0 and list(t.intermediate_values) == [0]
+        assert f"| {share:g} |" in trial_note_text(t)
+    for t in trials:
+        if t.state == TrialState.COMPLETE:  # its value is its best epoch end, not the early evaluation
+            ends = {step: v for step, v in t.intermediate_values.items() if step >= 1}
+            assert t.value == min(ends.values()) and t.user_attrs["best_epoch"] in ends
+    assert epochs_spent(study) == pytest.approx(
+        sum(t.user_attrs["epochs_run"] + t.user_attrs.get("partial_epoch", 0) for t in trials)
+    )
+    assert f"trial {early[0].number} early evaluation at" in result.output
+
+
 def test_grid_sampler_stops_when_the_grid_is_exhausted(make_config, workdir):
     config = make_config(
         study={"sampler": "grid", "n_trials": 4},

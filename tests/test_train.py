@@ -383,6 +383,39 @@ def test_resuming_after_epoch_one_gives_the_uninterrupted_epoch_two(demo):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+# --- the early evaluation (train.early_eval) ---------------------------------------------------------------
+
+
+def test_an_early_evaluation_part_way_through_epoch_one_leaves_training_unchanged(demo):
+    plain = list(fine_tuning(demo, n_epochs=2).epochs())
+    run = fine_tuning(demo, n_epochs=2)
+    early, *ends = list(run.epochs(early_eval=0.25))
+    assert early.early and early.epoch == 1 and not early.diverged
+    assert early.samples == round(0.25 * run.steps_per_epoch) * 16  # 270 rows, batch 16: 17 steps, 4 of them
+    assert 0 <= early.val_error <= 1 and math.isfinite(early.val_loss) and early.eval_seconds > 0
+    assert [(r.epoch, r.early) for r in ends] == [(1, False), (2, False)]
+    for with_early, without in zip(ends, plain, strict=True):
+        assert with_early.samples == without.samples  # epoch 1's figures cover the whole epoch
+        assert with_early.val_error == without.val_error
+        assert with_early.train_loss == pytest.approx(without.train_loss, rel=1e-6)
+    assert ends[0].eval_seconds > early.eval_seconds  # epoch 1's evaluation time includes the early one
+
+
+@pytest.mark.parametrize("share, step", [(None, 0), (0.25, 4), (0.01, 1), (0.99, 0)])
+def test_the_early_evaluation_is_inside_epoch_one_or_nowhere(demo, share, step):
+    run = fine_tuning(demo)  # 17 steps per epoch: the last one is epoch 1's own evaluation
+    assert run.early_eval_step(share) == step
+
+
+def test_a_resumed_trial_has_no_early_evaluation(demo):
+    first = fine_tuning(demo, n_epochs=2)
+    next(first.epochs())
+    state = first.state_dict()
+    resumed = fine_tuning(demo, n_epochs=2)
+    resumed.load_state_dict(state)
+    assert [(r.epoch, r.early) for r in resumed.epochs(early_eval=0.25)] == [(2, False)]
+
+
 # --- batches ----------------------------------------------------------------------------------------------
 
 
