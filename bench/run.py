@@ -9,6 +9,8 @@ Arms, all on the same data, model, search space, trial budget, epochs and seeds:
      evaluation) and TPE, seeded like the others
   E  C given A's compute instead of its trial budget: as many trials as A's epochs buy (study.epoch_budget),
      the question a user who pays for GPU-hours asks
+  F  C with an early evaluation part-way through epoch 1 (train.early_eval, 0.25 unless the config sets one);
+     not in the default arms: it pays off on large training sets only (BENCHMARKS.md, "Early evaluation")
 
 Each arm runs once per study seed, arms interleaved seed by seed so a busy machine slows them alike. Then the
 throughput of hpsearch's loop and the Trainer's on the same model, data and batch size.
@@ -39,12 +41,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "sst2.yaml"
 RESULTS = Path(__file__).resolve().parent / "results"
+F_EARLY_EVAL = 0.25  # arm F's share of epoch 1 for train.early_eval
 ARMS = {
     "A": "random search, no pruning",
     "B": "TPE, no pruning",
     "C": "hpsearch default: TPE + successive halving (ASHA) + divergence stop",
     "D": "Trainer.hyperparameter_search (optuna, default pruner)",
     "E": "hpsearch default with A's compute: no trial limit, study.epoch_budget = A's epochs",
+    "F": f"hpsearch default + an early evaluation (train.early_eval, {F_EARLY_EVAL} unless the config sets one)",
 }
 ISSUE_ARMS = ("A", "B", "C", "D")  # the arms whose best errors set the target
 E_TRIAL_FACTOR = 100  # arm E's trial limit, in units of the config's n_trials: the epoch budget decides
@@ -219,7 +223,7 @@ def make_reporter(recorder: Recorder, log):
 
 
 def arm_config(cfg, arm: str, seed: int, workdir: Path):
-    """The study config for one hpsearch arm (A, B, C or E) and seed, with its own SQLite store."""
+    """The study config for one hpsearch arm (A, B, C, E or F) and seed, with its own SQLite store."""
     from hpsearch.config import StudySection
 
     study = dataclasses.replace(
@@ -251,6 +255,8 @@ def arm_config(cfg, arm: str, seed: int, workdir: Path):
                 n_trials=cfg.study.n_trials * E_TRIAL_FACTOR,
                 epoch_budget=float(cfg.study.n_trials * cfg.train.n_epochs),
             )
+        if arm == "F":
+            train = dataclasses.replace(train, early_eval=train.early_eval or F_EARLY_EVAL)
     return dataclasses.replace(cfg, study=study, train=train)
 
 
@@ -815,7 +821,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--seeds", default="0,1,2", help="comma-separated study seeds, each arm runs once per seed"
     )
-    p.add_argument("--arms", default="A,B,C,D,E", help="comma-separated arms to run (A, B, C, D, E)")
+    p.add_argument("--arms", default="A,B,C,D,E", help="comma-separated arms to run (A, B, C, D, E, F)")
     p.add_argument("--model", help="override model.name, e.g. all-minilm-l6-v2 (slow on a CPU)")
     p.add_argument("--n-trials", type=int, help="override study.n_trials (the budget of every arm)")
     p.add_argument("--n-epochs", type=int, help="override train.n_epochs")

@@ -281,3 +281,27 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has died; its parent is gone
     except FileNotFoundError:
         return False
+
+
+def test_arm_f_is_c_with_an_early_evaluation(tmp_path):
+    from hpsearch.config import load_config
+
+    cfg = load_config(ROOT / "studies" / "demo.yaml")
+    c, f = (bench.arm_config(cfg, arm, 0, tmp_path) for arm in ("C", "F"))
+    assert c.train.early_eval is None and f.train.early_eval == bench.F_EARLY_EVAL
+    assert (f.study.sampler, f.study.pruner, f.train.divergence_stop) == (
+        c.study.sampler, c.study.pruner, c.train.divergence_stop
+    )  # fmt: skip
+
+
+def test_an_early_evaluation_is_not_counted_twice_in_its_epoch():
+    rec = bench.Recorder(n_train=100)
+    hp = {"learning_rate": 1e-3, "batch_size": 10}
+    # the early evaluation after 30 examples, then the epoch's end with the whole epoch's figures
+    rec.epoch(0, hp, 0.45, 0.3, 0.69, 1.5, samples=30, real=300, padded=330, train_seconds=1.0, early=True)
+    rec.epoch(0, hp, 0.40, 1.0, 0.60, 5.0, samples=100, real=1000, padded=1100, train_seconds=4.0)
+    t = rec.trials[0]
+    assert t["epochs"] == pytest.approx(1.0) and t["samples"] == 100 and t["padded_tokens"] == 1100
+    assert t["busy_seconds"] == pytest.approx(5.0) and t["train_seconds"] == pytest.approx(4.0)
+    assert t["val_errors"] == [0.40] and t["train_losses"] == [0.60] and t["early_val_error"] == 0.45
+    assert [e["epochs"] for e in rec.events] == pytest.approx([0.3, 0.7])
