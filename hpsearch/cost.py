@@ -23,7 +23,7 @@ class Cost:
     device_hours_by_device: dict[str, float] = field(default_factory=dict)
     n_finished: int = 0  # complete + pruned trials
     n_epochs: int | None = None  # maximum epochs per trial (train.n_epochs)
-    epochs_trained: int = 0  # epochs actually trained, all trials (failed ones included)
+    epochs_trained: int = 0  # epochs trained to their end, all trials (failed ones included)
     epochs_without_pruning: int | None = None  # n_finished * n_epochs: what the same trials cost unpruned
     best_trial: int | None = None
     time_to_best_s: float | None = None  # study start -> completion of the best trial, wall time
@@ -33,10 +33,16 @@ class Cost:
 
     @property
     def epochs_saved(self) -> float | None:
-        """Share of the no-pruning epochs that pruning (and early divergence stops) did not train."""
+        """Share of the no-pruning epochs that pruning (and early divergence stops) did not train; the epochs
+        cut short (divergence stops, trials pruned at the early evaluation) count for the part they trained."""
         if not self.epochs_without_pruning:
             return None
-        return 1 - self.epochs_trained / self.epochs_without_pruning
+        return 1 - self.epochs_spent / self.epochs_without_pruning
+
+    @property
+    def epochs_trained_text(self) -> str:
+        """The epochs trained, with the parts of epochs cut short, as the summaries show them: ``13.5``, ``7``."""
+        return f"{self.epochs_spent:.1f}".removesuffix(".0")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -47,13 +53,14 @@ class Cost:
         """One line for `hpsearch show` and the study note."""
         devices = ", ".join(f"{d} {h:.3g}" for d, h in sorted(self.device_hours_by_device.items()))
         parts = [f"{self.device_hours:.3g} device-hours" + (f" ({devices})" if devices else "")]
+        trained = self.epochs_trained_text
         if self.epochs_without_pruning:
             parts.append(
-                f"{self.epochs_trained} epochs trained of {self.epochs_without_pruning} without pruning "
+                f"{trained} epochs trained of {self.epochs_without_pruning} without pruning "
                 f"({self.n_finished} trials x {self.n_epochs}; {self.epochs_saved:.0%} saved)"
             )
         else:
-            parts.append(f"{self.epochs_trained} epochs trained")
+            parts.append(f"{trained} epochs trained")
         if self.epoch_budget is not None:
             parts.append(f"epoch budget {self.epochs_spent:.1f} of {self.epoch_budget:g} spent")
         if self.time_to_best_s is not None:

@@ -257,12 +257,12 @@ def _cost_html(cost) -> str:
         rows.append(
             (
                 "epochs trained",
-                f"{cost.epochs_trained} of {cost.epochs_without_pruning} without pruning "
+                f"{cost.epochs_trained_text} of {cost.epochs_without_pruning} without pruning "
                 f"({cost.n_finished} trials x {cost.n_epochs}; {cost.epochs_saved:.0%} saved)",
             )
         )
     else:
-        rows.append(("epochs trained", cost.epochs_trained))
+        rows.append(("epochs trained", cost.epochs_trained_text))
     if cost.epoch_budget is not None:
         rows.append(("epoch budget", f"{cost.epochs_spent:.1f} of {cost.epoch_budget:g} epochs spent"))
     if cost.time_to_best_s is not None:

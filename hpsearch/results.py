@@ -14,7 +14,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.pruners import EARLY_EVAL_ATTR, EARLY_STEP
-from hpsearch.study import CONFIG_ATTR, _summaries, best_trial, counts, open_storage, visible_trials
+from hpsearch.study import (
+    CONFIG_ATTR,
+    PARTIAL_EPOCH_ATTR,
+    _summaries,
+    best_trial,
+    counts,
+    open_storage,
+    visible_trials,
+)
 
 STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
 
@@ -64,6 +72,12 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "value": t.value,
                 "params": dict(t.params),
                 "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
+                # with the part of an epoch a divergence stop or the early evaluation cut short
+                "epochs": round(
+                    int(t.user_attrs.get("epochs_run", len(t.intermediate_values)) or 0)
+                    + float(t.user_attrs.get(PARTIAL_EPOCH_ATTR) or 0.0),
+                    4,
+                ),
                 "best_epoch": t.user_attrs.get("best_epoch"),
                 "duration_s": None if _duration(t) is None else round(_duration(t), 1),
                 "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
@@ -106,7 +120,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 str(r["number"]),
                 r["state"].lower(),
                 "" if r["value"] is None else f"{r['value']:.4f}",
-                str(r["epochs_run"] or 0),
+                f"{r['epochs']:.2f}".removesuffix(".00"),
                 "" if r["duration_s"] is None else f"{r['duration_s']:.0f}s",
                 params,
                 note[:80],

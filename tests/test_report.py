@@ -224,8 +224,14 @@ def test_epoch_budget_counts_cut_short_epochs_and_each_retried_epoch_once(costed
     cost = compute_cost(study)
     assert (cost.epochs_spent, cost.epoch_budget) == (8.75, None)  # the study has no epoch budget
     assert "epoch budget" not in cost.summary()
+    # the cut-short parts count as trained: 8.75 of the 5 trials x 3 epochs a search without pruning trains
+    assert "8.8 epochs trained of 15 without pruning (5 trials x 3; 42% saved)" in cost.summary()
+    assert cost.epochs_saved == pytest.approx(1 - 8.75 / 15)
     study.set_user_attr(CONFIG_ATTR, load_config(None, sets=["study.epoch_budget=10"]).to_dict())
     assert "epoch budget 8.8 of 10 spent" in compute_cost(study).summary()
+    show = CliRunner().invoke(cli, ["show", "c", "--storage", costed_study])
+    rows = {int(r.split()[0]): r for r in show.stdout.splitlines()[1:] if r[:1].isdigit()}
+    assert "pruned            0.25 " in rows[5] and " 0.4000  1.50 " in rows[6] and " 0.3000  3 " in rows[0]
 
 
 def test_show_prints_the_cost_after_the_table_and_in_json(costed_study):
