@@ -153,57 +153,39 @@ class Recorder:
 def make_reporter(recorder: Recorder, log):
     from hpsearch.search import Reporter
 
+    def record(number, hp, r, val_error, epochs, train_loss, early=False):
+        """One result of the loop; eval_seconds holds an early evaluation's time, if any."""
+        recorder.epoch(
+            number,
+            hp,
+            val_error,
+            epochs,
+            train_loss,
+            r.train_seconds + r.eval_seconds,
+            r.samples,
+            r.real_tokens,
+            r.padded_tokens,
+            r.train_seconds,
+            early=early,
+        )
+
     class BenchReporter(Reporter):
         """hpsearch's own progress lines go to the log; each epoch is also recorded."""
 
         def epoch(self, number, hp, r, n_epochs):
             super().epoch(number, hp, r, n_epochs)
-            recorder.epoch(
-                number,
-                hp,
-                r.val_error,
-                1.0,
-                r.train_loss,
-                r.train_seconds + r.eval_seconds,
-                r.samples,
-                r.real_tokens,
-                r.padded_tokens,
-                r.train_seconds,
-            )
+            record(number, hp, r, r.val_error, 1.0, r.train_loss)
             if r.divergence:
                 recorder.trial(number, hp)["divergence_observed"] = r.divergence
 
         def early(self, number, hp, r, share):
             super().early(number, hp, r, share)
-            recorder.epoch(
-                number,
-                hp,
-                r.val_error,
-                share,
-                r.train_loss,
-                r.train_seconds + r.eval_seconds,
-                r.samples,
-                r.real_tokens,
-                r.padded_tokens,
-                r.train_seconds,
-                early=True,
-            )
+            record(number, hp, r, r.val_error, share, r.train_loss, early=True)
 
         def diverged(self, number, hp, r):
             super().diverged(number, hp, r)
             nan = r.reason.startswith("loss became")  # NaN or infinite
-            recorder.epoch(
-                number,
-                hp,
-                None,
-                r.samples / recorder.n_train,
-                math.nan if nan else None,
-                r.train_seconds + r.eval_seconds,  # eval: an early evaluation's, if any
-                r.samples,
-                r.real_tokens,
-                r.padded_tokens,
-                r.train_seconds,
-            )
+            record(number, hp, r, None, r.samples / recorder.n_train, math.nan if nan else None)
             recorder.trial(number, hp)["stopped_diverging"] = r.reason
 
         def finished(self, trial):

@@ -469,54 +469,42 @@ class FineTuning:
                     started = time.perf_counter()
                     val_loss, val_error = self.evaluate()
                     early_seconds = time.perf_counter() - started
-                    yield EpochResult(
-                        1,
-                        loss_sum / samples,
-                        val_loss,
-                        val_error,
-                        train_seconds,
-                        early_seconds,
-                        samples,
-                        real,
-                        padded,
-                        self.micro_batch_size,
-                        early=True,
-                        divergence=self.divergence,
+                    so_far = (train_seconds, samples, real, padded)
+                    yield self._result(
+                        so_far, loss_sum / samples, val_loss, val_error, early_seconds, early=True
                     )
             if reason:
-                yield EpochResult(
-                    self.epoch + 1,
-                    float("nan"),
-                    float("nan"),
-                    1.0,
-                    train_seconds,
-                    early_seconds,
-                    samples,
-                    real,
-                    padded,
-                    self.micro_batch_size,
-                    diverged=True,
-                    reason=reason,
-                    divergence=self.divergence,
+                so_far = (train_seconds, samples, real, padded)
+                yield self._result(
+                    so_far, math.nan, math.nan, 1.0, early_seconds, diverged=True, reason=reason
                 )
                 return
             started = time.perf_counter()
             val_loss, val_error = self.evaluate()
             eval_seconds = time.perf_counter() - started + early_seconds
-            self.epoch += 1
-            yield EpochResult(
-                self.epoch,
-                loss_sum / max(1, samples),
-                val_loss,
-                val_error,
-                train_seconds,
-                eval_seconds,
-                samples,
-                real,
-                padded,
-                self.micro_batch_size,
-                divergence=self.divergence,
-            )
+            so_far = (train_seconds, samples, real, padded)
+            end = self._result(so_far, loss_sum / max(1, samples), val_loss, val_error, eval_seconds)
+            self.epoch += 1  # before the yield: the caller checkpoints state_dict() there
+            yield end
+
+    def _result(self, so_far, train_loss, val_loss, val_error, eval_seconds, **flags) -> EpochResult:
+        """A result of the epoch in progress (``self.epoch + 1``); ``so_far`` is its (train seconds, samples,
+        real tokens, padded tokens) up to now."""
+        train_seconds, samples, real, padded = so_far
+        return EpochResult(
+            self.epoch + 1,
+            train_loss,
+            val_loss,
+            val_error,
+            train_seconds,
+            eval_seconds,
+            samples,
+            real,
+            padded,
+            self.micro_batch_size,
+            divergence=self.divergence,
+            **flags,
+        )
 
     def release(self) -> None:
         """Free the model, optimizer state and cached GPU blocks so memory does not grow across trials."""
