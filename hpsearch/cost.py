@@ -98,11 +98,14 @@ def epochs_spent(study: optuna.Study) -> float:
     return _spent(_trials(study)[1])
 
 
+def trial_epochs(t: FrozenTrial) -> float:
+    """The epochs one trial trained: its finished epochs plus the part of one a divergence stop or the early
+    evaluation cut short."""
+    return int(t.user_attrs.get("epochs_run") or 0) + float(t.user_attrs.get(PARTIAL_EPOCH_ATTR) or 0.0)
+
+
 def _spent(counted: list[FrozenTrial]) -> float:
-    return sum(
-        int(t.user_attrs.get("epochs_run") or 0) + float(t.user_attrs.get(PARTIAL_EPOCH_ATTR) or 0.0)
-        for t in counted
-    )
+    return sum(trial_epochs(t) for t in counted)
 
 
 def compute_cost(study: optuna.Study) -> Cost:

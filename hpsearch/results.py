@@ -13,16 +13,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.cost import trial_epochs
 from hpsearch.pruners import EARLY_EVAL_ATTR, EARLY_STEP
-from hpsearch.study import (
-    CONFIG_ATTR,
-    PARTIAL_EPOCH_ATTR,
-    _summaries,
-    best_trial,
-    counts,
-    open_storage,
-    visible_trials,
-)
+from hpsearch.study import CONFIG_ATTR, _summaries, best_trial, counts, open_storage, visible_trials
 
 STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
 
@@ -73,11 +66,9 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "params": dict(t.params),
                 "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
                 # with the part of an epoch a divergence stop or the early evaluation cut short
-                "epochs": round(
-                    int(t.user_attrs.get("epochs_run", len(t.intermediate_values)) or 0)
-                    + float(t.user_attrs.get(PARTIAL_EPOCH_ATTR) or 0.0),
-                    4,
-                ),
+                "epochs": round(trial_epochs(t), 4)
+                if "epochs_run" in t.user_attrs
+                else len(t.intermediate_values),
                 "best_epoch": t.user_attrs.get("best_epoch"),
                 "duration_s": None if _duration(t) is None else round(_duration(t), 1),
                 "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
