@@ -86,6 +86,7 @@ class Recorder:
         self.started = time.monotonic()
         self.trials: dict[int, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []  # one per epoch end (or early stop), in time order
+        self.early_counted: dict[int, list[float]] = {}  # per trial: what its early evaluation recorded
 
     def trial(self, number: int, hp: dict[str, Any]) -> dict[str, Any]:
         if number not in self.trials:
@@ -125,9 +126,9 @@ class Recorder:
         what an early evaluation already recorded of the same epoch is taken off."""
         t = self.trial(number, hp)
         figures = [epochs, busy, samples, real, padded, train_seconds]
-        before = t.pop("early_counted", [0.0] * len(figures))
+        before = self.early_counted.pop(number, [0.0] * len(figures))
         if early:
-            t["early_counted"] = figures
+            self.early_counted[number] = figures
             t["early_val_error"] = val_error
             val_error, train_loss = None, None  # val_errors and train_losses hold epoch ends only
         epochs, busy, samples, real, padded, train_seconds = (

@@ -304,4 +304,5 @@ def test_an_early_evaluation_is_not_counted_twice_in_its_epoch():
     assert t["epochs"] == pytest.approx(1.0) and t["samples"] == 100 and t["padded_tokens"] == 1100
     assert t["busy_seconds"] == pytest.approx(5.0) and t["train_seconds"] == pytest.approx(4.0)
     assert t["val_errors"] == [0.40] and t["train_losses"] == [0.60] and t["early_val_error"] == 0.45
+    assert rec.early_counted == {}  # nothing left over for the result JSON
     assert [e["epochs"] for e in rec.events] == pytest.approx([0.3, 0.7])
