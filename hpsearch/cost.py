@@ -1,8 +1,9 @@
 """What a study cost: device-hours, epochs trained against a search without pruning, time to the best trial.
 
 Every trial records ``train_seconds`` (training plus validation, summed over its epochs) and ``device`` as
-user attributes. A retried trial inherits its predecessor's attributes and adds to them, so the failed
-trial it replaces is left out of the sums: counting both would count the same epochs twice.
+user attributes. A retried trial inherits its predecessor's attributes and adds to them, as the continuation
+of a paused trial does, so the trial it replaces is left out of the sums: counting both would count the same
+epochs twice.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.pruners import replaced
 from hpsearch.study import CONFIG_ATTR, OVER_BUDGET_ATTR, PARTIAL_EPOCH_ATTR, best_trial
 
 
@@ -79,17 +81,13 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _replaced(trials: list[FrozenTrial]) -> set[int]:
-    """Numbers of failed trials that a retry took over (with their epochs and train_seconds)."""
-    return {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
-
-
 def _trials(study: optuna.Study) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
     """The study's trials without over-budget asks, and of those the ones whose cost counts: a retry carries
-    its predecessor's epochs and seconds, so the failed trial it replaced is left out."""
+    its predecessor's epochs and seconds, as the continuation of a paused trial does, so the trial it replaced
+    is left out."""
     trials = [t for t in study.get_trials(deepcopy=False) if OVER_BUDGET_ATTR not in t.user_attrs]
-    replaced = _replaced(trials)
-    return trials, [t for t in trials if t.number not in replaced]
+    gone = replaced(trials)
+    return trials, [t for t in trials if t.number not in gone]
 
 
 def epochs_spent(study: optuna.Study) -> float:
@@ -117,7 +115,7 @@ def compute_cost(study: optuna.Study) -> Cost:
         seconds = float(t.user_attrs.get("train_seconds") or 0.0)
         if seconds:
             by_device[str(t.user_attrs.get("device", "unknown"))] += seconds / 3600
-    n_finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    n_finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
     stored = study.user_attrs.get(CONFIG_ATTR, {})
     n_epochs = stored.get("train", {}).get("n_epochs")
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import STORAGE_ENV, Config, mask_password
 from hpsearch.errors import ConfigError, HpsearchError
-from hpsearch.pruners import EARLY_STEP
+from hpsearch.pruners import EARLY_STEP, PAUSED_ATTR
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -310,6 +310,13 @@ def trial_note_text(trial: FrozenTrial) -> str:
         hint = (
             "Its training loss went wrong, so it was stopped at once instead of being trained to the end;"
             " the usual cause is a learning rate too high for this batch size."
+        )
+    elif trial.state == TrialState.PRUNED and PAUSED_ATTR in attrs:
+        title, reason = f"Trial {trial.number} paused", prune
+        hint = (
+            "Its validation error was not yet among the best at this rung (or too few trials had reached it to"
+            " tell), so it waits there with its checkpoint. Once enough later trials rank below it, a new trial"
+            " continues it from that checkpoint (`hpsearch show` names it); otherwise it stays pruned."
         )
     elif trial.state == TrialState.PRUNED:
         title, reason = f"Trial {trial.number} pruned", prune or "pruned"

@@ -2,7 +2,8 @@
 
 Per epoch, in this order (optuna-examples' pytorch_checkpoint): report the validation error at ``step=epoch``,
 save the checkpoint and record its path on the trial, then ask ``should_prune``. A retried trial (its worker
-died or was stopped) inherits the path and its learning curve, and resumes after the last saved epoch.
+died or was stopped) inherits the path and its learning curve, and resumes after the last saved epoch; so
+does the trial that continues one paused at a rung (``study.pause_at_rungs``).
 With ``train.early_eval``, the validation error part-way through epoch 1 is reported at step 0 and the pruner
 asked there too (no checkpoint: a trial stopped before epoch 1 ends starts again); the trial's value is the
 best epoch end.
@@ -21,7 +22,7 @@ import optuna
 from hpsearch.config import HYPERPARAMETERS, Config
 from hpsearch.data import TextData
 from hpsearch.models import ModelFactory
-from hpsearch.pruners import EARLY_EVAL_ATTR, EARLY_STEP, TRAIN_LOSS_ATTR
+from hpsearch.pruners import CONTINUES_ATTR, EARLY_EVAL_ATTR, EARLY_STEP, PAUSED_ATTR, TRAIN_LOSS_ATTR
 from hpsearch.space import SearchSpace, suggest
 from hpsearch.study import PARTIAL_EPOCH_ATTR
 
@@ -102,8 +103,11 @@ class Objective:
         if resumed is not None:
             run.load_state_dict(resumed)
             trial.set_user_attr("resumed_from_epoch", run.epoch)
-            if self.reporter:
-                self.reporter.resumed(trial.number, run.epoch, frozen.system_attrs.get("failed_trial"))
+            retry_of, paused = (frozen.system_attrs.get(k) for k in ("failed_trial", CONTINUES_ATTR))
+            if self.reporter and retry_of is None and paused is not None:
+                self.reporter.continued(trial.number, run.epoch, paused)
+            elif self.reporter:
+                self.reporter.resumed(trial.number, run.epoch, retry_of)
         val_losses = list(frozen.user_attrs.get("val_losses", []))
         train_seconds = float(frozen.user_attrs.get("train_seconds", 0.0))
         path = checkpoint_path(cfg, trial.number)
@@ -144,15 +148,27 @@ class Objective:
                     raise Interrupted(f"stopped after epoch {result.epoch}")
                 # A trial that trained every epoch is complete, whatever the pruner thinks of its last one.
                 if result.epoch < cfg.train.n_epochs and trial.should_prune():
-                    trial.set_user_attr(
-                        "prune_reason",
-                        f"pruned by {cfg.study.pruner} after epoch {result.epoch}:"
-                        f" val_error {result.val_error:.4f}, train loss {result.train_loss:.4f}",
-                    )
-                    raise optuna.TrialPruned(f"val_error {result.val_error:.4f} at epoch {result.epoch}")
+                    self._stop_at_rung(trial, result)
             return min(curve[e] for e in _epoch_ends(curve))
         finally:
             run.release()
+
+    def _stop_at_rung(self, trial: optuna.Trial, result) -> None:
+        """The pruner said no after this epoch: prune the trial, or with study.pause_at_rungs pause it (its
+        checkpoint is kept; the search continues it if it later ranks among the best at this rung)."""
+        pruner = trial.study.pruner
+        figures = f"val_error {result.val_error:.4f}, train loss {result.train_loss:.4f}"
+        if getattr(pruner, "pauses", False):
+            trial.set_user_attr(PAUSED_ATTR, result.epoch)
+            reason = (
+                f"paused by {self.cfg.study.pruner} after epoch {result.epoch}: {figures} not (yet) in the"
+                f" best 1/{pruner.reduction_factor} of the trials at this rung; continued from its checkpoint"
+                " if it gets there"
+            )
+        else:
+            reason = f"pruned by {self.cfg.study.pruner} after epoch {result.epoch}: {figures}"
+        trial.set_user_attr("prune_reason", reason)
+        raise optuna.TrialPruned(f"val_error {result.val_error:.4f} at epoch {result.epoch}")
 
     def _early(self, trial, hp, result, curve, train_seconds: float) -> None:
         """Report the early evaluation at step 0 and let the pruner stop the trial there."""

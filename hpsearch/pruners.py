@@ -9,12 +9,32 @@ from __future__ import annotations
 import math
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 TRAIN_LOSS_ATTR = "train_loss"  # user attribute: the mean training loss of the trial's last epoch
 EARLY_STEP = 0  # train.early_eval reports the validation error part-way through epoch 1 at this step
 EARLY_RUNG_KEY = "completed_rung_early"  # its rung record, apart from Optuna's completed_rung_<k>
 EARLY_EVAL_ATTR = "early_eval_epochs"  # user attribute: the share of epoch 1 trained at that evaluation
+PAUSED_ATTR = "paused_at_epoch"  # user attribute of a trial paused at a rung (study.pause_at_rungs)
+CONTINUES_ATTR = "continues_trial"  # system attribute of the trial that continues a paused one: its number
+OVER_BUDGET_ATTR = "hpsearch_over_budget"  # user attribute of a trial asked past the budget and given back
+
+
+def continued(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of paused trials that a later trial continues (with their learning curve, epochs and seconds)."""
+    return {t.system_attrs[CONTINUES_ATTR] for t in trials if CONTINUES_ATTR in t.system_attrs}
+
+
+def replaced(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of trials whose work a later trial carries on, with their learning curve, epochs and seconds:
+    every failed trial in a retry's history, and every paused trial that was continued. Counting both a
+    trial and its successor would count the same configuration and epochs twice."""
+    out = continued(trials)
+    for t in trials:
+        out.update(t.system_attrs.get("retry_history") or ())
+        if "failed_trial" in t.system_attrs:
+            out.add(t.system_attrs["failed_trial"])
+    return out
 
 
 class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
@@ -36,17 +56,36 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
     closer to the best than Optuna's pruner on those curves and on MiniLM's (BENCHMARKS.md, "Pruning ties").
     A trial without a recorded training loss (one from an older study) ranks after those with one.
 
+    With ``pause=True`` (``study.pause_at_rungs``, the default), a trial that is not in the best
+    ``1/reduction_factor`` at a rung is not stopped for good but paused there: the objective keeps its
+    checkpoint and ends it as pruned, and once enough trials have reached the rung to rank it among the best
+    (:meth:`promotions`), the search loop queues a trial that continues it from that checkpoint. No trial goes
+    past a rung unopposed: with fewer than ``reduction_factor`` trials at a rung, all of them wait there. This
+    is ASHA as its paper describes it (promotions, Li et al. 2020); Optuna's pruner, and this one with
+    ``pause=False``, decide once and let the first trials at each rung go on with nothing to compare.
+
     With ``train.early_eval``, a trial also reports at step 0, part-way through epoch 1, and that step is one
-    more rung with the same rule: only the best ``1/reduction_factor`` of the trials there train on to epoch 1.
+    more rung with the same rule: only the best ``1/reduction_factor`` of the trials there train on to epoch 1
+    (decided at once: there is no checkpoint inside an epoch to pause at).
     """
 
-    def __init__(self, reduction_factor: int = 3, min_resource: int = 1):
+    def __init__(self, reduction_factor: int = 3, min_resource: int = 1, pause: bool = False):
         if not isinstance(reduction_factor, int) or reduction_factor < 2:
             raise ValueError(f"reduction_factor must be an integer >= 2, got {reduction_factor!r}")
         if not isinstance(min_resource, int) or min_resource < 1:
             raise ValueError(f"min_resource must be an integer >= 1, got {min_resource!r}")
         self._reduction_factor = reduction_factor
         self._min_resource = min_resource
+        self._pause = pause
+
+    @property
+    def pauses(self) -> bool:
+        """True when a trial stopped at a rung is paused there, to be continued if it gets among the best."""
+        return self._pause
+
+    @property
+    def reduction_factor(self) -> int:
+        return self._reduction_factor
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
@@ -65,25 +104,65 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
                 return True
             if trials is None:
                 trials = study.get_trials(deepcopy=False)
-            if not self._promotable(study, trial, _rung_key(rung), mine, trials):
+            if not self._promotable(study, trial, _rung_key(rung), mine, trials, self._pause):
                 return True
             rung += 1
 
-    def _promotable(self, study, trial, key: str, mine: tuple[float, float], trials=None) -> bool:
+    def _promotable(
+        self, study, trial, key: str, mine: tuple[float, float], trials=None, pausing: bool = False
+    ) -> bool:
         """Record ``mine`` (validation error, training loss) at the rung ``key``; is it in the best
         ``1/reduction_factor`` there?"""
         recorded = mine[1] if math.isfinite(mine[1]) else None  # None, not inf: JSON has no infinity
         study._storage.set_trial_system_attr(trial._trial_id, key, mine[0])
         study._storage.set_trial_system_attr(trial._trial_id, f"{key}_train_loss", recorded)
+        trials = trials if trials is not None else study.get_trials(deepcopy=False)
         competing = [
-            (t.system_attrs[key], _train_loss(t.system_attrs.get(f"{key}_train_loss")))
-            for t in (trials if trials is not None else study.get_trials(deepcopy=False))
-            if key in t.system_attrs and t.number != trial.number
+            _record(t, key) for t in _ranked(trials) if key in t.system_attrs and t.number != trial.number
         ]
-        competing.append(mine)
-        competing.sort()
-        cutoff = max(len(competing) // self._reduction_factor - 1, 0)
-        return mine <= competing[cutoff]
+        return self._in_best(mine, [*competing, mine], pausing)
+
+    def _in_best(self, mine: tuple[float, float], records: list[tuple[float, float]], pausing: bool) -> bool:
+        """Is ``mine`` among the best ``1/reduction_factor`` of ``records`` (which hold it)? With fewer records
+        than that takes, a pausing pruner says no (wait for more); otherwise ``mine`` must be the best so far."""
+        n_best = len(records) // self._reduction_factor
+        if n_best == 0 and pausing:
+            return False
+        return mine <= sorted(records)[max(n_best - 1, 0)]
+
+    def promotions(self, trials: list[FrozenTrial], last: bool = False) -> list[FrozenTrial]:
+        """The paused trials that are now in the best ``1/reduction_factor`` at the rung they wait at: the
+        highest rung first, then the best first (the order ASHA promotes in).
+
+        ``last``: no new trial will start (the trial budget is used up and none is running): as in synchronous
+        successive halving, a rung with fewer than ``reduction_factor`` trials lets its best one go on, so the
+        search ends with a trial trained to the end."""
+        live = _ranked(trials)
+        found = []
+        for t in live:
+            if t.state != TrialState.PRUNED or PAUSED_ATTR not in t.user_attrs:
+                continue
+            rung = _current_rung(t) - 1  # the last rung it recorded is the one it waits at
+            key = _rung_key(rung)
+            if rung < 0:
+                continue
+            mine = _record(t, key)
+            records = [_record(o, key) for o in live if key in o.system_attrs]
+            if self._in_best(mine, records, pausing=not last):
+                found.append((-rung, mine, t.number, t))
+        return [t for *_, t in sorted(found, key=lambda f: f[:3])]
+
+
+def _ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials whose rung records count: not given back past the budget, and not taken over by a retry or a
+    continuation (which carries the same records)."""
+    gone = replaced(trials)
+    return [t for t in trials if t.number not in gone and OVER_BUDGET_ATTR not in t.user_attrs]
+
+
+def _record(t: FrozenTrial, key: str) -> tuple[float, float]:
+    """A trial's (validation error, training loss) at the rung ``key``."""
+    return t.system_attrs[key], _train_loss(t.system_attrs.get(f"{key}_train_loss"))
 
 
 def _train_loss(value) -> float:

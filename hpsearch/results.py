@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cost import trial_epochs
-from hpsearch.pruners import EARLY_EVAL_ATTR, EARLY_STEP
+from hpsearch.pruners import CONTINUES_ATTR, EARLY_EVAL_ATTR, EARLY_STEP
 from hpsearch.study import CONFIG_ATTR, _summaries, best_trial, counts, open_storage, visible_trials
 
 STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
@@ -30,8 +29,7 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
     out = []
     for summary in _summaries(storage):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        trials = visible_trials(study)
-        states = Counter(t.state.name for t in trials)
+        states = {state.name: n for state, n in counts(study).items()}  # one per configuration
         best = best_trial(study)
         cfg = study.user_attrs.get(CONFIG_ATTR, {})
         out.append(
@@ -57,7 +55,13 @@ def _duration(t: FrozenTrial) -> float | None:
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
-    for t in visible_trials(study):
+    trials = visible_trials(study)
+    continued_by = {
+        t.system_attrs[CONTINUES_ATTR]: t.number
+        for t in trials
+        if CONTINUES_ATTR in t.system_attrs and "failed_trial" not in t.system_attrs
+    }
+    for t in trials:
         rows.append(
             {
                 "number": t.number,
@@ -73,6 +77,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "duration_s": None if _duration(t) is None else round(_duration(t), 1),
                 "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
                 "retry_of": t.system_attrs.get("failed_trial"),
+                "continues": t.system_attrs.get(CONTINUES_ATTR),  # the paused trial this one goes on with
+                "continued_by": continued_by.get(t.number),
                 "reason": t.user_attrs.get("prune_reason") or t.user_attrs.get("fail_reason"),
                 "worker": t.user_attrs.get("worker"),
                 "device": t.user_attrs.get("device"),
@@ -104,6 +110,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         params = " ".join(f"{k}={_fmt_value(v)}" for k, v in r["params"].items())
         note = r["reason"] or ""
+        if r["continued_by"] is not None:
+            note = f"paused after epoch {r['epochs_run']}; continued as trial {r['continued_by']}"
+        if r["continues"] is not None:
+            note = f"continues trial {r['continues']}" + (f"; {note}" if note else "")
         if r["retry_of"] is not None:
             note = f"retry of {r['retry_of']}" + (f"; {note}" if note else "")
         lines.append(
@@ -176,6 +186,7 @@ def export(study: optuna.Study, fmt: str) -> str:
         "duration_s",
         "train_seconds",
         "retry_of",
+        "continues",
         "reason",
         "worker",
         "device",

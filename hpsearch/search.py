@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import Config
 from hpsearch.cost import epochs_spent
 from hpsearch.dashboard import write_study_note, write_trial_note
 from hpsearch.errors import StorageError, TrialFailure
 from hpsearch.objective import CHECKPOINT_ATTR, Interrupted, Objective
+from hpsearch.pruners import CONTINUES_ATTR, PAUSED_ATTR, replaced
 from hpsearch.space import SearchSpace, parse_space
 from hpsearch.study import (
     OVER_BUDGET_ATTR,
@@ -71,6 +72,20 @@ class Reporter:
 
     def resumed(self, number: int, epoch: int, original: int | None) -> None:
         self.line(f"trial {number} resumes trial {original} after epoch {epoch} from its checkpoint")
+
+    def continued(self, number: int, epoch: int, paused: int) -> None:
+        self.line(f"trial {number} continues trial {paused} after epoch {epoch} from its checkpoint")
+
+    def promoted(self, paused: FrozenTrial, number: int, reduction_factor: int, last: bool = False) -> None:
+        why = (
+            "is the best at its rung and no new trial will start"
+            if last
+            else f"is now in the best 1/{reduction_factor} at its rung"
+        )
+        self.line(
+            f"trial {paused.number} (paused after epoch {paused.user_attrs.get(PAUSED_ATTR)}) {why}:"
+            f" trial {number} continues it"
+        )
 
     def finished(self, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
@@ -124,6 +139,47 @@ def requeue(study: optuna.Study, number: int, reason: str) -> None:
         RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
 
 
+def continue_paused(study: optuna.Study, paused: FrozenTrial) -> int:
+    """Queue the trial that continues ``paused`` (pruned at a rung by a pausing pruner) from its checkpoint,
+    with its params, learning curve, rung records and user attributes; returns the new trial's number. The
+    paused trial stays as it was (a finished trial cannot change); the new one replaces it in every count."""
+    user_attrs = {k: v for k, v in paused.user_attrs.items() if k not in (PAUSED_ATTR, "prune_reason")}
+    system_attrs = {
+        k: v for k, v in paused.system_attrs.items() if k not in ("failed_trial", "retry_history")
+    }
+    system_attrs[CONTINUES_ATTR] = paused.number
+    template = optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        params=paused.params,
+        distributions=paused.distributions,
+        user_attrs=user_attrs,
+        system_attrs=system_attrs,
+        intermediate_values=paused.intermediate_values,
+    )
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return study._storage.get_trial_number_from_id(trial_id)
+
+
+def promote_paused(study: optuna.Study, reporter: Reporter, last: bool = False) -> int:
+    """Queue a continuation for every paused trial that now ranks among the best at its rung (see
+    :meth:`hpsearch.pruners.SuccessiveHalvingPruner.promotions`; ``last``: no new trial will start); returns
+    how many were queued. A paused trial whose checkpoint is gone (the study ended and cleaned up) stays
+    pruned."""
+    from pathlib import Path
+
+    pruner = study.pruner
+    if not getattr(pruner, "pauses", False):
+        return 0
+    queued = 0
+    for paused in pruner.promotions(study.get_trials(deepcopy=False), last):
+        path = paused.user_attrs.get(CHECKPOINT_ATTR)
+        if not path or not Path(path).is_file():
+            continue
+        reporter.promoted(paused, continue_paused(study, paused), pruner.reduction_factor, last)
+        queued += 1
+    return queued
+
+
 def requeue_dead_trial(study: optuna.Study, number: int) -> int:
     """By hand, for a running trial whose worker is gone (a journal-file store has no heartbeat to notice):
     fail it and queue a copy that resumes from its checkpoint. Returns the number of the queued trial.
@@ -171,16 +227,19 @@ def _fail_stale(study: optuna.Study) -> None:
             optuna.storages.fail_stale_trials(study)
 
 
-def cleanup_checkpoints(study: optuna.Study) -> None:
-    """Delete the checkpoints no one needs: keep the best trial's and those running or queued trials use."""
+def cleanup_checkpoints(study: optuna.Study, keep_paused: bool = True) -> None:
+    """Delete the checkpoints no one needs: keep the best trial's, those running or queued trials use, and
+    (``keep_paused``) those of paused trials that may yet be continued."""
     from pathlib import Path
 
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
+    gone = replaced(trials)
     keep = {
         t.user_attrs.get(CHECKPOINT_ATTR)
         for t in trials
         if t.state in (TrialState.RUNNING, TrialState.WAITING)
+        or (keep_paused and PAUSED_ATTR in t.user_attrs and t.number not in gone)
     }
     if best is not None:
         keep.add(best.user_attrs.get(CHECKPOINT_ATTR))
@@ -276,21 +335,25 @@ def _loop(
             reporter.line(f"timeout of {cfg.study.timeout:g} s reached; rerun the same command to go on")
             return "timeout", ran
         _fail_stale(study)
-        c = counts(study)
+        spent = epochs_spent(study) if epoch_budget is not None else 0.0
+        out_of_epochs = epoch_budget is not None and spent >= epoch_budget
+        # before counting: a continuation takes its paused trial's place
+        c = counts(study) if out_of_epochs else _promote(study, reporter, n_trials)
         finished = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
         if finished >= n_trials:
             reporter.line(
                 f"budget met: study '{cfg.study.name}' has {finished}/{n_trials} finished trials; this"
                 " worker stops (raise --n-trials to run more)"
             )
+            if not c[TrialState.RUNNING] and not c[TrialState.WAITING]:
+                cleanup_checkpoints(study, keep_paused=False)  # the search is over: no one continues them
             return "budget", ran
-        spent = epochs_spent(study) if epoch_budget is not None else 0.0
-        out_of_epochs = epoch_budget is not None and spent >= epoch_budget
         if out_of_epochs and not c[TrialState.RUNNING] and not c[TrialState.WAITING]:
             reporter.line(
                 f"epoch budget met: study '{cfg.study.name}' has trained {spent:.1f} of {epoch_budget:g} epochs"
                 f" in {finished} trials; this worker stops (raise --epoch-budget to run more)"
             )
+            cleanup_checkpoints(study, keep_paused=False)  # the search is over: no one continues them
             return "budget", ran
         if (out_of_epochs or remaining_budget(study, n_trials, c) <= 0) and not c[TrialState.WAITING]:
             # Other workers hold the last trials. Wait: if one dies, its trial comes back here to be retried.
@@ -308,13 +371,23 @@ def _loop(
                 return "budget", ran
             stop.wait(min(5.0, cfg.study.heartbeat_interval))
             continue
-        if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+        if (
+            isinstance(study.sampler, optuna.samplers.GridSampler)
+            and study.sampler.is_exhausted(study)
+            and not c[TrialState.WAITING]
+        ):
             reporter.line(f"all {space.grid_size()} grid points tried; the grid search is complete")
             return "grid", ran
         with quiet_optuna_warnings():
             trial = study.ask()
         if is_over_budget(study, trial, n_trials):
-            trial.set_user_attr(OVER_BUDGET_ATTR, "another worker took the last trial of the budget")
+            paused = study._storage.get_trial(trial._trial_id).system_attrs.get(CONTINUES_ATTR)
+            trial.set_user_attr(
+                OVER_BUDGET_ATTR,
+                "another worker took the last trial of the budget"
+                if paused is None
+                else f"another worker continued trial {paused} first",
+            )
             study.tell(trial, state=TrialState.FAIL)
             continue
         ran.append(trial.number)
@@ -328,6 +401,17 @@ def _loop(
                 return "failures", ran
         elif state is not None:
             failures = 0
+
+
+def _promote(study: optuna.Study, reporter: Reporter, n_trials: int):
+    """Queue the paused trials that may go on, and return the study's counts after that. When no new trial
+    will start (the budget is used up, nothing runs or waits), the best paused trial of a rung too small to
+    rank goes on as well, so the search ends with a trial trained to the end."""
+    queued = promote_paused(study, reporter)
+    c = counts(study)
+    if queued or c[TrialState.RUNNING] or c[TrialState.WAITING] or remaining_budget(study, n_trials, c) > 0:
+        return c
+    return counts(study) if promote_paused(study, reporter, last=True) else c
 
 
 def _has_heartbeat(study: optuna.Study) -> bool:

@@ -20,12 +20,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import Config, mask_password
 from hpsearch.errors import ConfigError, StorageError
-from hpsearch.pruners import SuccessiveHalvingPruner
+from hpsearch.pruners import CONTINUES_ATTR, OVER_BUDGET_ATTR, SuccessiveHalvingPruner, continued, replaced
 from hpsearch.space import SearchSpace
 
 DIRECTION = "minimize"  # the study minimises validation error
 CONFIG_ATTR = "hpsearch_config"
-OVER_BUDGET_ATTR = "hpsearch_over_budget"
 PARTIAL_EPOCH_ATTR = "partial_epoch"  # user attribute: the share of an epoch trained before a divergence stop
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that change what a trial measures: resuming a study with other values would mix incomparable trials.
@@ -274,7 +273,7 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_epochs, reduction_factor=r)
     if name == "successive-halving":
-        return SuccessiveHalvingPruner(reduction_factor=r, min_resource=1)
+        return SuccessiveHalvingPruner(reduction_factor=r, min_resource=1, pause=cfg.study.pause_at_rungs)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.study.n_startup_trials, n_warmup_steps=0)
     if name == "percentile":
@@ -357,8 +356,11 @@ def visible_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def counts(study: optuna.Study) -> Counter:
-    """Visible trials by state."""
-    return Counter(t.state for t in visible_trials(study))
+    """Visible trials by state, one per configuration: a paused trial that another continues counts as that
+    one (running, queued or finished)."""
+    trials = visible_trials(study)
+    gone = continued(trials)
+    return Counter(t.state for t in trials if t.number not in gone)
 
 
 def remaining_budget(study: optuna.Study, n_trials: int, c: Counter | None = None) -> int:
@@ -374,15 +376,30 @@ def is_over_budget(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> b
     """True when ``trial`` (just asked for) lies past the budget because other workers asked first.
 
     Trial numbers order the asks: the trials numbered before this one that still count are the ones that won.
-    A retry of a dead worker's trial always runs; it replaces one that was already counted.
+    A retry of a dead worker's trial always runs, and so does the continuation of a paused trial: each
+    replaces one that was already counted. Two workers may queue a continuation of the same paused trial at
+    once; the one numbered first runs, the other is over the budget.
     """
     trials = study.get_trials(deepcopy=False)
-    if any(t.number == trial.number and "failed_trial" in t.system_attrs for t in trials):
+    me = next(t for t in trials if t.number == trial.number)
+    if "failed_trial" in me.system_attrs:
         return False
+    if CONTINUES_ATTR in me.system_attrs:
+        return any(
+            t.number < me.number
+            and t.system_attrs.get(CONTINUES_ATTR) == me.system_attrs[CONTINUES_ATTR]
+            and "failed_trial" not in t.system_attrs
+            and OVER_BUDGET_ATTR not in t.user_attrs
+            for t in trials
+        )
+    gone = replaced(trials)
     ahead = sum(
         1
         for t in trials
-        if t.number < trial.number and t.state != TrialState.FAIL and OVER_BUDGET_ATTR not in t.user_attrs
+        if t.number < trial.number
+        and t.number not in gone
+        and t.state != TrialState.FAIL
+        and OVER_BUDGET_ATTR not in t.user_attrs
     )
     return ahead >= n_trials
 

@@ -123,3 +123,68 @@ def test_nan_at_the_early_evaluation_is_pruned():
     trial = study.ask()
     trial.report(math.nan, EARLY_STEP)
     assert trial.should_prune()
+
+
+def pause_trial(study: optuna.Study, curve: list[tuple[float, float]]) -> optuna.trial.FrozenTrial:
+    """Run ``curve`` as the objective does with a pausing pruner: a trial stopped at a rung is paused there."""
+    from hpsearch.pruners import PAUSED_ATTR
+
+    trial = study.ask()
+    for epoch, (error, loss) in enumerate(curve, start=1):
+        trial.report(error, epoch)
+        trial.set_user_attr(TRAIN_LOSS_ATTR, loss)
+        if epoch < len(curve) and trial.should_prune():
+            trial.set_user_attr(PAUSED_ATTR, epoch)
+            return study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return study.tell(trial, min(error for error, _ in curve))
+
+
+def test_a_pausing_pruner_lets_no_trial_past_a_rung_unopposed():
+    """Optuna's rule sends the first trial at a rung on whatever it scored; a pausing pruner makes every trial
+    wait at a rung until reduction_factor trials are there, then only the best 1/reduction_factor go on."""
+    curve = [(PLATEAU, 0.69), (0.45, 0.6), (0.40, 0.5)]
+    deciding = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3))
+    assert run_trial(deciding, curve) == 3
+    pausing = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3, pause=True))
+    first = pause_trial(pausing, curve)
+    assert first.state == optuna.trial.TrialState.PRUNED and first.user_attrs["paused_at_epoch"] == 1
+    assert pausing.pruner.promotions(pausing.get_trials()) == []  # alone at its rung: nothing to rank it by
+    # a better second trial waits too; the third, better than both, goes on at once (the best of 3)
+    assert (
+        pause_trial(pausing, [(0.40, 0.6), (0.35, 0.5), (0.3, 0.4)]).state == optuna.trial.TrialState.PRUNED
+    )
+    assert (
+        pause_trial(pausing, [(0.30, 0.5), (0.25, 0.4), (0.2, 0.3)]).state == optuna.trial.TrialState.COMPLETE
+    )
+    # six trials at rung 0: the best two go on, so the paused 0.40 is promoted, the plateau one is not
+    for _ in range(3):
+        pause_trial(pausing, [(0.48, 0.69), (0.45, 0.6), (0.40, 0.5)])
+    assert [t.number for t in pausing.pruner.promotions(pausing.get_trials())] == [1]
+
+
+def test_a_continued_trial_is_ranked_once_and_the_last_trials_let_the_best_go_on():
+    from hpsearch.pruners import replaced
+    from hpsearch.search import continue_paused
+
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3, pause=True))
+    paused = [pause_trial(study, [(e, 0.6), (0.3, 0.5), (0.2, 0.4)]) for e in (0.40, 0.45, 0.50)]
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in paused)  # none was the best of 3 on arrival
+    [best] = study.pruner.promotions(study.get_trials())
+    assert best.number == 0
+    number = continue_paused(study, best)
+    child = study.get_trials()[number]
+    assert child.state == optuna.trial.TrialState.WAITING and child.params == best.params
+    assert child.intermediate_values == {1: 0.40} and child.system_attrs["completed_rung_0"] == 0.40
+    assert replaced(study.get_trials()) == {0}
+    # the continuation carries trial 0's record: rung 0 still has 3 trials, and trial 0 is not promoted again
+    assert study.pruner.promotions(study.get_trials()) == []
+    # with no new trial to come, a rung of 1 lets its best trial go on: the search ends with a finished trial
+    trial = study.ask()  # the continuation
+    assert trial.number == number
+    for epoch, error in ((2, 0.35), (3, 0.30)):
+        trial.report(error, epoch)
+    assert trial.should_prune()  # alone at rung 1 (epoch 3)
+    trial.set_user_attr("paused_at_epoch", 3)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert study.pruner.promotions(study.get_trials()) == []
+    assert [t.number for t in study.pruner.promotions(study.get_trials(), last=True)] == [number]

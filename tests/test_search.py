@@ -30,7 +30,11 @@ def invoke(*args: str):
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.trials if t.state in FINISHED]
+    """Finished trials, one per configuration: a paused trial that another continues counts as that one."""
+    from hpsearch.pruners import continued
+
+    gone = continued(study.trials)
+    return [t for t in study.trials if t.state in FINISHED and t.number not in gone]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def demo(tmp_path_factory) -> SimpleNamespace:
 @pytest.mark.slow
 def test_demo_search_has_pruned_and_complete_trials_inside_the_space(demo):
     study = demo.study
-    assert len(study.trials) == 12 and len(finished(study)) == 12
+    assert len(finished(study)) == 12 <= len(study.trials)  # + continuations of paused trials
     states = [t.state for t in study.trials]
     assert TrialState.COMPLETE in states and TrialState.PRUNED in states
     for t in study.trials:
@@ -107,8 +111,9 @@ def test_show_json_matches_the_store(demo):
     result = invoke("show", "demo", "--storage", demo.url, "--json")
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
-    assert shown["counts"]["complete"] == sum(t.state == TrialState.COMPLETE for t in demo.study.trials)
-    assert shown["counts"]["pruned"] == sum(t.state == TrialState.PRUNED for t in demo.study.trials)
+    # counts are per configuration: a paused trial that another continues is counted as that one
+    assert shown["counts"]["complete"] == sum(t.state == TrialState.COMPLETE for t in finished(demo.study))
+    assert shown["counts"]["pruned"] == sum(t.state == TrialState.PRUNED for t in finished(demo.study))
     for row, t in zip(shown["trials"], demo.study.trials, strict=True):
         assert (row["number"], row["state"], row["value"], row["params"]) == (
             t.number,
@@ -185,15 +190,16 @@ def test_more_n_trials_adds_exactly_the_missing_trials_then_nothing(demo, tmp_pa
     result = invoke("search", demo.config, "--storage", url, "--n-trials", 14)
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="demo", storage=url)
-    assert [t.number for t in study.trials] == list(range(14))
+    n_before = len(demo.study.trials)
+    assert [t.number for t in study.trials] == list(range(len(study.trials)))
     assert len(finished(study)) == 14
-    assert [(t.params, t.state) for t in study.trials[:12]] == [
+    assert [(t.params, t.state) for t in study.trials[:n_before]] == [
         (t.params, t.state) for t in demo.study.trials
     ]
     # The budget is met: the same command runs nothing and says so.
     again = invoke("search", demo.config, "--storage", url, "--n-trials", 14)
     assert again.exit_code == 0, again.output
-    assert len(optuna.load_study(study_name="demo", storage=url).trials) == 14
+    assert len(optuna.load_study(study_name="demo", storage=url).trials) == len(study.trials)
     assert json.loads(again.stdout.strip().splitlines()[-1])["best_trial"] == study.best_trial.number
 
 
@@ -371,7 +377,7 @@ def test_resuming_with_a_changed_config_is_refused_and_adds_nothing(demo, tmp_pa
         and "train.n_epochs is 2 but study 'demo' was created with 3" in line
     )
     study = optuna.load_study(study_name="demo", storage=url)
-    assert len(study.trials) == 12
+    assert len(study.trials) == len(demo.study.trials)
     assert study.user_attrs["hpsearch_config"]["train"]["n_epochs"] == 3
 
 
@@ -391,3 +397,82 @@ def test_successive_halving_keeps_the_best_share_of_each_rung(factor, promoted):
     trial = study.ask()
     trial.report(0.35, 1)  # 3rd of 7: inside the best half, outside the best quarter
     assert trial.should_prune() is not promoted
+
+
+def test_paused_trials_are_continued_from_their_checkpoints_and_count_once(make_config, workdir):
+    """study.pause_at_rungs (the default): a trial not yet among the best at a rung pauses there; a later
+    trial continues it from its checkpoint with its learning curve, and the pair counts as one trial."""
+    from hpsearch.cost import compute_cost, epochs_spent, trial_epochs
+
+    config = make_config(study={"n_trials": 7}, train={"n_epochs": 4})
+    result = invoke("search", config)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{workdir}/studies/t.db")
+    trials = study.trials
+    continuations = [t for t in trials if "continues_trial" in t.system_attrs]
+    assert continuations, result.output
+    assert (
+        "trial 0 pruned: paused by successive-halving after epoch 1" in result.output
+    )  # nothing to rank it by
+    for child in continuations:
+        paused = trials[child.system_attrs["continues_trial"]]
+        assert paused.state == TrialState.PRUNED and paused.params == child.params
+        epoch = paused.user_attrs["paused_at_epoch"]
+        assert epoch == paused.user_attrs["epochs_run"] == max(paused.intermediate_values)
+        assert paused.intermediate_values.items() <= child.intermediate_values.items()
+        assert child.user_attrs["resumed_from_epoch"] == epoch < child.user_attrs["epochs_run"]
+        assert child.user_attrs["train_seconds"] > paused.user_attrs["train_seconds"]  # its time goes on
+        assert f"trial {child.number} continues trial {paused.number} after epoch {epoch}" in result.output
+    configs = finished(study)
+    assert len(configs) == 7 and len({tuple(t.params.values()) for t in configs}) == 7
+    assert any(t.state == TrialState.COMPLETE for t in configs)
+    assert epochs_spent(study) == pytest.approx(sum(trial_epochs(t) for t in configs))
+    assert compute_cost(study).n_finished == 7
+    best = study.best_trial
+    assert best.user_attrs["epochs_run"] == 4 and best.value == min(best.intermediate_values.values())
+    # the search is over: the paused trials' checkpoints are gone, the best trial's is kept
+    assert [p.name for p in workdir.rglob("*.pt")] == [f"trial-{best.number}.pt"]
+    show = invoke("show", "t", "--storage", f"sqlite:///{workdir}/studies/t.db")
+    assert show.exit_code == 0, show.output
+    child = continuations[0]
+    assert (
+        f"paused after epoch {trials[child.system_attrs['continues_trial']].user_attrs['epochs_run']};"
+        f" continued as trial {child.number}" in show.output
+    )
+    assert "7/7" in invoke("search", config).output  # a rerun adds nothing: the budget counts configurations
+
+
+def test_without_pausing_the_first_trial_goes_on_unopposed(make_config, workdir):
+    config = make_config(study={"n_trials": 3, "pause_at_rungs": False}, train={"n_epochs": 2})
+    result = invoke("search", config)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{workdir}/studies/t.db")
+    assert len(study.trials) == 3 and study.trials[0].state == TrialState.COMPLETE
+    assert not any(
+        "paused_at_epoch" in t.user_attrs or "continues_trial" in t.system_attrs for t in study.trials
+    )
+
+
+def test_two_continuations_of_one_paused_trial_run_once(make_config, workdir):
+    """Two workers may queue a continuation of the same paused trial at once: the first one numbered runs,
+    the other is given back untouched."""
+    from hpsearch.search import continue_paused
+
+    config = make_config(study={"n_trials": 2}, train={"n_epochs": 3})
+    assert invoke("search", config).exit_code == 0
+    url = f"sqlite:///{workdir}/studies/t.db"
+    study = optuna.load_study(study_name="t", storage=url)
+    paused = [
+        t for t in finished(study) if t.state == TrialState.PRUNED and "paused_at_epoch" in t.user_attrs
+    ]
+    assert paused, [t.user_attrs for t in finished(study)]  # 2 trials: one waits at rung 0 for good
+    first, second = continue_paused(study, paused[0]), continue_paused(study, paused[0])
+    result = invoke("search", config, "--n-trials", 3)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="t", storage=url)
+    assert study.trials[first].state in FINISHED
+    assert study.trials[second].state == TrialState.FAIL
+    assert study.trials[second].user_attrs["hpsearch_over_budget"] == (
+        f"another worker continued trial {paused[0].number} first"
+    )
+    assert len(finished(study)) == 3
