@@ -90,6 +90,56 @@ def replay(
     return timeline
 
 
+def replay_pausing(
+    curves: list[Curve], pruner: SuccessiveHalvingPruner, budget: int | None = None
+) -> list[tuple[int, float]]:
+    """As :func:`replay`, for a pausing pruner (``study.pause_at_rungs``), with hpsearch's own promotion code:
+    before each new trial, every paused trial now among the best at its rung is continued (the search loop's
+    order), and when no new trial is left the best of a rung too small to rank goes on."""
+    from hpsearch.pruners import PAUSED_ATTR
+    from hpsearch.search import continue_paused
+
+    study = optuna.create_study(study_name="replay", pruner=pruner, sampler=optuna.samplers.RandomSampler(0))
+    timeline, used, best, todo = [], 0, math.inf, list(curves)
+    curve_of: dict[int, Curve] = {}  # trial number -> its curve, continuations included
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        promoted = pruner.promotions(trials) or (pruner.promotions(trials, last=True) if not todo else [])
+        if promoted:
+            paused = promoted[0]
+            number = continue_paused(study, paused)
+            curve_of[number] = curve_of[paused.number]
+        elif todo:
+            number = len(trials)
+            curve_of[number] = todo.pop(0)
+        else:
+            return timeline
+        trial = study.ask()
+        assert trial.number == number
+        curve = curve_of[number]
+        start = max(trial.study.get_trials(deepcopy=False)[number].intermediate_values, default=0)
+        for epoch, (error, train_loss) in enumerate(curve[start:], start=start + 1):
+            used, best = used + 1, min(best, error)
+            timeline.append((used, best))
+            if used == budget:
+                return timeline
+            trial.report(error, epoch)
+            trial.set_user_attr(TRAIN_LOSS_ATTR, train_loss)
+            if epoch < len(curve) and trial.should_prune():
+                trial.set_user_attr(PAUSED_ATTR, epoch)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, min(error for error, _ in curve))
+
+
+def run(curves: list[Curve], pruner: optuna.pruners.BasePruner, budget: int | None = None):
+    """:func:`replay_pausing` for a pausing pruner, :func:`replay` for any other."""
+    if getattr(pruner, "pauses", False):
+        return replay_pausing(curves, pruner, budget)
+    return replay(curves, pruner, budget)
+
+
 def rank_correlation(xs: list[float], ys: list[float]) -> float:
     """Spearman's rank correlation, ties given their mean rank (nan when either side is constant)."""
 
@@ -130,7 +180,7 @@ def regrets_at_budgets(
         stream = [
             rng.choice(curves) for _ in range(max(budgets))
         ]  # enough if every trial stops after epoch 1
-        timeline = replay(stream, pruners(n_epochs)[pruner], budget=max(budgets))
+        timeline = run(stream, pruners(n_epochs)[pruner], budget=max(budgets))
         for b in budgets:
             regrets[b].append(100 * (timeline[b - 1][1] - best))
     return regrets
@@ -139,7 +189,12 @@ def regrets_at_budgets(
 def pruners(n_epochs: int) -> dict[str, optuna.pruners.BasePruner]:
     return {
         "none": optuna.pruners.NopPruner(),
-        "hpsearch successive-halving (r=3, ties by training loss; the default)": SuccessiveHalvingPruner(3),
+        "hpsearch successive-halving (r=3, ties by training loss, pausing at rungs; the default)": (
+            SuccessiveHalvingPruner(3, pause=True)
+        ),
+        "hpsearch successive-halving (r=3, ties by training loss, deciding at once; before 12-02)": (
+            SuccessiveHalvingPruner(3)
+        ),
         "optuna successive-halving (r=3)": optuna.pruners.SuccessiveHalvingPruner(
             min_resource=1, reduction_factor=3
         ),
@@ -195,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         for pruner in pruners(n_epochs):
             shares, to_target, missed = [], [], 0
             for order, full in zip(orders, fulls, strict=True):
-                run = replay(order, pruners(n_epochs)[pruner])
-                shares.append(run[-1][0] / full[-1][0])
-                reached = epochs_to(run, target)
+                timeline = run(order, pruners(n_epochs)[pruner])
+                shares.append(timeline[-1][0] / full[-1][0])
+                reached = epochs_to(timeline, target)
                 if reached is None:
                     missed += 1
                 else:

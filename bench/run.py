@@ -49,6 +49,7 @@ ARMS = {
     "D": "Trainer.hyperparameter_search (optuna, default pruner)",
     "E": "hpsearch default with A's compute: no trial limit, study.epoch_budget = A's epochs",
     "F": f"hpsearch default + an early evaluation (train.early_eval, {F_EARLY_EVAL} unless the config sets one)",
+    "G": "hpsearch default, but successive halving decides at once (study.pause_at_rungs false; before 12-02)",
 }
 ISSUE_ARMS = ("A", "B", "C", "D")  # the arms whose best errors set the target
 E_TRIAL_FACTOR = 100  # arm E's trial limit, in units of the config's n_trials: the epoch budget decides
@@ -87,8 +88,11 @@ class Recorder:
         self.trials: dict[int, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []  # one per epoch end (or early stop), in time order
         self.early_counted: dict[int, list[float]] = {}  # per trial: what its early evaluation recorded
+        self.continues: dict[int, int] = {}  # trial number -> the first trial of its configuration
 
     def trial(self, number: int, hp: dict[str, Any]) -> dict[str, Any]:
+        """The record of ``number``'s configuration: a trial that continues a paused one adds to its record."""
+        number = self.continues.get(number, number)
         if number not in self.trials:
             self.trials[number] = {
                 "number": number,
@@ -189,12 +193,17 @@ def make_reporter(recorder: Recorder, log):
             record(number, hp, r, None, r.samples / recorder.n_train, math.nan if nan else None)
             recorder.trial(number, hp)["stopped_diverging"] = r.reason
 
+        def continued(self, number, epoch, paused):
+            super().continued(number, epoch, paused)
+            recorder.continues[number] = recorder.continues.get(paused, paused)
+
         def finished(self, trial):
             super().finished(trial)
-            t = recorder.trials.get(trial.number)
+            t = recorder.trials.get(recorder.continues.get(trial.number, trial.number))
             if t is not None:
                 t["state"] = trial.state.name
-                t["wall_seconds"] = (trial.datetime_complete - trial.datetime_start).total_seconds()
+                wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
+                t["wall_seconds"] = t.get("wall_seconds", 0.0) + wall  # every part of a paused trial
                 t["rss_after"] = rss_bytes()
                 t["device_bytes_after"] = device_bytes()
                 t["micro_batch_size"] = trial.user_attrs.get("micro_batch_size")
@@ -206,7 +215,7 @@ def make_reporter(recorder: Recorder, log):
 
 
 def arm_config(cfg, arm: str, seed: int, workdir: Path):
-    """The study config for one hpsearch arm (A, B, C, E or F) and seed, with its own SQLite store."""
+    """The study config for one hpsearch arm (A, B, C, E, F or G) and seed, with its own SQLite store."""
     from hpsearch.config import StudySection
 
     study = dataclasses.replace(
@@ -230,6 +239,7 @@ def arm_config(cfg, arm: str, seed: int, workdir: Path):
             sampler=defaults.sampler,
             pruner=defaults.pruner,
             reduction_factor=defaults.reduction_factor,
+            pause_at_rungs=defaults.pause_at_rungs and arm != "G",
         )
         train = dataclasses.replace(train, divergence_stop=True)
         if arm == "E":  # the compute A spends on its trials, spent on as many trials as it buys

@@ -128,9 +128,9 @@ def test_retrain_from_updates_an_earlier_result(result, tmp_path):
 
 def test_unknown_arm_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert bench.main(["--arms", "A,G", "--out", str(out)]) == 2
+    assert bench.main(["--arms", "A,Z", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --arms: unknown arm(s) G; choose from A, B, C, D, E, F"]
+    assert err == ["error: --arms: unknown arm(s) Z; choose from A, B, C, D, E, F, G"]
     assert not out.exists()
 
 
