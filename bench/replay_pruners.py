@@ -189,12 +189,10 @@ def regrets_at_budgets(
 def pruners(n_epochs: int) -> dict[str, optuna.pruners.BasePruner]:
     return {
         "none": optuna.pruners.NopPruner(),
-        "hpsearch successive-halving (r=3, ties by training loss, pausing at rungs; the default)": (
+        "hpsearch successive-halving (r=3, ties by training loss, pausing at rungs: study.pause_at_rungs)": (
             SuccessiveHalvingPruner(3, pause=True)
         ),
-        "hpsearch successive-halving (r=3, ties by training loss, deciding at once; before 12-02)": (
-            SuccessiveHalvingPruner(3)
-        ),
+        "hpsearch successive-halving (r=3, ties by training loss; the default)": (SuccessiveHalvingPruner(3)),
         "optuna successive-halving (r=3)": optuna.pruners.SuccessiveHalvingPruner(
             min_resource=1, reduction_factor=3
         ),

@@ -49,7 +49,7 @@ ARMS = {
     "D": "Trainer.hyperparameter_search (optuna, default pruner)",
     "E": "hpsearch default with A's compute: no trial limit, study.epoch_budget = A's epochs",
     "F": f"hpsearch default + an early evaluation (train.early_eval, {F_EARLY_EVAL} unless the config sets one)",
-    "G": "hpsearch default, but successive halving decides at once (study.pause_at_rungs false; before 12-02)",
+    "G": "hpsearch default + trials paused at rungs and continued when promoted (study.pause_at_rungs true)",
 }
 ISSUE_ARMS = ("A", "B", "C", "D")  # the arms whose best errors set the target
 E_TRIAL_FACTOR = 100  # arm E's trial limit, in units of the config's n_trials: the epoch budget decides
@@ -239,7 +239,7 @@ def arm_config(cfg, arm: str, seed: int, workdir: Path):
             sampler=defaults.sampler,
             pruner=defaults.pruner,
             reduction_factor=defaults.reduction_factor,
-            pause_at_rungs=defaults.pause_at_rungs and arm != "G",
+            pause_at_rungs=arm == "G" or defaults.pause_at_rungs,
         )
         train = dataclasses.replace(train, divergence_stop=True)
         if arm == "E":  # the compute A spends on its trials, spent on as many trials as it buys

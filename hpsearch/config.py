@@ -49,10 +49,10 @@ class StudySection:
     sampler: str = "tpe"  # tpe | random | grid | cmaes | gp | qmc
     pruner: str = "successive-halving"  # successive-halving (ASHA) | hyperband | median | percentile | none
     reduction_factor: int = 3  # successive halving / hyperband: a third of a rung's trials go on to the next
-    # successive halving: a trial not (yet) in the best third at a rung pauses there (checkpointed) and is
-    # continued once enough trials have reached the rung to rank it; false: decided at once, the first ones
-    # at a rung going on unopposed (Optuna's rule)
-    pause_at_rungs: bool = True
+    # successive halving: true: a trial not (yet) in the best third at a rung pauses there (checkpointed) and
+    # is continued once enough trials have reached the rung to rank it; false (default): decided at once, the
+    # first ones at a rung going on unopposed (Optuna's rule). Off by default on evidence: BENCHMARKS.md
+    pause_at_rungs: bool = False
     seed: int | None = 0  # sampler seed; each extra worker adds its index so workers do not repeat each other
     heartbeat_interval: int = 30  # seconds between a running trial's heartbeats on an RDB store
     grace_period: int | None = None  # seconds without heartbeat before a trial is stale; None: 2 * interval

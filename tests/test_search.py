@@ -400,11 +400,11 @@ def test_successive_halving_keeps_the_best_share_of_each_rung(factor, promoted):
 
 
 def test_paused_trials_are_continued_from_their_checkpoints_and_count_once(make_config, workdir):
-    """study.pause_at_rungs (the default): a trial not yet among the best at a rung pauses there; a later
+    """study.pause_at_rungs: a trial not yet among the best at a rung pauses there; a later
     trial continues it from its checkpoint with its learning curve, and the pair counts as one trial."""
     from hpsearch.cost import compute_cost, epochs_spent, trial_epochs
 
-    config = make_config(study={"n_trials": 7}, train={"n_epochs": 4})
+    config = make_config(study={"n_trials": 7, "pause_at_rungs": True}, train={"n_epochs": 4})
     result = invoke("search", config)
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{workdir}/studies/t.db")
@@ -458,7 +458,7 @@ def test_two_continuations_of_one_paused_trial_run_once(make_config, workdir):
     the other is given back untouched."""
     from hpsearch.search import continue_paused
 
-    config = make_config(study={"n_trials": 2}, train={"n_epochs": 3})
+    config = make_config(study={"n_trials": 2, "pause_at_rungs": True}, train={"n_epochs": 3})
     assert invoke("search", config).exit_code == 0
     url = f"sqlite:///{workdir}/studies/t.db"
     study = optuna.load_study(study_name="t", storage=url)
