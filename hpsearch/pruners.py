@@ -143,9 +143,9 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
             if t.state != TrialState.PRUNED or PAUSED_ATTR not in t.user_attrs:
                 continue
             rung = _current_rung(t) - 1  # the last rung it recorded is the one it waits at
-            key = _rung_key(rung)
             if rung < 0:
                 continue
+            key = _rung_key(rung)
             mine = _record(t, key)
             records = [_record(o, key) for o in live if key in o.system_attrs]
             if self._in_best(mine, records, pausing=not last):
