@@ -24,7 +24,7 @@ from hpsearch.data import TextData
 from hpsearch.models import ModelFactory
 from hpsearch.pruners import CONTINUES_ATTR, EARLY_EVAL_ATTR, EARLY_STEP, PAUSED_ATTR, TRAIN_LOSS_ATTR
 from hpsearch.space import SearchSpace, suggest
-from hpsearch.study import PARTIAL_EPOCH_ATTR
+from hpsearch.study import CHECKPOINT_KEY_ATTR, PARTIAL_EPOCH_ATTR
 
 CHECKPOINT_ATTR = "checkpoint_path"
 TUNABLE = tuple(HYPERPARAMETERS)  # the train keys a search space may set
@@ -45,8 +45,11 @@ def hyperparameters(cfg: Config, trial: optuna.Trial, space: SearchSpace) -> dic
     return values
 
 
-def checkpoint_path(cfg: Config, trial_number: int) -> Path:
-    return Path(cfg.train.checkpoint_dir).resolve() / cfg.study.name / f"trial-{trial_number}.pt"
+def checkpoint_path(cfg: Config, trial_number: int, key: str | None = None) -> Path:
+    """``train.checkpoint_dir/STUDY/KEY/trial-N.pt``, KEY the study's own (``CHECKPOINT_KEY_ATTR``, given by
+    :func:`hpsearch.study.open_study`); without one, ``STUDY/trial-N.pt``."""
+    folder = Path(cfg.train.checkpoint_dir).resolve() / cfg.study.name
+    return (folder / key if key else folder) / f"trial-{trial_number}.pt"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -110,7 +113,7 @@ class Objective:
                 self.reporter.resumed(trial.number, run.epoch, retry_of)
         val_losses = list(frozen.user_attrs.get("val_losses", []))
         train_seconds = float(frozen.user_attrs.get("train_seconds", 0.0))
-        path = checkpoint_path(cfg, trial.number)
+        path = checkpoint_path(cfg, trial.number, trial.study.user_attrs.get(CHECKPOINT_KEY_ATTR))
         try:
             for result in run.epochs(cfg.train.early_eval):
                 if result.early:

@@ -10,6 +10,7 @@ import json
 import random
 import sqlite3
 import time
+import uuid
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -25,6 +26,9 @@ from hpsearch.space import SearchSpace
 
 DIRECTION = "minimize"  # the study minimises validation error
 CONFIG_ATTR = "hpsearch_config"
+# study user attribute: this study's own folder under train.checkpoint_dir/NAME/, so two studies of one name (in
+# two stores, or one deleted and made anew) never write, resume from or delete each other's checkpoints
+CHECKPOINT_KEY_ATTR = "checkpoint_key"
 PARTIAL_EPOCH_ATTR = "partial_epoch"  # user attribute: the share of an epoch trained before a divergence stop
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that change what a trial measures: resuming a study with other values would mix incomparable trials.
@@ -328,6 +332,10 @@ def open_study(cfg: Config, space: SearchSpace, worker: int = 0) -> optuna.Study
         except Exception as exc:
             raise StorageError(f"storage: could not create study '{name}': {exc}") from None
     study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
+    if CHECKPOINT_KEY_ATTR not in study.user_attrs:
+        # Two workers creating the study at once may both write one; the last wins, and a trial records the
+        # path it wrote, so a checkpoint written under the other key is still found and cleaned up.
+        study.set_user_attr(CHECKPOINT_KEY_ATTR, uuid.uuid4().hex[:8])
     return study
 
 

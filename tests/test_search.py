@@ -442,6 +442,32 @@ def test_paused_trials_are_continued_from_their_checkpoints_and_count_once(make_
     assert "7/7" in invoke("search", config).output  # a rerun adds nothing: the budget counts configurations
 
 
+def test_two_studies_of_one_name_in_two_stores_keep_their_own_checkpoints(make_config, workdir):
+    """Same study name, same train.checkpoint_dir, two stores: the second search neither overwrites nor
+    deletes the first one's checkpoints, so the first study's best model can still be exported."""
+    import torch
+
+    config = make_config(study={"n_trials": 3})
+    first, second = f"sqlite:///{workdir}/a.db", f"sqlite:///{workdir}/b.db"
+    assert invoke("search", config, "--storage", first).exit_code == 0
+    best = optuna.load_study(study_name="t", storage=first).best_trial
+    kept = Path(best.user_attrs["checkpoint_path"])
+    assert kept.is_file()
+    result = invoke("search", config, "--storage", second, "--seed", 1)
+    assert result.exit_code == 0, result.output
+    others = {
+        t.user_attrs["checkpoint_path"] for t in optuna.load_study(study_name="t", storage=second).trials
+    }
+    assert kept.is_file(), "the second study deleted the first one's best checkpoint"
+    state = torch.load(kept, map_location="cpu", weights_only=False)
+    assert state["trial"] == best.number and state["hyperparameters"]["learning_rate"] == pytest.approx(
+        best.params["learning_rate"]
+    )
+    export = invoke("train-best", "t", "--storage", first, "--from-checkpoint", "-o", workdir / "model")
+    assert export.exit_code == 0, export.output
+    assert str(kept) not in others and kept.parent.parent == workdir / "checkpoints" / "t"  # t/KEY/trial-N.pt
+
+
 def test_without_pausing_the_first_trial_goes_on_unopposed(make_config, workdir):
     config = make_config(study={"n_trials": 3, "pause_at_rungs": False}, train={"n_epochs": 2})
     result = invoke("search", config)
