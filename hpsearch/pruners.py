@@ -137,20 +137,45 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
         ``last``: no new trial will start (the trial budget is used up and none is running): as in synchronous
         successive halving, a rung with fewer than ``reduction_factor`` trials lets its best one go on, so the
         search ends with a trial trained to the end."""
-        live = _ranked(trials)
-        found = []
-        for t in live:
-            if t.state != TrialState.PRUNED or PAUSED_ATTR not in t.user_attrs:
-                continue
-            rung = _current_rung(t) - 1  # the last rung it recorded is the one it waits at
-            if rung < 0:
-                continue
-            key = _rung_key(rung)
-            mine = _record(t, key)
-            records = [_record(o, key) for o in live if key in o.system_attrs]
-            if self._in_best(mine, records, pausing=not last):
-                found.append((-rung, mine, t.number, t))
+        found = [
+            (-rung, mine, t.number, t)
+            for t, rung, mine, records in _waiting(_ranked(trials))
+            if self._in_best(mine, records, pausing=not last)
+        ]
         return [t for *_, t in sorted(found, key=lambda f: f[:3])]
+
+    def hopeless(self, trials: list[FrozenTrial], budget_left: int) -> set[int]:
+        """Numbers of the paused trials that can never be continued, whatever the trials still to come score:
+        even if every trial that may yet reach their rung (running, queued, paused lower down, failed and
+        perhaps retried, and ``budget_left`` new ones) did worse, they would not be in the best
+        ``1/reduction_factor`` there. Their checkpoints need not be kept."""
+        live = _ranked(trials)
+        out = set()
+        for t, rung, mine, records in _waiting(live):
+            key = _rung_key(rung)
+            to_come = sum(
+                1
+                for o in live
+                if key not in o.system_attrs
+                and (o.state != TrialState.PRUNED or PAUSED_ATTR in o.user_attrs)
+                and o.state != TrialState.COMPLETE
+            )
+            at_most = len(records) + to_come + max(budget_left, 0)
+            if sum(r < mine for r in records) >= max(at_most // self._reduction_factor, 1):
+                out.add(t.number)
+        return out
+
+
+def _waiting(live: list[FrozenTrial]):
+    """(trial, rung, its record there, every record there) for each paused trial of ``live``."""
+    for t in live:
+        if t.state != TrialState.PRUNED or PAUSED_ATTR not in t.user_attrs:
+            continue
+        rung = _current_rung(t) - 1  # the last rung it recorded is the one it waits at
+        if rung < 0:
+            continue
+        key = _rung_key(rung)
+        yield t, rung, _record(t, key), [_record(o, key) for o in live if key in o.system_attrs]
 
 
 def _ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:

@@ -227,14 +227,19 @@ def _fail_stale(study: optuna.Study) -> None:
             optuna.storages.fail_stale_trials(study)
 
 
-def cleanup_checkpoints(study: optuna.Study, keep_paused: bool = True) -> None:
+def cleanup_checkpoints(
+    study: optuna.Study, keep_paused: bool = True, budget_left: int | None = None
+) -> None:
     """Delete the checkpoints no one needs: keep the best trial's, those running or queued trials use, and
-    (``keep_paused``) those of paused trials that may yet be continued."""
+    (``keep_paused``) those of paused trials that may yet be continued: all of them, or with ``budget_left``
+    (new trials the budget still allows) those the pruner does not find hopeless."""
     from pathlib import Path
 
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
     gone = replaced(trials)
+    if keep_paused and budget_left is not None and getattr(study.pruner, "pauses", False):
+        gone |= study.pruner.hopeless(trials, budget_left)
     keep = {
         t.user_attrs.get(CHECKPOINT_ATTR)
         for t in trials
@@ -481,7 +486,7 @@ def _run_and_tell(
         raise StorageError(f"storage: could not record trial {trial.number}: {exc}") from None
     reporter.finished(frozen)
     write_trial_note(study, frozen)  # why it was pruned, diverged or failed
-    cleanup_checkpoints(study)
+    cleanup_checkpoints(study, budget_left=remaining_budget(study, objective.cfg.study.n_trials))
     return state
 
 

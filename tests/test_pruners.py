@@ -1,6 +1,7 @@
 """hpsearch.pruners.SuccessiveHalvingPruner, driven through real studies (in memory and in a SQLite file)."""
 
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -125,11 +126,17 @@ def test_nan_at_the_early_evaluation_is_pruned():
     assert trial.should_prune()
 
 
-def pause_trial(study: optuna.Study, curve: list[tuple[float, float]]) -> optuna.trial.FrozenTrial:
-    """Run ``curve`` as the objective does with a pausing pruner: a trial stopped at a rung is paused there."""
+def pause_trial(
+    study: optuna.Study, curve: list[tuple[float, float]], checkpoint: Path | None = None
+) -> optuna.trial.FrozenTrial:
+    """Run ``curve`` as the objective does with a pausing pruner: a trial stopped at a rung is paused there.
+    ``checkpoint``: a file written as its checkpoint."""
     from hpsearch.pruners import PAUSED_ATTR
 
     trial = study.ask()
+    if checkpoint is not None:
+        checkpoint.write_bytes(b"weights")
+        trial.set_user_attr("checkpoint_path", str(checkpoint))
     for epoch, (error, loss) in enumerate(curve, start=1):
         trial.report(error, epoch)
         trial.set_user_attr(TRAIN_LOSS_ATTR, loss)
@@ -188,3 +195,26 @@ def test_a_continued_trial_is_ranked_once_and_the_last_trials_let_the_best_go_on
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     assert study.pruner.promotions(study.get_trials()) == []
     assert [t.number for t in study.pruner.promotions(study.get_trials(), last=True)] == [number]
+
+
+def test_paused_trials_that_can_never_go_on_lose_their_checkpoints_first(tmp_path):
+    """A paused trial that would not be in the best 1/3 of its rung even if every trial still to come did
+    worse is hopeless: its checkpoint goes after its trial, not when the budget is met."""
+    from hpsearch.search import cleanup_checkpoints
+
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3, pause=True))
+    files = [tmp_path / f"trial-{n}.pt" for n in range(3)]
+    for error, path in zip((0.40, 0.45, 0.50), files, strict=True):
+        pause_trial(study, [(error, 0.6), (0.3, 0.5), (0.2, 0.4)], checkpoint=path)
+    trials = study.get_trials()
+    assert all(t.user_attrs.get("paused_at_epoch") == 1 for t in trials)
+    hopeless = study.pruner.hopeless
+    assert hopeless(trials, budget_left=0) == {1, 2}  # 3 trials at the rung for good: only the best goes on
+    assert hopeless(trials, budget_left=3) == {2}  # 6: the best 2 may; 0.50 has two better already
+    assert hopeless(trials, budget_left=6) == set()
+    study.ask()  # a running trial may still reach the rung, as a new one may
+    assert hopeless(study.get_trials(), budget_left=2) == {2}
+    cleanup_checkpoints(study)  # no budget given: every paused trial may yet go on
+    assert all(f.is_file() for f in files)
+    cleanup_checkpoints(study, budget_left=2)
+    assert [f.is_file() for f in files] == [True, True, False]
