@@ -227,19 +227,17 @@ def _fail_stale(study: optuna.Study) -> None:
             optuna.storages.fail_stale_trials(study)
 
 
-def cleanup_checkpoints(
-    study: optuna.Study, keep_paused: bool = True, budget_left: int | None = None
-) -> None:
+def cleanup_checkpoints(study: optuna.Study, keep_paused: bool = True, n_trials: int | None = None) -> None:
     """Delete the checkpoints no one needs: keep the best trial's, those running or queued trials use, and
-    (``keep_paused``) those of paused trials that may yet be continued: all of them, or with ``budget_left``
-    (new trials the budget still allows) those the pruner does not find hopeless."""
+    (``keep_paused``) those of paused trials that may yet be continued: all of them, or with ``n_trials``
+    (the study's trial budget) those the pruner does not find hopeless."""
     from pathlib import Path
 
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
     gone = replaced(trials)
-    if keep_paused and budget_left is not None and getattr(study.pruner, "pauses", False):
-        gone |= study.pruner.hopeless(trials, budget_left)
+    if keep_paused and n_trials is not None and getattr(study.pruner, "pauses", False):
+        gone |= study.pruner.hopeless(trials, remaining_budget(study, n_trials))
     keep = {
         t.user_attrs.get(CHECKPOINT_ATTR)
         for t in trials
@@ -486,7 +484,7 @@ def _run_and_tell(
         raise StorageError(f"storage: could not record trial {trial.number}: {exc}") from None
     reporter.finished(frozen)
     write_trial_note(study, frozen)  # why it was pruned, diverged or failed
-    cleanup_checkpoints(study, budget_left=remaining_budget(study, objective.cfg.study.n_trials))
+    cleanup_checkpoints(study, n_trials=objective.cfg.study.n_trials)
     return state
 
 
