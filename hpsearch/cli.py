@@ -241,6 +241,7 @@ def search(
                 "best_trial": result.best_number,
                 "best_value": result.best_value,
                 "best_params": result.best_params,
+                **_noise(result.best),
                 "trials": result.counts,
                 "stopped_by": result.stopped_by,
             }
@@ -255,8 +256,8 @@ def search(
 def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None:
     """--workers/--gpus: one `hpsearch search` process per worker, same arguments, then the study summary."""
     from hpsearch.cost import epochs_spent
-    from hpsearch.results import state_counts
-    from hpsearch.study import best_trial, check_storage, load_existing_study
+    from hpsearch.results import best_summary, describe_best, state_counts
+    from hpsearch.study import check_storage, describe_storage, load_existing_study
     from hpsearch.workers import finished_trials, parse_gpus, plan_workers, run_workers
 
     if n_workers is not None and gpus is not None:
@@ -304,7 +305,7 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
         sys.exit(code or 1)  # the first worker stopped before it created the study, and said why
     study = load_existing_study(cfg.study.storage, cfg.study.name)
     counts = {k: v for k, v in state_counts(study).items() if v}
-    best = best_trial(study)
+    best = best_summary(study)
     done = counts.get("complete", 0) + counts.get("pruned", 0)
     budget_met = done >= cfg.study.n_trials or (
         cfg.study.epoch_budget is not None and epochs_spent(study) >= cfg.study.epoch_budget
@@ -314,13 +315,17 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
         f" workers ({counts})",
         err=True,
     )
+    if best is not None:
+        storage = describe_storage(cfg.study.storage)
+        click.echo("\n".join(describe_best(best, cfg.study.name, storage)), err=True)
     click.echo(
         json.dumps(
             {
                 "study": cfg.study.name,
-                "best_trial": best.number if best else None,
-                "best_value": best.value if best else None,
-                "best_params": dict(best.params) if best else {},
+                "best_trial": best["trial"] if best else None,
+                "best_value": best["val_error"] if best else None,
+                "best_params": best["params"] if best else {},
+                **_noise(best),
                 "trials": counts,
                 "stopped_by": "signal" if signum else "budget" if budget_met else "failures",
                 "workers": len(plan),
@@ -333,6 +338,12 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
         raise _Fail(f"a worker failed; see its [label] lines above and `hpsearch show {cfg.study.name}`", 1)
 
 
+def _noise(best: dict | None) -> dict:
+    """The JSON keys of results.best_summary that say how far the best val_error can be trusted."""
+    keys = ("standard_error", "within_one_standard_error")
+    return {f"best_{k}": best[k] for k in keys if best and k in best}
+
+
 def _summary(cfg, result) -> None:
     done = result.counts.get("complete", 0) + result.counts.get("pruned", 0)
     lines = [
@@ -341,11 +352,10 @@ def _summary(cfg, result) -> None:
         f"{result.counts.get('fail', 0)} failed); this run: {len(result.trials_run)} trials, stopped by "
         f"{result.stopped_by}",
     ]
-    if result.best_number is not None:
-        params = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items()
-        )
-        lines.append(f"best: trial {result.best_number}, val_error {result.best_value:.4f} ({params})")
+    if result.best is not None:
+        from hpsearch.results import describe_best
+
+        lines += describe_best(result.best, result.study_name, result.storage)
     lines.append(f"inspect: hpsearch show {result.study_name} --storage {result.storage}")
     lines.append(f"dashboard: hpsearch dashboard --storage {result.storage}")
     click.echo("\n".join(lines), err=True)
@@ -395,7 +405,9 @@ def studies(storage, as_json):
 def show(study, storage, as_json):
     """Show a study's trials: number, state, value, params, epochs run, duration.
 
-    Below the table, the running trials: worker (host:pid), device, epoch reached, seconds since the last
+    Below the table, the best trial with the noise in its val_error (one binomial standard error on the
+    validation examples) and the complete trials within that noise of it, which one measurement cannot rank;
+    then the cost, then the running trials: worker (host:pid), device, epoch reached, seconds since the last
     heartbeat, and STALE when the worker is presumably dead (the next worker fails and retries the trial).
 
     \b
@@ -405,12 +417,14 @@ def show(study, storage, as_json):
     """
     from hpsearch import results
     from hpsearch.cost import compute_cost
-    from hpsearch.study import load_existing_study
+    from hpsearch.study import describe_storage, load_existing_study
 
-    st = load_existing_study(_storage_for(study, storage), study)
+    url = _storage_for(study, storage)
+    st = load_existing_study(url, study)
     rows = results.trial_rows(st)
     running = results.running_status(st)
     cost = compute_cost(st)
+    best = results.best_summary(st)
     if as_json:
         click.echo(
             json.dumps(
@@ -418,6 +432,7 @@ def show(study, storage, as_json):
                     "study": study,
                     "counts": results.state_counts(st),
                     "trials": rows,
+                    "best": best,
                     "running": running,
                     "cost": cost.to_dict(),
                 },
@@ -427,6 +442,8 @@ def show(study, storage, as_json):
         )
         return
     click.echo(results.format_table(rows))
+    if best is not None:
+        click.echo("\n".join(results.describe_best(best, study, describe_storage(url))))
     click.echo(f"cost: {cost.summary()}")
     if running:
         click.echo(results.format_running(running, results.grace_seconds(st)))
@@ -473,17 +490,20 @@ def best(study, storage, fmt):
     Example:
       hpsearch best demo > best.yaml
     """
-    from hpsearch.results import best_config
+    from hpsearch.results import best_config, describe_best
     from hpsearch.study import load_existing_study
 
     cfg = best_config(load_existing_study(_storage_for(study, storage), study))
     if fmt == "json":
         click.echo(json.dumps(cfg, indent=2))
         return
+    noise = f" ± {cfg['standard_error']:.4f}" if "standard_error" in cfg else ""
     click.echo(
-        f"# best trial {cfg['trial']} of study '{cfg['study']}': val_error {cfg['val_error']:.4f}"
+        f"# best trial {cfg['trial']} of study '{cfg['study']}': val_error {cfg['val_error']:.4f}{noise}"
         f" at epoch {cfg['best_epoch']}"
     )
+    for line in describe_best({**cfg, "params": {}}, study)[1:]:  # the trials too close to call
+        click.echo(f"# {line}")
     click.echo(
         yaml.safe_dump(
             {k: cfg[k] for k in ("model", "data", "train", "search_space")}, sort_keys=False

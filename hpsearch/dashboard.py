@@ -196,9 +196,15 @@ def _distribution(spec: Any) -> str:
 
 
 def study_note_text(
-    cfg: Config, command: str = "", data: Any = None, cost: Any = None, best: FrozenTrial | None = None
+    cfg: Config,
+    command: str = "",
+    data: Any = None,
+    cost: Any = None,
+    best: FrozenTrial | None = None,
+    noise: dict[str, Any] | None = None,
 ) -> str:
-    """The study note's Markdown: what is searched, on what, with what budget, launched how, at what cost."""
+    """The study note's Markdown: what is searched, on what, with what budget, launched how, at what cost.
+    ``noise`` is ``results.best_summary``: the best val_error's standard error and the trials within it."""
     s, m, d, t = cfg.study, cfg.model, cfg.data, cfg.train
     source = (
         d.name if d.name else f"{d.train_file}" + (f" + {d.validation_file}" if d.validation_file else "")
@@ -241,11 +247,23 @@ def study_note_text(
         params = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()
         )
+        se = (
+            f" ± {noise['standard_error']:.4f} (one standard error)"
+            if noise and "standard_error" in noise
+            else ""
+        )
         lines += [
-            f"**Best so far:** trial {best.number}, val_error {best.value:.4f} at epoch "
+            f"**Best so far:** trial {best.number}, val_error {best.value:.4f}{se} at epoch "
             f"{best.user_attrs.get('best_epoch')} ({params}).",
             "",
         ]
+        if noise and noise.get("within_one_standard_error"):
+            from hpsearch.results import describe_best
+
+            lines += [
+                line[0].upper() + line[1:] + "."
+                for line in describe_best(noise, s.name, mask_password(s.storage))[1:]
+            ] + [""]
     if cost is not None:
         lines += [
             "### Cost",
@@ -289,6 +307,7 @@ def write_study_note(
 ) -> None:
     """Write (or refresh) the study note, with the best trial and the cost so far."""
     from hpsearch.cost import compute_cost
+    from hpsearch.results import best_summary
     from hpsearch.study import best_trial
 
     with warnings.catch_warnings():
@@ -297,7 +316,7 @@ def write_study_note(
     cost = compute_cost(study) if study.get_trials(deepcopy=False) else None
     best = best_trial(study)
     text = mask_command(command.split() if isinstance(command, str) else command)
-    body = study_note_text(cfg, text, data, cost, best)
+    body = study_note_text(cfg, text, data, cost, best, best_summary(study) if best else None)
     write_note(study, body + _keep_user_text(read_note(study)))
 
 

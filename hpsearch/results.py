@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cost import trial_epochs
 from hpsearch.pruners import CONTINUES_ATTR, EARLY_EVAL_ATTR, EARLY_STEP
-from hpsearch.study import CONFIG_ATTR, _summaries, best_trial, counts, open_storage, visible_trials
+from hpsearch.study import (
+    CONFIG_ATTR,
+    DATA_ATTR,
+    _summaries,
+    best_trial,
+    counts,
+    open_storage,
+    visible_trials,
+)
 
 STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
+MAX_SUGGESTED_TOP_K = 3  # train-best retrains each configuration with 3 seeds: 3 of them is 9 trainings
 
 
 def default_stores(directory: str = "studies") -> list[str]:
@@ -133,6 +143,67 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def standard_error(val_error: float, n: int) -> float:
+    """One binomial standard error of an error rate measured once on ``n`` examples."""
+    return math.sqrt(val_error * (1.0 - val_error) / n)
+
+
+def best_summary(study: optuna.Study) -> dict[str, Any] | None:
+    """The best trial, the noise in its val_error and the complete trials that noise cannot tell from it.
+
+    A val_error on a few hundred validation examples moves by a point or more with nothing but the seed, and
+    the best trial is the lowest of many such measurements, so it is also the luckiest. Complete trials whose
+    val_error is within one standard error of the best (the one-standard-error rule) are as good as far as
+    this study can tell; ``hpsearch train-best --top-k`` ranks them on several seeds. Studies made before the
+    data sizes were stored (``DATA_ATTR``) get no standard error.
+    """
+    best = best_trial(study)
+    if best is None:
+        return None
+    summary: dict[str, Any] = {"trial": best.number, "val_error": best.value, "params": dict(best.params)}
+    n = (study.user_attrs.get(DATA_ATTR) or {}).get("n_validation")
+    if not n:
+        return summary
+    se = standard_error(best.value, n)
+    tied = sorted(
+        (
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.number != best.number and t.value is not None and t.value <= best.value + se
+        ),
+        key=lambda t: (t.value, t.number),
+    )
+    return {
+        **summary,
+        "n_validation": n,
+        "standard_error": round(se, 4),
+        "within_one_standard_error": [t.number for t in tied],
+    }
+
+
+def describe_best(summary: dict[str, Any], study_name: str, storage: str = "") -> list[str]:
+    """``best_summary`` for a person: the best trial with its noise, then what to do about a tie."""
+    params = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["params"].items()
+    )
+    line = f"best: trial {summary['trial']}, val_error {summary['val_error']:.4f}"
+    if "standard_error" in summary:
+        line += f" ± {summary['standard_error']:.4f}"
+        params += f"; ± is one standard error on {summary['n_validation']} validation examples"
+    lines = [f"{line} ({params})"]
+    tied = summary.get("within_one_standard_error")
+    if tied:
+        k = min(len(tied) + 1, MAX_SUGGESTED_TOP_K)
+        where = f" --storage {storage}" if storage else ""
+        lines.append(
+            f"within one standard error of it: trial{'s' if len(tied) > 1 else ''} "
+            f"{', '.join(map(str, tied))}; one measurement cannot rank them, so retrain the best {k} with"
+            f" several seeds before you choose: hpsearch train-best {study_name}{where} --top-k {k}"
+            " -o models/best"
+        )
+    return lines
+
+
 def best_config(study: optuna.Study) -> dict[str, Any]:
     """The best trial as config sections: paste ``search_space`` into a config to fix these values."""
     best = best_trial(study)
@@ -146,10 +217,14 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
     # Values the study held fixed belong to the recipe: without them a pasted config would search them again.
     fixed = {k: v for k, v in cfg.get("search_space", {}).items() if not isinstance(v, dict)}
     n_epochs = best.user_attrs.get("best_epoch") or cfg.get("train", {}).get("n_epochs")
+    noise = best_summary(study) or {}
     return {
         "study": study.study_name,
         "trial": best.number,
         "val_error": best.value,
+        **{
+            k: noise[k] for k in ("n_validation", "standard_error", "within_one_standard_error") if k in noise
+        },
         "best_epoch": best.user_attrs.get("best_epoch"),
         "model": _changed(cfg, "model", always=("name",)),
         "data": _changed(cfg, "data", always=("name",)),

@@ -23,6 +23,7 @@ from hpsearch.dashboard import write_study_note, write_trial_note
 from hpsearch.errors import StorageError, TrialFailure
 from hpsearch.objective import CHECKPOINT_ATTR, Interrupted, Objective
 from hpsearch.pruners import CONTINUES_ATTR, PAUSED_ATTR, replaced
+from hpsearch.results import best_summary
 from hpsearch.space import SearchSpace, parse_space
 from hpsearch.study import (
     OVER_BUDGET_ATTR,
@@ -33,6 +34,7 @@ from hpsearch.study import (
     is_over_budget,
     open_study,
     quiet_optuna_warnings,
+    record_data,
     remaining_budget,
 )
 
@@ -108,6 +110,7 @@ class SearchResult:
     best_value: float | None
     best_params: dict[str, Any]
     stopped_by: str  # budget | timeout | signal | failures
+    best: dict[str, Any] | None = None  # results.best_summary: the best trial with its noise and ties
     trials_run: list[int] = field(default_factory=list)
     signal: int | None = None  # SIGINT/SIGTERM that stopped this worker
 
@@ -306,6 +309,7 @@ def run_search(
     stop = stop or threading.Event()
     space, data, factory, encoded = prepare(cfg)
     study = open_study(cfg, space, worker)
+    record_data(study, data)
     reporter.line(
         f"study '{cfg.study.name}' in {describe_storage(cfg.study.storage)}: {len(data.train)} train /"
         f" {len(data.validation)} validation examples, {data.num_labels} classes, model {cfg.model.name};"
@@ -490,14 +494,15 @@ def _run_and_tell(
 
 def _result(cfg: Config, study: optuna.Study, stopped_by: str, ran: list[int]) -> SearchResult:
     c = counts(study)
-    best = best_trial(study)
+    best = best_summary(study)
     return SearchResult(
         study_name=cfg.study.name,
         storage=describe_storage(cfg.study.storage),
         counts={state.name.lower(): n for state, n in c.items()},
-        best_number=best.number if best else None,
-        best_value=best.value if best else None,
-        best_params=dict(best.params) if best else {},
+        best_number=best["trial"] if best else None,
+        best_value=best["val_error"] if best else None,
+        best_params=best["params"] if best else {},
         stopped_by=stopped_by,
         trials_run=ran,
+        best=best,
     )

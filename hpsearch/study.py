@@ -30,6 +30,9 @@ CONFIG_ATTR = "hpsearch_config"
 # two stores, or one deleted and made anew) never write, resume from or delete each other's checkpoints
 CHECKPOINT_KEY_ATTR = "checkpoint_key"
 PARTIAL_EPOCH_ATTR = "partial_epoch"  # user attribute: the share of an epoch trained before a divergence stop
+# study user attribute: the sizes of the data every val_error was measured on, so a reader can tell a real
+# difference between two trials from the noise of a few hundred validation examples
+DATA_ATTR = "hpsearch_data"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that change what a trial measures: resuming a study with other values would mix incomparable trials.
 IDENTITY_KEYS = {
@@ -410,6 +413,18 @@ def is_over_budget(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> b
         and OVER_BUDGET_ATTR not in t.user_attrs
     )
     return ahead >= n_trials
+
+
+def record_data(study: optuna.Study, data: Any) -> None:
+    """Store the sizes behind the study's validation errors (``DATA_ATTR``); rewritten by every worker alike."""
+    sizes = {
+        "n_train": len(data.train),
+        "n_validation": len(data.validation),
+        "n_classes": data.num_labels,
+        "majority_val_error": round(data.majority_error(), 4),
+    }
+    if study.user_attrs.get(DATA_ATTR) != sizes:
+        study.set_user_attr(DATA_ATTR, sizes)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:

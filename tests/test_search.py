@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import random
 import sqlite3
 from pathlib import Path
@@ -86,6 +87,29 @@ def test_best_demo_trial_beats_the_majority_class_baseline(demo):
         demo.study.best_value,
         data.majority_error(),
     )
+
+
+@pytest.mark.slow
+def test_the_search_stores_its_data_sizes_and_gives_the_noise_of_its_best(demo):
+    data = load_data(DataSection(name="demo", demo_size=DEMO_SIZE), seed=0)
+    sizes = demo.study.user_attrs["hpsearch_data"]
+    assert sizes == {
+        "n_train": len(data.train),
+        "n_validation": len(data.validation),
+        "n_classes": 2,
+        "majority_val_error": round(data.majority_error(), 4),
+    }
+    best = demo.study.best_value
+    se = round(math.sqrt(best * (1 - best) / len(data.validation)), 4)
+    summary = json.loads(demo.result.stdout.strip().splitlines()[-1])
+    assert summary["best_standard_error"] == se > 0
+    tied = [
+        t.number
+        for t in demo.study.trials
+        if t.state == TrialState.COMPLETE and t.number != summary["best_trial"] and t.value <= best + se
+    ]
+    assert sorted(summary["best_within_one_standard_error"]) == sorted(tied)
+    assert f"val_error {best:.4f} ± {se:.4f} (" in demo.result.stderr
 
 
 @pytest.mark.slow

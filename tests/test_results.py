@@ -1,0 +1,106 @@
+"""The best trial read back with its noise: a real SQLite study driven through ask/tell, read by show and best."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+from optuna.distributions import FloatDistribution
+
+from hpsearch.cli import cli
+from hpsearch.config import load_config
+from hpsearch.results import best_summary, standard_error
+from hpsearch.study import CONFIG_ATTR, DATA_ATTR
+
+LR = FloatDistribution(1e-5, 1e-1, log=True)
+N_VALIDATION = 400  # one standard error at val_error 0.20 is sqrt(0.2 * 0.8 / 400) = 0.02
+
+
+def make_study(url: str, values: list[float | None], data: bool = True) -> optuna.Study:
+    """One trial per val_error, in order; None is a pruned trial."""
+    study = optuna.create_study(study_name="s", storage=url, direction="minimize")
+    study.set_user_attr(CONFIG_ATTR, load_config(None).to_dict())
+    if data:
+        sizes = {"n_train": 2000, "n_validation": N_VALIDATION, "n_classes": 2, "majority_val_error": 0.5}
+        study.set_user_attr(DATA_ATTR, sizes)
+    for value in values:
+        trial = study.ask({"learning_rate": LR})
+        trial.report(0.45 if value is None else value, step=1)
+        if value is None:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+    return study
+
+
+def test_standard_error_is_the_binomial_one():
+    assert standard_error(0.2, 400) == pytest.approx(0.02)
+    assert standard_error(0.5, 100) == pytest.approx(0.05)
+    assert standard_error(0.0, 100) == 0.0
+
+
+def test_trials_within_one_standard_error_of_the_best_are_named_best_first(tmp_path):
+    # trial 0: 0.215 (within 0.02 of 0.20), 1: best 0.20, 2: 0.25 (outside), 3: pruned at 0.45, 4: 0.22 (edge)
+    url = f"sqlite:///{tmp_path}/s.db"
+    make_study(url, [0.215, 0.20, 0.25, None, 0.22])
+    summary = best_summary(optuna.load_study(study_name="s", storage=url))
+    assert summary["trial"] == 1 and summary["val_error"] == 0.20
+    assert summary["standard_error"] == 0.02 and summary["n_validation"] == N_VALIDATION
+    assert summary["within_one_standard_error"] == [0, 4]  # by value; pruned trials are never candidates
+
+
+def test_a_study_from_before_the_data_sizes_were_stored_gets_no_noise(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    make_study(url, [0.30, 0.29], data=False)
+    summary = best_summary(optuna.load_study(study_name="s", storage=url))
+    assert summary == {"trial": 1, "val_error": 0.29, "params": summary["params"]}
+    show = CliRunner().invoke(cli, ["show", "s", "--storage", url])
+    assert show.exit_code == 0, show.output
+    assert "best: trial 1, val_error 0.2900 (learning_rate=" in show.stdout and "±" not in show.stdout
+
+
+def test_show_and_best_say_which_trials_the_noise_cannot_rank(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    make_study(url, [0.215, 0.20, 0.25])
+    show = CliRunner().invoke(cli, ["show", "s", "--storage", url])
+    assert show.exit_code == 0, show.output
+    lines = show.stdout.splitlines()
+    at = next(i for i, x in enumerate(lines) if x.startswith("best: "))
+    assert lines[at].startswith("best: trial 1, val_error 0.2000 ± 0.0200 (learning_rate=")
+    assert lines[at].endswith("; ± is one standard error on 400 validation examples)")
+    assert lines[at + 1].startswith("within one standard error of it: trial 0; one measurement cannot rank")
+    assert f"hpsearch train-best s --storage {url} --top-k 2" in lines[at + 1]
+    assert lines[at + 2].startswith("cost: ")
+    shown = json.loads(CliRunner().invoke(cli, ["show", "s", "--storage", url, "--json"]).stdout)["best"]
+    assert (shown["trial"], shown["standard_error"], shown["within_one_standard_error"]) == (1, 0.02, [0])
+    best = CliRunner().invoke(cli, ["best", "s", "--storage", url])
+    assert best.exit_code == 0, best.output
+    assert best.stdout.startswith("# best trial 1 of study 's': val_error 0.2000 ± 0.0200 at epoch")
+    assert "# within one standard error of it: trial 0; one measurement cannot rank them" in best.stdout
+    assert "hpsearch train-best s --top-k 2 -o models/best\n" in best.stdout
+    assert yaml.safe_load(best.stdout)["search_space"]["learning_rate"] > 0  # still pastes as a config
+
+
+def test_a_clear_winner_gets_no_tie_line(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    make_study(url, [0.30, 0.20])
+    show = CliRunner().invoke(cli, ["show", "s", "--storage", url]).stdout
+    assert "val_error 0.2000 ± 0.0200" in show and "within one standard error" not in show
+    best = json.loads(CliRunner().invoke(cli, ["best", "s", "--storage", url, "--format", "json"]).stdout)
+    assert math.isclose(best["standard_error"], 0.02) and best["within_one_standard_error"] == []
+
+
+def test_the_study_note_gives_the_noise_and_the_trials_within_it(tmp_path):
+    from hpsearch.config import config_from_dict
+    from hpsearch.dashboard import read_note, write_study_note
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = make_study(url, [0.215, 0.20, 0.25])
+    write_study_note(study, config_from_dict(study.user_attrs[CONFIG_ATTR], source="test"))
+    note = read_note(optuna.load_study(study_name="s", storage=url))
+    assert "**Best so far:** trial 1, val_error 0.2000 ± 0.0200 (one standard error) at epoch" in note
+    assert "Within one standard error of it: trial 0; one measurement cannot rank them" in note
