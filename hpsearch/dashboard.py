@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.config import STORAGE_ENV, Config, mask_password
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.pruners import EARLY_STEP, PAUSED_ATTR
+from hpsearch.results import best_summary, describe_best, format_params
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -244,9 +245,7 @@ def study_note_text(
     lines += [f"| {name} | {_distribution(spec)} |" for name, spec in cfg.search_space.items()]
     lines += ["", "### Launched with", "", "```", command or "(unknown)", "```", ""]
     if best is not None:
-        params = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()
-        )
+        params = format_params(best.params)
         se = (
             f" ± {noise['standard_error']:.4f} (one standard error)"
             if noise and "standard_error" in noise
@@ -258,8 +257,6 @@ def study_note_text(
             "",
         ]
         if noise and noise.get("within_one_standard_error"):
-            from hpsearch.results import describe_best
-
             lines += [
                 line[0].upper() + line[1:] + "."
                 for line in describe_best(noise, s.name, mask_password(s.storage))[1:]
@@ -307,7 +304,6 @@ def write_study_note(
 ) -> None:
     """Write (or refresh) the study note, with the best trial and the cost so far."""
     from hpsearch.cost import compute_cost
-    from hpsearch.results import best_summary
     from hpsearch.study import best_trial
 
     with warnings.catch_warnings():
@@ -360,9 +356,7 @@ def trial_note_text(trial: FrozenTrial) -> str:
             for step, label, value in curve
         ]
         lines.append("")
-    params = ", ".join(
-        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
-    )
+    params = format_params(trial.params)
     n = int(attrs.get("epochs_run", len(curve)))
     seconds, device, worker = (
         attrs.get("train_seconds", 0),

@@ -82,7 +82,9 @@ def _lowest_error(t: FrozenTrial) -> float:
 
 
 def _hover(t: FrozenTrial) -> str:
-    params = "<br>".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+    from hpsearch.results import format_params
+
+    params = format_params(t.params, "<br>")
     reason = t.user_attrs.get("prune_reason", "")
     return f"trial {t.number} ({t.state.name.lower()})<br>{params}" + (f"<br>{reason[:90]}" if reason else "")
 

@@ -143,6 +143,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def format_params(params: dict[str, Any], sep: str = ", ") -> str:
+    """A trial's hyperparameters for a person: ``learning_rate=0.000545, batch_size=16``."""
+    return sep.join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def standard_error(val_error: float, n: int) -> float:
     """One binomial standard error of an error rate measured once on ``n`` examples."""
     return math.sqrt(val_error * (1.0 - val_error) / n)
@@ -183,9 +188,7 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
 
 def describe_best(summary: dict[str, Any], study_name: str, storage: str = "") -> list[str]:
     """``best_summary`` for a person: the best trial with its noise, then what to do about a tie."""
-    params = ", ".join(
-        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["params"].items()
-    )
+    params = format_params(summary["params"])
     line = f"best: trial {summary['trial']}, val_error {summary['val_error']:.4f}"
     if "standard_error" in summary:
         line += f" ± {summary['standard_error']:.4f}"
