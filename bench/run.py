@@ -1002,10 +1002,37 @@ def per_seed_map(jobs: int, threads: int, fn, seeds: list[int], args_of) -> dict
 RETRAIN_SEED = 1000  # retraining seeds start here, away from every study seed's train.seed
 
 
+def handed_over(arm: str, trials: list[dict], n_epochs: int) -> tuple[dict, float, int] | None:
+    """The trial an arm's search hands its user, its error and the epochs to retrain it for.
+
+    Only complete trials: ``study.best_trial``, ``hpsearch best`` and ``train-best`` skip pruned and stopped
+    ones (a trial pruned after epoch 3 whose epoch-2 error was the lowest of the study is not what a user
+    gets). hpsearch's arms rank by a trial's best epoch and retrain to it; arm D's
+    ``Trainer.hyperparameter_search`` ranks by the error after the last epoch (its objective is the final
+    evaluation) and its best run trains every epoch. D's records carry no state: its complete trials are the
+    ones that ran every epoch.
+    """
+    complete = [
+        t
+        for t in trials
+        if t["val_errors"]
+        and t.get("state", "COMPLETE" if len(t["val_errors"]) >= n_epochs else "PRUNED") == "COMPLETE"
+    ]
+    if not complete:
+        return None
+    if arm == "D":
+        t = min(complete, key=lambda t: (t["val_errors"][-1], t["number"]))
+        return t, t["val_errors"][-1], len(t["val_errors"])
+    t = min(complete, key=lambda t: (min(t["val_errors"]), t["number"]))
+    error = min(t["val_errors"])
+    return t, error, t["val_errors"].index(error) + 1
+
+
 def retrain_best(
     cfg, seed: int, trials: dict[str, list[dict]], workdir: Path, n_seeds: int
 ) -> dict[str, Any]:
-    """Each arm's best trial, retrained with ``n_seeds`` fresh seeds, as ``hpsearch train-best`` does.
+    """Each arm's best trial (``handed_over``), retrained with ``n_seeds`` fresh seeds, as ``hpsearch
+    train-best`` does.
 
     "Best validation error" picks the luckiest of many noisy evaluations, and an arm that evaluates more
     epochs (no pruning) gets more draws. What a user keeps from a search is its hyperparameters: here the
@@ -1026,11 +1053,10 @@ def retrain_best(
     done: dict[tuple, list[float]] = {}  # arms that found the same configuration share its retraining
     out = {}
     for arm, arm_trials in trials.items():
-        scored = [(min(t["val_errors"]), t["number"], t) for t in arm_trials if t["val_errors"]]
-        if not scored:
+        picked = handed_over(arm, arm_trials, cfg.train.n_epochs)
+        if picked is None:
             continue
-        error, _, t = min(scored, key=lambda x: x[:2])
-        epochs = t["val_errors"].index(error) + 1
+        t, error, epochs = picked
         params = {"learning_rate": t["learning_rate"], "batch_size": t["batch_size"]}
         key = (t["learning_rate"], t["batch_size"], epochs)
         if key not in done:

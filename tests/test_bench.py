@@ -306,3 +306,23 @@ def test_an_early_evaluation_is_not_counted_twice_in_its_epoch():
     assert t["val_errors"] == [0.40] and t["train_losses"] == [0.60] and t["early_val_error"] == 0.45
     assert rec.early_counted == {}  # nothing left over for the result JSON
     assert [e["epochs"] for e in rec.events] == pytest.approx([0.3, 0.7])
+
+
+def test_the_retrained_configuration_is_the_one_the_search_hands_its_user():
+    def trial(number, errors, state=None):
+        t = {"number": number, "val_errors": errors, "learning_rate": 1e-3, "batch_size": 8}
+        return t if state is None else {**t, "state": state}
+
+    hpsearch_arm = [
+        trial(0, [0.40, 0.30, 0.28], "COMPLETE"),
+        trial(1, [0.35, 0.25], "PRUNED"),  # the lowest error, but pruned: `hpsearch best` never names it
+        trial(2, [0.45, 0.29, 0.31], "COMPLETE"),
+    ]
+    t, error, epochs = bench.handed_over("C", hpsearch_arm, 3)
+    assert (t["number"], error, epochs) == (0, 0.28, 3)
+    # Trainer.hyperparameter_search ranks by the last evaluation and trains every epoch; a trial with fewer
+    # evaluations than epochs was pruned by its MedianPruner
+    trainer_arm = [trial(0, [0.30, 0.20, 0.33]), trial(1, [0.31, 0.30, 0.29]), trial(2, [0.25])]
+    t, error, epochs = bench.handed_over("D", trainer_arm, 3)
+    assert (t["number"], error, epochs) == (1, 0.29, 3)
+    assert bench.handed_over("C", [trial(0, [0.5], "PRUNED")], 3) is None
