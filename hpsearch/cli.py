@@ -238,10 +238,7 @@ def search(
         json.dumps(
             {
                 "study": result.study_name,
-                "best_trial": result.best_number,
-                "best_value": result.best_value,
-                "best_params": result.best_params,
-                **_noise(result.best),
+                **_best_json(result.best),
                 "trials": result.counts,
                 "stopped_by": result.stopped_by,
             }
@@ -322,10 +319,7 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
         json.dumps(
             {
                 "study": cfg.study.name,
-                "best_trial": best["trial"] if best else None,
-                "best_value": best["val_error"] if best else None,
-                "best_params": best["params"] if best else {},
-                **_noise(best),
+                **_best_json(best),
                 "trials": counts,
                 "stopped_by": "signal" if signum else "budget" if budget_met else "failures",
                 "workers": len(plan),
@@ -338,10 +332,15 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
         raise _Fail(f"a worker failed; see its [label] lines above and `hpsearch show {cfg.study.name}`", 1)
 
 
-def _noise(best: dict | None) -> dict:
-    """The JSON keys of results.best_summary that say how far the best val_error can be trusted."""
-    keys = ("standard_error", "within_one_standard_error")
-    return {f"best_{k}": best[k] for k in keys if best and k in best}
+def _best_json(best: dict | None) -> dict:
+    """A search's closing JSON keys for results.best_summary: the best trial, and how far to trust it."""
+    out = {
+        "best_trial": best["trial"] if best else None,
+        "best_value": best["val_error"] if best else None,
+        "best_params": best["params"] if best else {},
+    }
+    noise = ("standard_error", "within_one_standard_error")
+    return out | {f"best_{k}": best[k] for k in noise if best and k in best}
 
 
 def _summary(cfg, result) -> None:
@@ -490,7 +489,7 @@ def best(study, storage, fmt):
     Example:
       hpsearch best demo > best.yaml
     """
-    from hpsearch.results import best_config, describe_best
+    from hpsearch.results import best_config, tie_line
     from hpsearch.study import load_existing_study
 
     cfg = best_config(load_existing_study(_storage_for(study, storage), study))
@@ -502,8 +501,9 @@ def best(study, storage, fmt):
         f"# best trial {cfg['trial']} of study '{cfg['study']}': val_error {cfg['val_error']:.4f}{noise}"
         f" at epoch {cfg['best_epoch']}"
     )
-    for line in describe_best({**cfg, "params": {}}, study)[1:]:  # the trials too close to call
-        click.echo(f"# {line}")
+    tie = tie_line(cfg, study)
+    if tie:
+        click.echo(f"# {tie}")
     click.echo(
         yaml.safe_dump(
             {k: cfg[k] for k in ("model", "data", "train", "search_space")}, sort_keys=False

@@ -193,18 +193,23 @@ def describe_best(summary: dict[str, Any], study_name: str, storage: str = "") -
     if "standard_error" in summary:
         line += f" ± {summary['standard_error']:.4f}"
         params += f"; ± is one standard error on {summary['n_validation']} validation examples"
-    lines = [f"{line} ({params})"]
+    tie = tie_line(summary, study_name, storage)
+    return [f"{line} ({params})", *([tie] if tie else [])]
+
+
+def tie_line(summary: dict[str, Any], study_name: str, storage: str = "") -> str:
+    """The trials within one standard error of the best, and the command that ranks them; "" for none."""
     tied = summary.get("within_one_standard_error")
-    if tied:
-        k = min(len(tied) + 1, MAX_SUGGESTED_TOP_K)
-        where = f" --storage {storage}" if storage else ""
-        lines.append(
-            f"within one standard error of it: trial{'s' if len(tied) > 1 else ''} "
-            f"{', '.join(map(str, tied))}; one measurement cannot rank them, so retrain the best {k} with"
-            f" several seeds before you choose: hpsearch train-best {study_name}{where} --top-k {k}"
-            " -o models/best"
-        )
-    return lines
+    if not tied:
+        return ""
+    k = min(len(tied) + 1, MAX_SUGGESTED_TOP_K)
+    where = f" --storage {storage}" if storage else ""
+    return (
+        f"within one standard error of it: trial{'s' if len(tied) > 1 else ''} "
+        f"{', '.join(map(str, tied))}; one measurement cannot rank them, so retrain the best {k} with"
+        f" several seeds before you choose: hpsearch train-best {study_name}{where} --top-k {k}"
+        " -o models/best"
+    )
 
 
 def best_config(study: optuna.Study) -> dict[str, Any]:

@@ -106,11 +106,8 @@ class SearchResult:
     study_name: str
     storage: str
     counts: dict[str, int]
-    best_number: int | None
-    best_value: float | None
-    best_params: dict[str, Any]
+    best: dict[str, Any] | None  # results.best_summary: the best trial, its params, noise and ties
     stopped_by: str  # budget | timeout | signal | failures
-    best: dict[str, Any] | None = None  # results.best_summary: the best trial with its noise and ties
     trials_run: list[int] = field(default_factory=list)
     signal: int | None = None  # SIGINT/SIGTERM that stopped this worker
 
@@ -499,10 +496,7 @@ def _result(cfg: Config, study: optuna.Study, stopped_by: str, ran: list[int]) -
         study_name=cfg.study.name,
         storage=describe_storage(cfg.study.storage),
         counts={state.name.lower(): n for state, n in c.items()},
-        best_number=best["trial"] if best else None,
-        best_value=best["val_error"] if best else None,
-        best_params=best["params"] if best else {},
+        best=best,
         stopped_by=stopped_by,
         trials_run=ran,
-        best=best,
     )
