@@ -483,7 +483,8 @@ def best(study, storage, fmt):
     """Print the best trial's hyperparameters, ready to paste into a config.
 
     Plain values under search_space fix those hyperparameters (searched and fixed alike); model, data and
-    train carry the study's settings that differ from the defaults; n_epochs is the best trial's best epoch.
+    train carry the study's settings that differ from the defaults, and n_epochs the study's (the whole
+    learning-rate schedule, as train-best retrains; the comment names the trial's best epoch).
 
     \b
     Example:
@@ -499,7 +500,7 @@ def best(study, storage, fmt):
     noise = f" ± {cfg['standard_error']:.4f}" if "standard_error" in cfg else ""
     click.echo(
         f"# best trial {cfg['trial']} of study '{cfg['study']}': val_error {cfg['val_error']:.4f}{noise}"
-        f" at epoch {cfg['best_epoch']}"
+        f" at epoch {cfg['best_epoch']} of {cfg['train'].get('n_epochs', '?')}"
     )
     tie = tie_line(cfg, study)
     if tie:
@@ -660,6 +661,13 @@ def report(study, storage, output, fmt):
     help="Retrain the k best complete trials; the one with the lowest mean val_error is saved.",
 )
 @click.option(
+    "--epochs",
+    type=click.Choice(["all", "best"]),
+    default="all",
+    show_default=True,
+    help="Train every epoch of the study's schedule (all), or stop after the trial's best epoch (best).",
+)
+@click.option(
     "--from-checkpoint",
     is_flag=True,
     help="Export the best trial's kept checkpoint (its last epoch) instead of retraining.",
@@ -670,9 +678,10 @@ def report(study, storage, output, fmt):
     help="Device to train on (default: the study's train.device).",
 )
 @_translate
-def train_best(study, storage, output, n_seeds, top_k, from_checkpoint, device):
-    """Turn the best trial into a model: retrain its configuration with several seeds for its best epoch
-    count, report the mean and spread of the validation error, and save the best model with save_pretrained.
+def train_best(study, storage, output, n_seeds, top_k, epochs, from_checkpoint, device):
+    """Turn the best trial into a model: retrain its configuration with several seeds for the study's
+    n_epochs (--epochs best: the trial's best epoch), report the mean and spread of the validation error
+    after the last epoch, and save the best model with save_pretrained.
 
     Results (per seed, mean, std, min, max) go to stdout as JSON and to OUTPUT/results.json. The folder loads
     with AutoModelForSequenceClassification.from_pretrained(OUTPUT) and AutoTokenizer.from_pretrained(OUTPUT).
@@ -681,16 +690,30 @@ def train_best(study, storage, output, n_seeds, top_k, from_checkpoint, device):
     Example:
       hpsearch train-best demo -o models/demo-best
       hpsearch train-best demo --seeds 5 --top-k 3 -o models/demo-top3
+      hpsearch train-best demo --epochs best -o models/demo-best-epoch
     """
     from hpsearch.best_model import export_checkpoint
     from hpsearch.best_model import train_best as retrain
     from hpsearch.study import load_existing_study
 
+    if from_checkpoint:
+        ctx = click.get_current_context()
+        flags = {"n_seeds": "--seeds", "top_k": "--top-k", "epochs": "--epochs"}
+        given = [
+            flag
+            for name, flag in flags.items()
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise click.UsageError(
+                f"{' and '.join(given)} set how to retrain, but --from-checkpoint exports the trial's"
+                " checkpoint without retraining; drop one or the other"
+            )
     st = load_existing_study(_storage_for(study, storage), study)
     if from_checkpoint:
         result = export_checkpoint(st, output, device=device)
     else:
-        result = retrain(st, output, n_seeds=n_seeds, top_k=top_k, device=device)
+        result = retrain(st, output, n_seeds=n_seeds, top_k=top_k, device=device, epochs=epochs)
     click.echo(
         f"saved trial {result['chosen_trial']} (seed {result['saved_seed']}, val_error "
         f"{result['saved_val_error']:.4f}) to {output}",

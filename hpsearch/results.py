@@ -224,7 +224,6 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
     cfg = study.user_attrs.get(CONFIG_ATTR, {})
     # Values the study held fixed belong to the recipe: without them a pasted config would search them again.
     fixed = {k: v for k, v in cfg.get("search_space", {}).items() if not isinstance(v, dict)}
-    n_epochs = best.user_attrs.get("best_epoch") or cfg.get("train", {}).get("n_epochs")
     noise = best_summary(study) or {}
     return {
         "study": study.study_name,
@@ -236,7 +235,9 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
         "best_epoch": best.user_attrs.get("best_epoch"),
         "model": _changed(cfg, "model", always=("name",)),
         "data": _changed(cfg, "data", always=("name",)),
-        "train": {**_changed(cfg, "train"), "n_epochs": n_epochs},
+        # n_epochs is the study's (the whole schedule, as train-best retrains), not the trial's best epoch:
+        # one picked from a single noisy curve is early and fragile
+        "train": _changed(cfg, "train", always=("n_epochs",)),
         "search_space": {**fixed, **best.params},
     }
 

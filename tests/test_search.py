@@ -164,7 +164,8 @@ def test_best_pastes_back_as_a_config_that_fixes_the_values(demo, tmp_path):
     assert space.params == ()  # nothing left to search
     assert space.fixed == demo.study.best_params
     assert cfg.model.max_length == 32 and cfg.data.demo_size == DEMO_SIZE  # the same model and data
-    assert cfg.train.n_epochs == demo.study.best_trial.user_attrs["best_epoch"]
+    assert cfg.train.n_epochs == 3  # the study's whole schedule, as train-best retrains it
+    assert f"at epoch {demo.study.best_trial.user_attrs['best_epoch']} of 3" in result.stdout.splitlines()[0]
     as_json = json.loads(invoke("best", "demo", "--storage", demo.url, "--format", "json").stdout)
     assert as_json["val_error"] == demo.study.best_value and as_json["trial"] == demo.study.best_trial.number
 

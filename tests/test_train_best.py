@@ -66,25 +66,54 @@ def test_train_best_saves_a_loadable_model_that_reproduces_its_validation_error(
     report = json.loads(result.stdout)
     trial = searched["trial"]
     (cand,) = report["candidates"]
-    assert cand["trial"] == trial.number and cand["n_epochs"] == trial.user_attrs["best_epoch"]
+    # Every epoch of the study's schedule by default, not the trial's best epoch.
+    assert report["epochs"] == "all" and cand["trial"] == trial.number and cand["n_epochs"] == 3
     runs = cand["runs"]
-    assert [r["seed"] for r in runs] == [0, 1] and all(r["epochs"] == cand["n_epochs"] for r in runs)
+    assert [r["seed"] for r in runs] == [0, 1] and all(r["epochs"] == 3 for r in runs)
     errors = [r["val_error"] for r in runs]
     assert cand["val_error"]["min"] == min(errors) and cand["val_error"]["max"] == max(errors)
     assert cand["val_error"]["mean"] == pytest.approx(sum(errors) / 2)
-    # Seed 0 is the trial's own seed: the same recipe gives the trial's validation error again.
-    assert runs[0]["val_error"] == pytest.approx(trial.value, abs=0.02)
+    # Seed 0 is the trial's own seed: the same recipe gives what the trial measured after its last epoch.
+    assert cand["trial_val_error"] == trial.value
+    assert cand["trial_val_error_at_n_epochs"] == trial.intermediate_values[3]
+    assert runs[0]["val_error"] == pytest.approx(trial.intermediate_values[3], abs=0.02)
+    assert f"trial {trial.number} seed 0: val_error" in result.stderr
     assert report["saved_val_error"] == min(errors)
 
     meta = yaml.safe_load((out / "hyperparameters.yaml").read_text())
     assert meta["hyperparameters"]["learning_rate"] == BEST["learning_rate"]
     assert meta["hyperparameters"]["batch_size"] == BEST["batch_size"]
-    assert (
-        meta["n_epochs"] == trial.user_attrs["best_epoch"] and meta["val_error"] == report["saved_val_error"]
-    )
+    assert meta["n_epochs"] == 3 and meta["val_error"] == report["saved_val_error"]
     assert json.loads((out / "results.json").read_text())["saved_val_error"] == report["saved_val_error"]
     cfg = config_from_dict(json.loads((out / "results.json").read_text())["config"])
     assert validation_error(out, cfg) == pytest.approx(report["saved_val_error"], abs=0.01)
+
+
+def test_epochs_best_stops_after_the_trials_best_epoch_and_reproduces_its_value(searched):
+    out = searched["root"] / "best-epoch"
+    result = CliRunner().invoke(
+        cli,
+        ["train-best", "t", "--storage", searched["url"], "--seeds", "1", "--epochs", "best", "-o", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    trial = searched["trial"]
+    (cand,) = report["candidates"]
+    best_epoch = trial.user_attrs["best_epoch"]
+    assert report["epochs"] == "best" and cand["n_epochs"] == best_epoch
+    assert cand["runs"][0]["epochs"] == best_epoch
+    assert cand["runs"][0]["val_error"] == pytest.approx(trial.value, abs=0.02)
+    assert yaml.safe_load((out / "hyperparameters.yaml").read_text())["n_epochs"] == best_epoch
+
+
+@pytest.mark.parametrize("flag", [["--epochs", "best"], ["--seeds", "2"], ["--top-k", "2"]])
+def test_from_checkpoint_refuses_the_retraining_flags(searched, flag):
+    out = searched["root"] / "refused"
+    args = ["train-best", "t", "--storage", searched["url"], "--from-checkpoint", *flag, "-o", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert f"{flag[0]} set how to retrain, but --from-checkpoint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_from_checkpoint_exports_the_trials_own_weights(searched):
