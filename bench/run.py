@@ -845,6 +845,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="fresh seeds each arm's best configuration is retrained with (0: skip)",
     )
     p.add_argument(
+        "--retrain-epochs",
+        choices=("all", "best"),
+        default="all",
+        help="retrain for every epoch, or to the best trial's best epoch (as train-best --epochs; default all)",
+    )
+    p.add_argument(
         "--retrain-from",
         type=Path,
         metavar="RESULT_JSON",
@@ -929,7 +935,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_seed(
-    cfg, seed: int, arms: list[str], workdir: Path, log_path: Path, retrain_seeds: int
+    cfg, seed: int, arms: list[str], workdir: Path, log_path: Path, retrain_seeds: int, retrain_epochs: str
 ) -> tuple[dict[str, Recorder], dict[str, Any]]:
     """Every arm of one study seed, in turn, then each arm's best configuration retrained; progress lines go
     to ``log_path``."""
@@ -955,7 +961,7 @@ def run_seed(
                 flush=True,
             )
     trials = {arm: list(rec.trials.values()) for arm, rec in recs.items()}
-    return recs, retrain_best(cfg, seed, trials, workdir, retrain_seeds)
+    return recs, retrain_best(cfg, seed, trials, workdir, retrain_seeds, retrain_epochs)
 
 
 def in_process(threads: int, fn, *args):
@@ -1002,15 +1008,17 @@ def per_seed_map(jobs: int, threads: int, fn, seeds: list[int], args_of) -> dict
 RETRAIN_SEED = 1000  # retraining seeds start here, away from every study seed's train.seed
 
 
-def handed_over(arm: str, trials: list[dict], n_epochs: int) -> tuple[dict, float, int] | None:
+def handed_over(
+    arm: str, trials: list[dict], n_epochs: int, epochs: str = "all"
+) -> tuple[dict, float, int] | None:
     """The trial an arm's search hands its user, its error and the epochs to retrain it for.
 
     Only complete trials: ``study.best_trial``, ``hpsearch best`` and ``train-best`` skip pruned and stopped
     ones (a trial pruned after epoch 3 whose epoch-2 error was the lowest of the study is not what a user
-    gets). hpsearch's arms rank by a trial's best epoch and retrain to it; arm D's
-    ``Trainer.hyperparameter_search`` ranks by the error after the last epoch (its objective is the final
-    evaluation) and its best run trains every epoch. D's records carry no state: its complete trials are the
-    ones that ran every epoch.
+    gets). hpsearch's arms rank by a trial's best epoch and retrain, as ``train-best --epochs``, for every
+    epoch ("all") or to that best epoch ("best"); arm D's ``Trainer.hyperparameter_search`` ranks by the error
+    after the last epoch (its objective is the final evaluation) and its best run trains every epoch. D's
+    records carry no state: its complete trials are the ones that ran every epoch.
     """
     complete = [
         t
@@ -1025,11 +1033,11 @@ def handed_over(arm: str, trials: list[dict], n_epochs: int) -> tuple[dict, floa
         return t, t["val_errors"][-1], len(t["val_errors"])
     t = min(complete, key=lambda t: (min(t["val_errors"]), t["number"]))
     error = min(t["val_errors"])
-    return t, error, t["val_errors"].index(error) + 1
+    return t, error, t["val_errors"].index(error) + 1 if epochs == "best" else n_epochs
 
 
 def retrain_best(
-    cfg, seed: int, trials: dict[str, list[dict]], workdir: Path, n_seeds: int
+    cfg, seed: int, trials: dict[str, list[dict]], workdir: Path, n_seeds: int, epochs: str = "all"
 ) -> dict[str, Any]:
     """Each arm's best trial (``handed_over``), retrained with ``n_seeds`` fresh seeds, as ``hpsearch
     train-best`` does.
@@ -1037,7 +1045,8 @@ def retrain_best(
     "Best validation error" picks the luckiest of many noisy evaluations, and an arm that evaluates more
     epochs (no pruning) gets more draws. What a user keeps from a search is its hyperparameters: here the
     best trial's learning rate and batch size are trained again, with hpsearch's loop for every arm, for the
-    trial's best epoch count, and scored on the same validation rows at that epoch (no pick among epochs).
+    epochs ``handed_over`` names, and scored on the same validation rows after the last (no pick among
+    epochs).
     """
     if n_seeds < 1:
         return {}
@@ -1053,18 +1062,18 @@ def retrain_best(
     done: dict[tuple, list[float]] = {}  # arms that found the same configuration share its retraining
     out = {}
     for arm, arm_trials in trials.items():
-        picked = handed_over(arm, arm_trials, cfg.train.n_epochs)
+        picked = handed_over(arm, arm_trials, cfg.train.n_epochs, epochs)
         if picked is None:
             continue
-        t, error, epochs = picked
+        t, error, n_epochs = picked
         params = {"learning_rate": t["learning_rate"], "batch_size": t["batch_size"]}
-        key = (t["learning_rate"], t["batch_size"], epochs)
+        key = (t["learning_rate"], t["batch_size"], n_epochs)
         if key not in done:
             hp = trial_hyperparameters(seed_cfg, SimpleNamespace(params=params))
             done[key] = [
                 round(
                     _train_one(
-                        seed_cfg, data, factory, encoded, {**hp, "seed": RETRAIN_SEED + k}, epochs, device
+                        seed_cfg, data, factory, encoded, {**hp, "seed": RETRAIN_SEED + k}, n_epochs, device
                     )[0].val_error,
                     4,
                 )
@@ -1073,7 +1082,7 @@ def retrain_best(
         out[arm] = {
             "trial": t["number"],
             **params,
-            "epochs": epochs,
+            "epochs": n_epochs,
             "search_val_error": round(error, 4),
             "val_errors": done[key],
             "mean": round(statistics.fmean(done[key]), 4),
@@ -1135,6 +1144,7 @@ def retrain_from(args, path: Path) -> int:
                 {a: result["per_seed"][str(s)][a]["trials"] for a in arms},
                 Path(tmp),
                 args.retrain_seeds,
+                args.retrain_epochs,
             ),
         )
     for s, by_arm in retrained.items():
@@ -1145,6 +1155,7 @@ def retrain_from(args, path: Path) -> int:
     result["targets"] = check_targets(result["aggregate"], result["throughput"])
     result["same_compute"] = same_compute(result["aggregate"])
     result["retrained_with"] = "python -m bench.run " + " ".join(sys.argv[1:])
+    result["retrain_epochs"] = args.retrain_epochs
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print_summary(result, sys.stdout)
     return 0
@@ -1161,7 +1172,15 @@ def run_all(
         args.threads,
         run_seed,
         seeds,
-        lambda s: (cfg, s, arms, workdir, log_path.with_suffix(f".seed{s}.txt"), args.retrain_seeds),
+        lambda s: (
+            cfg,
+            s,
+            arms,
+            workdir,
+            log_path.with_suffix(f".seed{s}.txt"),
+            args.retrain_seeds,
+            args.retrain_epochs,
+        ),
     )
     per_seed = {s: recs for s, (recs, _) in runs.items()}
     with open(log_path, "w", encoding="utf-8") as log:
@@ -1204,6 +1223,7 @@ def run_all(
         "targets": check_targets(agg, throughput),
         "same_compute": same_compute(agg),
         "throughput": throughput,
+        "retrain_epochs": args.retrain_epochs,
         "per_seed": {str(s): v for s, v in summaries.items()},
     }
 

@@ -97,10 +97,10 @@ def test_each_arm_best_configuration_is_retrained_with_fresh_seeds(result):
             complete = [t for t in arm["trials"] if len(t["val_errors"]) == N_EPOCHS]
             best = min(complete, key=lambda t: (t["val_errors"][-1], t["number"]))
             epochs = N_EPOCHS
-        else:  # the best epoch of a complete trial, as `hpsearch best` and `train-best` name it
+        else:  # the complete trial with the best epoch, as `hpsearch best` and `train-best` name it
             complete = [t for t in arm["trials"] if t.get("state") == "COMPLETE"]
             best = min(complete, key=lambda t: (min(t["val_errors"]), t["number"]))
-            epochs = best["val_errors"].index(min(best["val_errors"])) + 1
+            epochs = N_EPOCHS  # retrained for every epoch, as train-best does by default
         assert (rb["trial"], rb["learning_rate"], rb["batch_size"]) == (
             best["number"],
             best["learning_rate"],
@@ -108,6 +108,7 @@ def test_each_arm_best_configuration_is_retrained_with_fresh_seeds(result):
         ), name
         assert rb["epochs"] == epochs, name
         assert len(rb["val_errors"]) == 1 and 0.0 <= rb["mean"] <= 1.0
+    assert r["retrain_epochs"] == "all"
     names = [t["target"] for t in r["targets"]]
     assert "C best configuration, retrained, no worse than A's and D's (within 0.5 points)" in names
     assert "C epochs (whole search) <= 1/3 of A's" in names
@@ -129,11 +130,17 @@ def test_retrain_from_updates_an_earlier_result(result, tmp_path):
         str(copy),
         "--retrain-seeds",
         "2",
+        "--retrain-epochs",
+        "best",
     ]
     assert bench.main(argv + ["--jobs", "1"]) == 0
     again = json.loads(copy.read_text())
+    assert again["retrain_epochs"] == "best"
     for seed in again["per_seed"].values():
         assert all(len(a["retrained_best"]["val_errors"]) == 2 for a in seed.values())
+        best = seed["C"]["retrained_best"]
+        errors = next(t["val_errors"] for t in seed["C"]["trials"] if t["number"] == best["trial"])
+        assert best["epochs"] == errors.index(min(errors)) + 1  # --retrain-epochs best: the best epoch
     assert again["aggregate"]["C"]["retrained_best_mean"]["median"] is not None
 
 
@@ -325,12 +332,14 @@ def test_the_retrained_configuration_is_the_one_the_search_hands_its_user():
         return t if state is None else {**t, "state": state}
 
     hpsearch_arm = [
-        trial(0, [0.40, 0.30, 0.28], "COMPLETE"),
+        trial(0, [0.40, 0.28, 0.30], "COMPLETE"),
         trial(1, [0.35, 0.25], "PRUNED"),  # the lowest error, but pruned: `hpsearch best` never names it
         trial(2, [0.45, 0.29, 0.31], "COMPLETE"),
     ]
     t, error, epochs = bench.handed_over("C", hpsearch_arm, 3)
-    assert (t["number"], error, epochs) == (0, 0.28, 3)
+    assert (t["number"], error, epochs) == (0, 0.28, 3)  # every epoch, as train-best retrains by default
+    t, error, epochs = bench.handed_over("C", hpsearch_arm, 3, "best")
+    assert (t["number"], error, epochs) == (0, 0.28, 2)  # train-best --epochs best: to the trial's best epoch
     # Trainer.hyperparameter_search ranks by the last evaluation and trains every epoch; a trial with fewer
     # evaluations than epochs was pruned by its MedianPruner
     trainer_arm = [trial(0, [0.30, 0.20, 0.33]), trial(1, [0.31, 0.30, 0.29]), trial(2, [0.25])]
