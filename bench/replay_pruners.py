@@ -25,6 +25,7 @@ import random
 import re
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -32,22 +33,45 @@ import optuna
 from hpsearch.pruners import TRAIN_LOSS_ATTR, SuccessiveHalvingPruner
 
 EPOCH_LINE = re.compile(r"trial (\d+) epoch (\d+)/(\d+)\s+loss (\S+)\s.*\bval_error (\S+)")
-STUDY_LINE = re.compile(r"^study '([^']+)'")
+STUDY_LINE = re.compile(
+    r"^study '([^']+)'(?:.*?/ (\d+) validation examples.*majority-class val_error (\S+))?"
+)
 PRUNED_LINE = re.compile(r"^trial \d+ pruned:")
 TARGET_MARGIN = 0.005
 
 Curve = list[tuple[float, float]]  # (validation error, mean training loss) per epoch
+Timeline = list[
+    tuple[int, float, float | None]
+]  # (epochs so far, best error so far, handed over's settled error)
 
 
-def read_studies(path: Path) -> list[tuple[str, list[Curve], int]]:
-    """(study name, curves, epochs per trial) of every study in the log that pruned nothing, its trials in order.
+@dataclass(frozen=True)
+class Study:
+    name: str
+    curves: list[Curve]
+    n_epochs: int
+    n_validation: int | None = None  # from the log's study line, when it has one
+    majority_error: float | None = None
+
+
+def read_studies(path: Path) -> list[Study]:
+    """Every study in the log that pruned nothing, its trials in order.
 
     A curve is kept only when its trial ran every epoch (one cut short by an interrupted run is left out).
     """
     studies: list[dict] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if m := STUDY_LINE.match(line):
-            studies.append({"name": m[1], "curves": {}, "n_epochs": 0, "pruned": False})
+            studies.append(
+                {
+                    "name": m[1],
+                    "curves": {},
+                    "n_epochs": 0,
+                    "pruned": False,
+                    "n_validation": int(m[2]) if m[2] else None,
+                    "majority_error": float(m[3]) if m[3] else None,
+                }
+            )
             continue
         if not studies:  # a log of one study, without its study line
             studies.append({"name": path.stem, "curves": {}, "n_epochs": 0, "pruned": False})
@@ -61,23 +85,54 @@ def read_studies(path: Path) -> list[tuple[str, list[Curve], int]]:
     for study in studies:
         full = [c for _, c in sorted(study["curves"].items()) if len(c) == study["n_epochs"]]
         if full and not study["pruned"]:
-            out.append((study["name"], full, study["n_epochs"]))
+            out.append(
+                Study(
+                    study["name"],
+                    full,
+                    study["n_epochs"],
+                    study.get("n_validation"),
+                    study.get("majority_error"),
+                )
+            )
     return out
 
 
-def replay(
-    curves: list[Curve], pruner: optuna.pruners.BasePruner, budget: int | None = None
-) -> list[tuple[int, float]]:
-    """(epochs trained so far, best error so far) after every epoch trained, with ``pruner`` deciding; it stops
-    when ``budget`` epochs are spent, if given."""
+def settled(curve: Curve) -> float:
+    """A trial's error once training has settled: the mean of its last third of epochs (at least one). Less
+    noisy than its best epoch, which is the luckiest of several measurements, and close to what retraining
+    its configuration for every epoch gives (``train-best``'s default)."""
+    tail = curve[-max(1, len(curve) // 3) :]
+    return statistics.fmean(error for error, _ in tail)
+
+
+class _Handed:
+    """The trial a search hands its user so far: the complete one with the lowest error at any epoch."""
+
+    def __init__(self):
+        self.best: Curve | None = None
+
+    def complete(self, curve: Curve) -> None:
+        if self.best is None or min(e for e, _ in curve) < min(e for e, _ in self.best):
+            self.best = curve
+
+    @property
+    def settled(self) -> float | None:
+        return None if self.best is None else settled(self.best)
+
+
+def replay(curves: list[Curve], pruner: optuna.pruners.BasePruner, budget: int | None = None) -> Timeline:
+    """(epochs trained so far, best error so far, the settled error of the trial handed over so far) after every
+    epoch trained, with ``pruner`` deciding; it stops when ``budget`` epochs are spent, if given."""
     # a fixed name: hyperband assigns trials to brackets by a hash of the study name and trial number
     study = optuna.create_study(study_name="replay", pruner=pruner, sampler=optuna.samplers.RandomSampler(0))
-    timeline, used, best = [], 0, math.inf
+    timeline, used, best, handed = [], 0, math.inf, _Handed()
     for curve in curves:
         trial = study.ask()
         for epoch, (error, train_loss) in enumerate(curve, start=1):
             used, best = used + 1, min(best, error)
-            timeline.append((used, best))
+            if epoch == len(curve):
+                handed.complete(curve)
+            timeline.append((used, best, handed.settled))
             if used == budget:
                 return timeline
             trial.report(error, epoch)
@@ -92,7 +147,7 @@ def replay(
 
 def replay_pausing(
     curves: list[Curve], pruner: SuccessiveHalvingPruner, budget: int | None = None
-) -> list[tuple[int, float]]:
+) -> Timeline:
     """As :func:`replay`, for a pausing pruner (``study.pause_at_rungs``), with hpsearch's own promotion code:
     before each new trial, every paused trial now among the best at its rung is continued (the search loop's
     order), and when no new trial is left the best of a rung too small to rank goes on."""
@@ -100,7 +155,7 @@ def replay_pausing(
     from hpsearch.search import continue_paused
 
     study = optuna.create_study(study_name="replay", pruner=pruner, sampler=optuna.samplers.RandomSampler(0))
-    timeline, used, best, todo = [], 0, math.inf, list(curves)
+    timeline, used, best, todo, handed = [], 0, math.inf, list(curves), _Handed()
     curve_of: dict[int, Curve] = {}  # trial number -> its curve, continuations included
     while True:
         trials = study.get_trials(deepcopy=False)
@@ -120,7 +175,9 @@ def replay_pausing(
         start = max(trial.study.get_trials(deepcopy=False)[number].intermediate_values, default=0)
         for epoch, (error, train_loss) in enumerate(curve[start:], start=start + 1):
             used, best = used + 1, min(best, error)
-            timeline.append((used, best))
+            if epoch == len(curve):
+                handed.complete(curve)
+            timeline.append((used, best, handed.settled))
             if used == budget:
                 return timeline
             trial.report(error, epoch)
@@ -163,49 +220,87 @@ def rank_correlation(xs: list[float], ys: list[float]) -> float:
     return sxy / math.sqrt(sxx * syy) if sxx and syy else math.nan
 
 
-def epochs_to(timeline: list[tuple[int, float]], target: float) -> int | None:
-    return next((used for used, best in timeline if best <= target + 1e-12), None)
+def epochs_to(timeline: Timeline, target: float) -> int | None:
+    return next((used for used, best, _ in timeline if best <= target + 1e-12), None)
 
 
 def regrets_at_budgets(
-    curves: list[Curve], pruner: str, budgets: list[int], n_draws: int, n_epochs: int
-) -> dict[int, list[float]]:
-    """Same compute for every pruner: trials drawn at random, with replacement, from ``curves`` (a random
-    search of the study's space, as arm A ran it), trained under ``pruner`` until each budget (in epochs) is
-    spent; per budget and draw, the best error found minus the study's best, in points."""
+    study: Study, pruner: str, budgets: list[int], n_draws: int
+) -> tuple[dict[int, list[float]], dict[int, list[float | None]]]:
+    """Same compute for every pruner: trials drawn at random, with replacement, from the study's curves (a
+    random search of the study's space, as arm A ran it), trained under ``pruner`` until each budget (in
+    epochs) is spent. Per budget and draw, in points: the best error found minus the study's best, and the
+    settled error of the trial handed over minus the study's best settled error (None: no trial completed)."""
+    curves = study.curves
     best = min(error for c in curves for error, _ in c)
+    best_settled = min(settled(c) for c in curves)
     regrets: dict[int, list[float]] = {b: [] for b in budgets}
+    handed: dict[int, list[float | None]] = {b: [] for b in budgets}
     for draw in range(n_draws):
         rng = random.Random(draw)
         stream = [
             rng.choice(curves) for _ in range(max(budgets))
         ]  # enough if every trial stops after epoch 1
-        timeline = run(stream, pruners(n_epochs)[pruner], budget=max(budgets))
+        timeline = run(stream, pruners(study)[pruner], budget=max(budgets))
         for b in budgets:
-            regrets[b].append(100 * (timeline[b - 1][1] - best))
-    return regrets
+            _, found, kept = timeline[b - 1]
+            regrets[b].append(100 * (found - best))
+            handed[b].append(None if kept is None else 100 * (kept - best_settled))
+    return regrets, handed
 
 
-def pruners(n_epochs: int) -> dict[str, optuna.pruners.BasePruner]:
-    return {
+class NoiseAwareHalving(SuccessiveHalvingPruner):
+    """hpsearch's pruner, but a trial within ``z`` binomial standard errors (sqrt(e(1-e)/n) on the ``n``
+    validation examples) of a rung's cut-off goes on too, when its error is that far below the majority-class
+    error; on the majority plateau the training-loss tie break decides alone, as in the default. Replayed
+    here to decide whether it should become hpsearch's rule (BENCHMARKS.md, "A noise-aware promotion rule")."""
+
+    def __init__(self, n_validation: int, majority_error: float, z: float = 1.0, reduction_factor: int = 3):
+        super().__init__(reduction_factor)
+        self.n_validation, self.majority_error, self.z = n_validation, majority_error, z
+
+    def _in_best(self, mine: tuple[float, float], records: list[tuple[float, float]], pausing: bool) -> bool:
+        if super()._in_best(mine, records, pausing):
+            return True
+        n_best = len(records) // self._reduction_factor
+        if n_best == 0 and pausing:
+            return False
+        cut = sorted(records)[max(n_best - 1, 0)][0]
+        margin = self.z * math.sqrt(max(cut * (1 - cut), 0.0) / self.n_validation)
+        return mine[0] <= cut + margin and mine[0] < self.majority_error - margin
+
+
+def pruners(study: Study) -> dict[str, optuna.pruners.BasePruner]:
+    n_epochs = study.n_epochs
+    out: dict[str, optuna.pruners.BasePruner] = {
         "none": optuna.pruners.NopPruner(),
         "hpsearch successive-halving (r=3, ties by training loss, pausing at rungs: study.pause_at_rungs)": (
             SuccessiveHalvingPruner(3, pause=True)
         ),
         "hpsearch successive-halving (r=3, ties by training loss; the default)": (SuccessiveHalvingPruner(3)),
-        "optuna successive-halving (r=3)": optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=1, reduction_factor=3
-        ),
-        "optuna successive-halving (r=2)": optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=1, reduction_factor=2
-        ),
-        "optuna successive-halving (r=4)": optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=1, reduction_factor=4
-        ),
-        "hyperband (r=3)": optuna.pruners.HyperbandPruner(1, n_epochs, reduction_factor=3),
-        "median (5 startup)": optuna.pruners.MedianPruner(n_startup_trials=5),
-        "percentile 25 (5 startup)": optuna.pruners.PercentilePruner(25.0, n_startup_trials=5),
     }
+    if study.n_validation and study.majority_error is not None:
+        for z in (1.0, 2.0):
+            out[f"hpsearch successive-halving, noise-aware (r=3, within {z:g} SE of the cut-off goes on)"] = (
+                NoiseAwareHalving(study.n_validation, study.majority_error, z)
+            )
+    out.update(
+        {
+            "optuna successive-halving (r=3)": optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=1, reduction_factor=3
+            ),
+            "optuna successive-halving (r=2)": optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=1, reduction_factor=2
+            ),
+            "optuna successive-halving (r=4)": optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=1, reduction_factor=4
+            ),
+            "hyperband (r=3)": optuna.pruners.HyperbandPruner(1, n_epochs, reduction_factor=3),
+            "median (5 startup)": optuna.pruners.MedianPruner(n_startup_trials=5),
+            "percentile 25 (5 startup)": optuna.pruners.PercentilePruner(25.0, n_startup_trials=5),
+        }
+    )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    studies = [(path, *study) for path in args.logs for study in read_studies(path)]
+    studies = [(path, study) for path in args.logs for study in read_studies(path)]
     if not studies:
         print(
             f"error: {', '.join(map(str, args.logs))}: no study ran without pruning; give logs of runs"
@@ -226,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     summary: dict[str, list[tuple[float, float | None, int, int]]] = {}
-    for path, name, curves, n_epochs in studies:
+    for path, study in studies:
+        curves = study.curves
         target = min(error for c in curves for error, _ in c) + TARGET_MARGIN
         rng = random.Random(0)
         orders = [curves] + [rng.sample(curves, len(curves)) for _ in range(args.orders)]
@@ -236,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             for i, what in ((0, "validation error"), (1, "training loss"))
         }
         print(
-            f"\n{path.name}, {name}: {len(curves)} trials x {n_epochs} epochs, best {target - TARGET_MARGIN:.4f}"
+            f"\n{path.name}, {study.name}: {len(curves)} trials x {study.n_epochs} epochs,"
+            f" best {target - TARGET_MARGIN:.4f}"
         )
         print(
             "epoch 1 against the final best error, rank correlation:"
@@ -245,10 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         print("| pruner | share of epochs trained | share of epochs to target | orders that missed it |")
         print("| --- | ---: | ---: | ---: |")
         fulls = [replay(order, optuna.pruners.NopPruner()) for order in orders]
-        for pruner in pruners(n_epochs):
+        for name, pruner in pruners(study).items():
             shares, to_target, missed = [], [], 0
             for order, full in zip(orders, fulls, strict=True):
-                timeline = run(order, pruners(n_epochs)[pruner])
+                timeline = run(order, pruner)
                 shares.append(timeline[-1][0] / full[-1][0])
                 reached = epochs_to(timeline, target)
                 if reached is None:
@@ -256,36 +353,38 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     to_target.append(reached / epochs_to(full, target))
             median = statistics.median(to_target) if to_target else None
-            summary.setdefault(pruner, []).append((statistics.median(shares), median, missed, len(orders)))
+            summary.setdefault(name, []).append((statistics.median(shares), median, missed, len(orders)))
             print(
-                f"| {pruner} | {statistics.median(shares):.2f} | {'-' if median is None else f'{median:.2f}'}"
+                f"| {name} | {statistics.median(shares):.2f} | {'-' if median is None else f'{median:.2f}'}"
                 f" | {missed}/{len(orders)} |"
             )
     if len(studies) > 1:
         print(f"\nall {len(studies)} studies: medians over studies, orders that missed summed")
         print("| pruner | share of epochs trained | share of epochs to target | orders that missed it |")
         print("| --- | ---: | ---: | ---: |")
-        for pruner, rows in summary.items():
+        for name, rows in summary.items():
             reached = [r[1] for r in rows if r[1] is not None]
             median = f"{statistics.median(reached):.2f}" if reached else "-"
             print(
-                f"| {pruner} | {statistics.median(r[0] for r in rows):.2f} | {median}"
+                f"| {name} | {statistics.median(r[0] for r in rows):.2f} | {median}"
                 f" | {sum(r[2] for r in rows)}/{sum(r[3] for r in rows)} |"
             )
     if args.draws:
-        print_same_budget(studies, args.draws)
+        print_same_budget([study for _, study in studies], args.draws)
     return 0
 
 
-def print_same_budget(studies, n_draws: int) -> None:
+def print_same_budget(studies: list[Study], n_draws: int) -> None:
     """The question a user pays for: with the same epochs, which pruner finds the better configuration?"""
     sizes = (3, 6, 9)  # budgets, in full trials' worth of epochs
     regrets: dict[str, dict[int, list[float]]] = {}
-    for _, _, curves, n_epochs in studies:
-        for pruner in pruners(n_epochs):
-            at = regrets_at_budgets(curves, pruner, [k * n_epochs for k in sizes], n_draws, n_epochs)
+    handed: dict[str, dict[int, list[float | None]]] = {}
+    for study in studies:
+        for name in pruners(study):
+            found, kept = regrets_at_budgets(study, name, [k * study.n_epochs for k in sizes], n_draws)
             for k in sizes:
-                regrets.setdefault(pruner, {}).setdefault(k, []).extend(at[k * n_epochs])
+                regrets.setdefault(name, {}).setdefault(k, []).extend(found[k * study.n_epochs])
+                handed.setdefault(name, {}).setdefault(k, []).extend(kept[k * study.n_epochs])
     print(
         f"\nsame budget: {n_draws} random searches per study ({len(studies)} studies), trials drawn with"
         " replacement from the study's curves, each pruner training until the budget is spent;"
@@ -294,12 +393,26 @@ def print_same_budget(studies, n_draws: int) -> None:
     )
     print("| pruner | " + " | ".join(f"{k} trials' epochs" for k in sizes) + " |")
     print("| --- |" + " ---: |" * len(sizes))
-    for pruner, by_size in regrets.items():
+    for name, by_size in regrets.items():
         cells = [
             f"{statistics.fmean(r):.2f} ({sum(x <= 100 * TARGET_MARGIN + 1e-9 for x in r) / len(r):.2f})"
             for r in (by_size[k] for k in sizes)
         ]
-        print(f"| {pruner} | " + " | ".join(cells) + " |")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(
+        "\nthe same searches, scored by the trial each hands over (the complete trial with the lowest error at"
+        " any epoch): its settled error (mean of its last third of epochs) - the study's best settled error, in"
+        " points (mean over the searches that completed a trial; in brackets the share that completed none)"
+    )
+    print("| pruner | " + " | ".join(f"{k} trials' epochs" for k in sizes) + " |")
+    print("| --- |" + " ---: |" * len(sizes))
+    for name, by_size in handed.items():
+        cells = []
+        for k in sizes:
+            done = [x for x in by_size[k] if x is not None]
+            mean = f"{statistics.fmean(done):.2f}" if done else "-"
+            cells.append(f"{mean} ({1 - len(done) / len(by_size[k]):.2f})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

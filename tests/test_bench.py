@@ -177,11 +177,29 @@ def test_merge_adds_seeds_run_later_and_recomputes_the_figures(result, tmp_path)
     assert parts["0"].read_text() == before
 
 
+def test_noise_aware_promotion_lets_a_trial_within_one_standard_error_go_on():
+    from bench.replay_pruners import NoiseAwareHalving, settled
+
+    pruner = NoiseAwareHalving(n_validation=400, majority_error=0.5, z=1.0)  # SE at 0.2: 0.02
+    records = [(0.20, 0.5), (0.30, 0.6), (0.40, 0.6)]  # with 0.21 below: the cut-off is the best of 4, 0.20
+    assert pruner._in_best((0.21, 0.6), [*records, (0.21, 0.6)], pausing=False)
+    assert not pruner._in_best((0.23, 0.6), [*records, (0.23, 0.6)], pausing=False)
+    # on the majority plateau only the training-loss tie break decides, as in the default pruner
+    plateau = NoiseAwareHalving(n_validation=400, majority_error=0.5, z=1.0)
+    flat = [(0.49, 0.69), (0.5, 0.68), (0.5, 0.69)]
+    assert not plateau._in_best((0.5, 0.70), [*flat, (0.5, 0.70)], pausing=False)
+    assert settled([(0.3, 1.0), (0.2, 1.0), (0.4, 1.0)]) == 0.4  # the last third of 3 epochs
+    assert settled([(e, 1.0) for e in (0.9, 0.5, 0.4, 0.3, 0.2, 0.1)]) == pytest.approx(0.15)
+
+
 def test_replay_pruners_compares_pruners_on_recorded_curves(tmp_path, capsys):
     from bench import replay_pruners
 
     def study(name: str, curves, pruned: bool = False) -> list[str]:
-        lines = [f"study '{name}' in sqlite:///x.db: 9 train / 9 validation examples"]
+        lines = [
+            f"study '{name}' in sqlite:///x.db: 9 train / 9 validation examples, 2 classes, model tiny;"
+            " majority-class val_error 0.5"
+        ]
         for number, curve in enumerate(curves):
             for epoch, error in enumerate(curve, start=1):
                 lines.append(
@@ -201,10 +219,10 @@ def test_replay_pruners_compares_pruners_on_recorded_curves(tmp_path, capsys):
         + "\ntrial 4 epoch 1/3  loss 0.6  val_loss 0.6  val_error 0.1  9 samples/s\n"
     )
     # the pruned study is left out, and so is the unfinished trial 4 of the other
-    [(name, read, n_epochs)] = replay_pruners.read_studies(log)
-    assert (name, n_epochs) == ("A-seed0", 3)
-    assert [[error for error, _ in c] for c in read] == [list(c) for c in curves]
-    assert read[0][0] == (0.5, 0.65)  # (val_error, training loss)
+    [read] = replay_pruners.read_studies(log)
+    assert (read.name, read.n_epochs, read.n_validation, read.majority_error) == ("A-seed0", 3, 9, 0.5)
+    assert [[error for error, _ in c] for c in read.curves] == [list(c) for c in curves]
+    assert read.curves[0][0] == (0.5, 0.65)  # (val_error, training loss)
     assert replay_pruners.main([str(log), "--orders", "3", "--draws", "2"]) == 0
     out = capsys.readouterr().out
     assert "A-seed0: 4 trials x 3 epochs, best 0.2000" in out
@@ -214,6 +232,11 @@ def test_replay_pruners_compares_pruners_on_recorded_curves(tmp_path, capsys):
     assert "same budget: 2 random searches per study" in out
     no_pruning = next(line for line in out.splitlines() if line.startswith("| none |") and "(" in line)
     assert no_pruning.count("(") == 3  # one cell per budget
+    assert "| hpsearch successive-halving, noise-aware (r=3, within 1 SE of the cut-off goes on) |" in out
+    # the searches scored by the trial they hand over: without pruning every search completes one
+    assert "scored by the trial each hands over" in out
+    handed = [line for line in out.splitlines() if line.startswith("| none |")][-1]
+    assert handed.count("(0.00)") == 3
 
     empty = tmp_path / "pruned.progress.txt"
     empty.write_text("\n".join(study("C-seed1", curves, pruned=True)) + "\n")
