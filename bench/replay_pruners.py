@@ -385,34 +385,42 @@ def print_same_budget(studies: list[Study], n_draws: int) -> None:
             for k in sizes:
                 regrets.setdefault(name, {}).setdefault(k, []).extend(found[k * study.n_epochs])
                 handed.setdefault(name, {}).setdefault(k, []).extend(kept[k * study.n_epochs])
-    print(
+    _print_budget_table(
         f"\nsame budget: {n_draws} random searches per study ({len(studies)} studies), trials drawn with"
         " replacement from the study's curves, each pruner training until the budget is spent;"
         " regret = best error found - the study's best, in points (mean; in brackets the share of searches"
-        " within 0.5 points)"
-    )
-    print("| pruner | " + " | ".join(f"{k} trials' epochs" for k in sizes) + " |")
-    print("| --- |" + " ---: |" * len(sizes))
-    for name, by_size in regrets.items():
-        cells = [
+        " within 0.5 points)",
+        regrets,
+        sizes,
+        lambda r: (
             f"{statistics.fmean(r):.2f} ({sum(x <= 100 * TARGET_MARGIN + 1e-9 for x in r) / len(r):.2f})"
-            for r in (by_size[k] for k in sizes)
-        ]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    print(
+        ),
+    )
+
+    def handed_cell(r: list[float | None]) -> str:
+        done = [x for x in r if x is not None]
+        mean = f"{statistics.fmean(done):.2f}" if done else "-"
+        return f"{mean} ({1 - len(done) / len(r):.2f})"
+
+    _print_budget_table(
         "\nthe same searches, scored by the trial each hands over (the complete trial with the lowest error at"
         " any epoch): its settled error (mean of its last third of epochs) - the study's best settled error, in"
-        " points (mean over the searches that completed a trial; in brackets the share that completed none)"
+        " points (mean over the searches that completed a trial; in brackets the share that completed none)",
+        handed,
+        sizes,
+        handed_cell,
     )
+
+
+def _print_budget_table(
+    title: str, by_pruner: dict[str, dict[int, list]], sizes: tuple[int, ...], cell
+) -> None:
+    """One markdown table: a row per pruner, a column per budget, ``cell`` of that budget's draws."""
+    print(title)
     print("| pruner | " + " | ".join(f"{k} trials' epochs" for k in sizes) + " |")
     print("| --- |" + " ---: |" * len(sizes))
-    for name, by_size in handed.items():
-        cells = []
-        for k in sizes:
-            done = [x for x in by_size[k] if x is not None]
-            mean = f"{statistics.fmean(done):.2f}" if done else "-"
-            cells.append(f"{mean} ({1 - len(done) / len(by_size[k]):.2f})")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    for name, by_size in by_pruner.items():
+        print(f"| {name} | " + " | ".join(cell(by_size[k]) for k in sizes) + " |")
 
 
 if __name__ == "__main__":
