@@ -58,9 +58,8 @@ class Candidate:
     n_epochs: int  # epochs trained (see retrain_epochs)
     hyperparameters: dict[str, Any]
     runs: list[SeedRun] = field(default_factory=list)
-    trial_val_error_at_n_epochs: float | None = (
-        None  # what the trial measured after n_epochs: the first seed's target
-    )
+    # what the trial measured after n_epochs: what the first seed (the trial's own) reproduces
+    trial_val_error_at_n_epochs: float | None = None
 
     @property
     def errors(self) -> list[float]:
