@@ -851,6 +851,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="retrain for every epoch, or to the best trial's best epoch (as train-best --epochs; default all)",
     )
     p.add_argument(
+        "--retrain-pick",
+        choices=("best", "settled"),
+        default="best",
+        help="rank hpsearch arms' complete trials by their best epoch (what hpsearch hands over; default) or by"
+        " the mean of their last third of epochs (an alternative, to measure)",
+    )
+    p.add_argument(
         "--retrain-from",
         type=Path,
         metavar="RESULT_JSON",
@@ -935,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_seed(
-    cfg, seed: int, arms: list[str], workdir: Path, log_path: Path, retrain_seeds: int, retrain_epochs: str
+    cfg, seed: int, arms: list[str], workdir: Path, log_path: Path, retrain: Retrain
 ) -> tuple[dict[str, Recorder], dict[str, Any]]:
     """Every arm of one study seed, in turn, then each arm's best configuration retrained; progress lines go
     to ``log_path``."""
@@ -961,7 +968,7 @@ def run_seed(
                 flush=True,
             )
     trials = {arm: list(rec.trials.values()) for arm, rec in recs.items()}
-    return recs, retrain_best(cfg, seed, trials, workdir, retrain_seeds, retrain_epochs)
+    return recs, retrain_best(cfg, seed, trials, workdir, retrain)
 
 
 def in_process(threads: int, fn, *args):
@@ -1008,8 +1015,28 @@ def per_seed_map(jobs: int, threads: int, fn, seeds: list[int], args_of) -> dict
 RETRAIN_SEED = 1000  # retraining seeds start here, away from every study seed's train.seed
 
 
+@dataclasses.dataclass(frozen=True)
+class Retrain:
+    """How each arm's handed-over configuration is retrained (the --retrain-* flags)."""
+
+    seeds: int = 3  # fresh seeds per configuration; 0 skips retraining
+    epochs: str = "all"  # "all": every epoch, "best": the trial's best epoch (train-best --epochs)
+    # hpsearch arms' ranking of complete trials: by their "best" epoch (what the tools hand over), or
+    # "settled", the mean of their last third of epochs (an alternative, measured in BENCHMARKS.md)
+    pick: str = "best"
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Retrain:
+        return cls(args.retrain_seeds, args.retrain_epochs, args.retrain_pick)
+
+
+def settled_error(val_errors: list[float]) -> float:
+    """The mean of a curve's last third of epochs (at least one): its error once training has settled."""
+    return statistics.fmean(val_errors[-max(1, len(val_errors) // 3) :])
+
+
 def handed_over(
-    arm: str, trials: list[dict], n_epochs: int, epochs: str = "all"
+    arm: str, trials: list[dict], n_epochs: int, epochs: str = "all", pick: str = "best"
 ) -> tuple[dict, float, int] | None:
     """The trial an arm's search hands its user, its error and the epochs to retrain it for.
 
@@ -1018,7 +1045,8 @@ def handed_over(
     gets). hpsearch's arms rank by a trial's best epoch and retrain, as ``train-best --epochs``, for every
     epoch ("all") or to that best epoch ("best"); arm D's ``Trainer.hyperparameter_search`` ranks by the error
     after the last epoch (its objective is the final evaluation) and its best run trains every epoch. D's
-    records carry no state: its complete trials are the ones that ran every epoch.
+    records carry no state: its complete trials are the ones that ran every epoch. ``pick="settled"`` ranks
+    hpsearch's arms by ``settled_error`` instead, which no tool does: an alternative, measured.
     """
     complete = [
         t
@@ -1031,15 +1059,16 @@ def handed_over(
     if arm == "D":
         t = min(complete, key=lambda t: (t["val_errors"][-1], t["number"]))
         return t, t["val_errors"][-1], len(t["val_errors"])
-    t = min(complete, key=lambda t: (min(t["val_errors"]), t["number"]))
+    rank = min if pick == "best" else settled_error
+    t = min(complete, key=lambda t: (rank(t["val_errors"]), t["number"]))
     error = min(t["val_errors"])
     return t, error, t["val_errors"].index(error) + 1 if epochs == "best" else n_epochs
 
 
 def retrain_best(
-    cfg, seed: int, trials: dict[str, list[dict]], workdir: Path, n_seeds: int, epochs: str = "all"
+    cfg, seed: int, trials: dict[str, list[dict]], workdir: Path, retrain: Retrain
 ) -> dict[str, Any]:
-    """Each arm's best trial (``handed_over``), retrained with ``n_seeds`` fresh seeds, as ``hpsearch
+    """Each arm's best trial (``handed_over``), retrained with ``retrain.seeds`` fresh seeds, as ``hpsearch
     train-best`` does.
 
     "Best validation error" picks the luckiest of many noisy evaluations, and an arm that evaluates more
@@ -1048,7 +1077,7 @@ def retrain_best(
     epochs ``handed_over`` names, and scored on the same validation rows after the last (no pick among
     epochs).
     """
-    if n_seeds < 1:
+    if retrain.seeds < 1:
         return {}
     from types import SimpleNamespace
 
@@ -1062,7 +1091,7 @@ def retrain_best(
     done: dict[tuple, list[float]] = {}  # arms that found the same configuration share its retraining
     out = {}
     for arm, arm_trials in trials.items():
-        picked = handed_over(arm, arm_trials, cfg.train.n_epochs, epochs)
+        picked = handed_over(arm, arm_trials, cfg.train.n_epochs, retrain.epochs, retrain.pick)
         if picked is None:
             continue
         t, error, n_epochs = picked
@@ -1077,7 +1106,7 @@ def retrain_best(
                     )[0].val_error,
                     4,
                 )
-                for k in range(n_seeds)
+                for k in range(retrain.seeds)
             ]
         out[arm] = {
             "trial": t["number"],
@@ -1099,11 +1128,14 @@ def merge_into(path: Path, other_path: Path) -> int:
 
     def key(r):  # what must match; each run's temporary store differs
         resolved = {**r["resolved_config"], "study": {**r["resolved_config"]["study"], "storage": None}}
-        return r["config"], r["overrides"], r["arms"], resolved
+        # results from before 12-03 carry no recipe: they retrained to the best epoch
+        recipe = r.get("retrain_epochs", "best"), r.get("retrain_pick", "best")
+        return r["config"], r["overrides"], r["arms"], resolved, recipe
 
     if key(result) != key(other) or set(result["seeds"]) & set(other["seeds"]):
         raise ConfigError(
-            f"--merge: {other_path} must come from the same config, overrides and arms as {path}, with other seeds"
+            f"--merge: {other_path} must come from the same config, overrides, arms and --retrain-epochs/-pick as"
+            f" {path}, with other seeds"
         )
     first = {"command": result["command"], "seeds": result["seeds"], "total_seconds": result["total_seconds"]}
     result["per_seed"].update(other["per_seed"])
@@ -1143,8 +1175,7 @@ def retrain_from(args, path: Path) -> int:
                 s,
                 {a: result["per_seed"][str(s)][a]["trials"] for a in arms},
                 Path(tmp),
-                args.retrain_seeds,
-                args.retrain_epochs,
+                Retrain.of(args),
             ),
         )
     for s, by_arm in retrained.items():
@@ -1156,6 +1187,7 @@ def retrain_from(args, path: Path) -> int:
     result["same_compute"] = same_compute(result["aggregate"])
     result["retrained_with"] = "python -m bench.run " + " ".join(sys.argv[1:])
     result["retrain_epochs"] = args.retrain_epochs
+    result["retrain_pick"] = args.retrain_pick
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print_summary(result, sys.stdout)
     return 0
@@ -1178,8 +1210,7 @@ def run_all(
             arms,
             workdir,
             log_path.with_suffix(f".seed{s}.txt"),
-            args.retrain_seeds,
-            args.retrain_epochs,
+            Retrain.of(args),
         ),
     )
     per_seed = {s: recs for s, (recs, _) in runs.items()}
@@ -1224,6 +1255,7 @@ def run_all(
         "same_compute": same_compute(agg),
         "throughput": throughput,
         "retrain_epochs": args.retrain_epochs,
+        "retrain_pick": args.retrain_pick,
         "per_seed": {str(s): v for s, v in summaries.items()},
     }
 

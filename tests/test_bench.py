@@ -175,6 +175,22 @@ def test_merge_adds_seeds_run_later_and_recomputes_the_figures(result, tmp_path)
     before = parts["0"].read_text()
     assert bench.main(["--merge", str(parts["1"]), "--out", str(parts["0"])]) == 2
     assert parts["0"].read_text() == before
+    # so are seeds whose configurations were retrained another way: their figures do not mix
+    other = tmp_path / "seed2.json"
+    study = {**r["resolved_config"]["study"], "storage": "sqlite:////tmp/run-of-seed-2/w.db"}
+    other.write_text(
+        json.dumps(
+            {
+                **r,
+                "seeds": [2],
+                "per_seed": {"2": r["per_seed"]["0"]},
+                "resolved_config": {**r["resolved_config"], "study": study},
+                "retrain_epochs": "best",
+            }
+        )
+    )
+    assert bench.main(["--merge", str(other), "--out", str(parts["0"])]) == 2
+    assert parts["0"].read_text() == before
 
 
 def test_noise_aware_promotion_lets_a_trial_within_one_standard_error_go_on():
@@ -369,3 +385,10 @@ def test_the_retrained_configuration_is_the_one_the_search_hands_its_user():
     t, error, epochs = bench.handed_over("D", trainer_arm, 3)
     assert (t["number"], error, epochs) == (1, 0.29, 3)
     assert bench.handed_over("C", [trial(0, [0.5], "PRUNED")], 3) is None
+    # --retrain-pick settled: the lowest mean of the last third of epochs, not the luckiest single epoch
+    lucky = [*hpsearch_arm, trial(3, [0.27, 0.40, 0.35], "COMPLETE")]
+    assert bench.handed_over("C", lucky, 3)[0]["number"] == 3
+    t, error, epochs = bench.handed_over("C", lucky, 3, "all", "settled")
+    assert (t["number"], error, epochs) == (0, 0.28, 3)
+    assert bench.handed_over("D", trainer_arm, 3, "all", "settled")[0]["number"] == 1  # the Trainer's own
+    assert bench.settled_error([0.9, 0.5, 0.4, 0.3, 0.2, 0.1]) == pytest.approx(0.15)
