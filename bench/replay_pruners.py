@@ -30,6 +30,7 @@ from pathlib import Path
 
 import optuna
 
+from bench.run import settled_error
 from hpsearch.pruners import TRAIN_LOSS_ATTR, SuccessiveHalvingPruner
 
 EPOCH_LINE = re.compile(r"trial (\d+) epoch (\d+)/(\d+)\s+loss (\S+)\s.*\bval_error (\S+)")
@@ -101,8 +102,7 @@ def settled(curve: Curve) -> float:
     """A trial's error once training has settled: the mean of its last third of epochs (at least one). Less
     noisy than its best epoch, which is the luckiest of several measurements, and close to what retraining
     its configuration for every epoch gives (``train-best``'s default)."""
-    tail = curve[-max(1, len(curve) // 3) :]
-    return statistics.fmean(error for error, _ in tail)
+    return settled_error([error for error, _ in curve])
 
 
 class _Handed:
@@ -260,14 +260,12 @@ class NoiseAwareHalving(SuccessiveHalvingPruner):
         self.n_validation, self.majority_error, self.z = n_validation, majority_error, z
 
     def _in_best(self, mine: tuple[float, float], records: list[tuple[float, float]], pausing: bool) -> bool:
-        if super()._in_best(mine, records, pausing):
-            return True
-        n_best = len(records) // self._reduction_factor
-        if n_best == 0 and pausing:
-            return False
-        cut = sorted(records)[max(n_best - 1, 0)][0]
-        margin = self.z * math.sqrt(max(cut * (1 - cut), 0.0) / self.n_validation)
-        return mine[0] <= cut + margin and mine[0] < self.majority_error - margin
+        cut = self._cut_off(records, pausing)
+        if cut is None or mine <= cut:
+            return cut is not None
+        error = cut[0]
+        margin = self.z * math.sqrt(max(error * (1 - error), 0.0) / self.n_validation)
+        return mine[0] <= error + margin and mine[0] < self.majority_error - margin
 
 
 def pruners(study: Study) -> dict[str, optuna.pruners.BasePruner]:

@@ -125,10 +125,16 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
     def _in_best(self, mine: tuple[float, float], records: list[tuple[float, float]], pausing: bool) -> bool:
         """Is ``mine`` among the best ``1/reduction_factor`` of ``records`` (which hold it)? With fewer records
         than that takes, a pausing pruner says no (wait for more); otherwise ``mine`` must be the best so far."""
+        cut = self._cut_off(records, pausing)
+        return cut is not None and mine <= cut
+
+    def _cut_off(self, records: list[tuple[float, float]], pausing: bool) -> tuple[float, float] | None:
+        """The worst record still among the best ``1/reduction_factor`` of ``records`` (with fewer records than
+        that takes, the best so far; None for a pausing pruner, which waits for more)."""
         n_best = len(records) // self._reduction_factor
         if n_best == 0 and pausing:
-            return False
-        return mine <= sorted(records)[max(n_best - 1, 0)]
+            return None
+        return sorted(records)[max(n_best - 1, 0)]
 
     def promotions(self, trials: list[FrozenTrial], last: bool = False) -> list[FrozenTrial]:
         """The paused trials that are now in the best ``1/reduction_factor`` at the rung they wait at: the
