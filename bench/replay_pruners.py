@@ -41,9 +41,8 @@ PRUNED_LINE = re.compile(r"^trial \d+ pruned:")
 TARGET_MARGIN = 0.005
 
 Curve = list[tuple[float, float]]  # (validation error, mean training loss) per epoch
-Timeline = list[
-    tuple[int, float, float | None]
-]  # (epochs so far, best error so far, handed over's settled error)
+# after each epoch trained: (epochs so far, best error so far, settled error of the trial handed over so far)
+Timeline = list[tuple[int, float, float | None]]
 
 
 @dataclass(frozen=True)
