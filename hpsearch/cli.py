@@ -658,7 +658,8 @@ def report(study, storage, output, fmt):
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Retrain the k best complete trials; the one with the lowest mean val_error is saved.",
+    help="Retrain the k best trials (complete ones, then the best pruned ones); the one with the lowest"
+    " mean val_error is saved.",
 )
 @click.option(
     "--epochs",

@@ -149,3 +149,75 @@ def test_train_best_needs_a_complete_trial(workdir):
     result = CliRunner().invoke(cli, ["train-best", "e", "--storage", url, "-o", "m"])
     assert result.exit_code == 2
     assert "has no complete trial yet" in result.stderr and not (workdir / "m").exists()
+
+
+def _trial(state, curve, value=None, **attrs):
+    from optuna.distributions import FloatDistribution
+
+    return optuna.trial.create_trial(
+        state=state,
+        value=value,
+        params={"learning_rate": 1e-4},
+        distributions={"learning_rate": FloatDistribution(1e-5, 1e-1, log=True)},
+        intermediate_values=curve,
+        user_attrs=attrs,
+    )
+
+
+def test_top_k_ranks_complete_trials_first_then_pruned_ones_by_the_rung_they_reached(workdir):
+    from optuna.trial import TrialState
+
+    from hpsearch.best_model import top_trials
+
+    study = optuna.create_study(study_name="k", storage=f"sqlite:///{workdir}/k.db")
+    for t in [
+        _trial(TrialState.COMPLETE, {1: 0.4, 2: 0.35, 3: 0.30}, 0.30),  # 0
+        _trial(TrialState.PRUNED, {1: 0.33, 2: 0.31}),  # 1: reached the epoch-2 rung
+        _trial(TrialState.PRUNED, {1: 0.25}),  # 2: lower, but pruned at the first rung
+        _trial(TrialState.PRUNED, {1: 0.2}, prune_reason="diverged: loss is NaN"),  # 3: never a candidate
+        _trial(TrialState.PRUNED, {0: 0.3}),  # 4: pruned at train.early_eval, before an epoch's end
+        _trial(TrialState.COMPLETE, {1: 0.5, 2: 0.4, 3: 0.32}, 0.32),  # 5
+        _trial(TrialState.PRUNED, {1: 0.24}),  # 6
+    ]:
+        study.add_trial(t)
+    assert [t.number for t in top_trials(study, 1)] == [0]
+    assert [t.number for t in top_trials(study, 3)] == [0, 5, 1]
+    assert [t.number for t in top_trials(study, 9)] == [0, 5, 1, 6, 2]
+
+
+def test_top_k_retrains_a_pruned_trial_when_too_few_completed(searched):
+    import shutil
+
+    from optuna.trial import TrialState
+
+    root = searched["root"]
+    shutil.copy(root / "t.db", root / "k.db")
+    url = f"sqlite:///{root}/k.db"
+    study = optuna.load_study(study_name="t", storage=url)
+    trial = searched["trial"]
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.PRUNED,
+            params={**trial.params, "learning_rate": 1e-4},
+            distributions=trial.distributions,
+            intermediate_values={1: 0.45},
+            user_attrs={"prune_reason": "val_error 0.4500 at epoch 1: not in the top 1/3"},
+        )
+    )
+    out = root / "top2"
+    args = ["train-best", "t", "--storage", url, "--top-k", "2", "--seeds", "2", "-o", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    complete, pruned = report["candidates"]
+    assert complete["trial"] == trial.number and complete["pruned_after_epoch"] is None
+    assert pruned["trial"] == trial.number + 1 and pruned["pruned_after_epoch"] == 1
+    assert pruned["trial_val_error"] == 0.45 and pruned["n_epochs"] == 3
+    assert (
+        "--top-k 2: the study has 1 complete trial; also retraining the best pruned, deepest rung first:"
+        " trial 1 (pruned after epoch 1)\n" in result.stderr
+    )
+    assert len(pruned["runs"]) == 2 and all(r["epochs"] == 3 for r in pruned["runs"])
+    chosen = min((complete, pruned), key=lambda c: c["val_error"]["mean"])
+    assert report["chosen_trial"] == chosen["trial"]
+    assert yaml.safe_load((out / "hyperparameters.yaml").read_text())["trial"] == chosen["trial"]
