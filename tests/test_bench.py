@@ -392,3 +392,60 @@ def test_the_retrained_configuration_is_the_one_the_search_hands_its_user():
     assert (t["number"], error, epochs) == (0, 0.28, 3)
     assert bench.handed_over("D", trainer_arm, 3, "all", "settled")[0]["number"] == 1  # the Trainer's own
     assert bench.settled_error([0.9, 0.5, 0.4, 0.3, 0.2, 0.1]) == pytest.approx(0.15)
+
+
+@pytest.mark.slow
+def test_top_k_retrains_each_arms_candidates_and_scores_every_rule_on_held_out_seeds(result, tmp_path):
+    from bench import top_k
+
+    out, r = result
+    report = tmp_path / "topk.json"
+    argv = [str(out), "--config", str(ROOT / "studies" / "demo.yaml"), "--arms", "C", "--k", "2",
+            "--rank-seeds", "1", "--held-out", "1", "--seeds", "0", "--out", str(report)]  # fmt: skip
+    assert top_k.main(argv) == 0
+    t = json.loads(report.read_text())
+    rows = t["per_seed"]["0"]["C"]
+    assert [row["trial"] for row in rows] == [
+        c["number"] for c in top_k.candidates(r["per_seed"]["0"]["C"]["trials"], 2)
+    ]
+    for row in rows:
+        assert len(row["rank"]) == 1 and len(row["held_out"]) == 1
+        if row["own_recorded"]:  # a complete trial's own seed is its recorded last epoch
+            trial = next(x for x in r["per_seed"]["0"]["C"]["trials"] if x["number"] == row["trial"])
+            assert row["own"] == round(trial["val_errors"][N_EPOCHS - 1], 4)
+    summary = t["summary"]["C"]
+    assert set(summary) == {*top_k.RULES, "own_minus_fresh"}
+    assert summary["oracle"]["median"] <= summary["top-1"]["median"]  # the oracle picks by the held-out runs
+
+
+def test_top_k_rules_pick_by_their_own_seeds_and_are_scored_on_the_held_out_ones():
+    from bench import top_k
+
+    rows = [  # candidate 0 looked best in the search and on its own seed, and is worst on fresh seeds
+        {"own": 0.20, "rank": [0.40, 0.40], "held_out": [0.38]},
+        {"own": 0.40, "rank": [0.31, 0.33], "held_out": [0.30]},
+        {"own": 0.35, "rank": [0.32, 0.34], "held_out": [0.29]},
+    ]
+    assert top_k.pick(rows, "top-1") is rows[0]
+    assert top_k.pick(rows, "own") is rows[0]  # mean 0.333 against 0.347 and 0.337: the lucky seed wins
+    assert top_k.pick(rows, "fresh") is rows[1]
+    assert top_k.pick(rows, "oracle") is rows[2]
+    summary = top_k.summarise({0: {"C": rows}, 1: {"C": rows[1:]}})["C"]
+    assert summary["fresh"]["per_seed"] == {0: 0.30, 1: 0.30}
+    assert summary["fresh"]["vs_top_1"] == {"better": 1, "worse": 0, "level": 1}
+    assert summary["own_minus_fresh"] == pytest.approx(
+        sum(r["own"] - sum(r["rank"]) / 2 for r in rows + rows[1:]) / 5
+    )
+
+
+def test_top_k_candidates_are_ranked_as_train_best_ranks_them():
+    from bench import top_k
+
+    trials = [
+        {"number": 0, "state": "PRUNED", "val_errors": [0.2]},
+        {"number": 1, "state": "COMPLETE", "val_errors": [0.5, 0.4, 0.35]},
+        {"number": 2, "state": "PRUNED", "val_errors": [0.3, 0.25]},
+        {"number": 3, "state": "PRUNED", "val_errors": [], "stopped_diverging": "loss is NaN"},
+        {"number": 4, "state": "PRUNED", "val_errors": [0.1], "stopped_diverging": "worse than a guess"},
+    ]
+    assert [t["number"] for t in top_k.candidates(trials, 3)] == [1, 2, 0]
