@@ -2,7 +2,7 @@
 one than its best trial alone, and how should the k be ranked?
 
 For each arm and seed of a ``bench.run`` result, the arm's k best trials, ranked as ``train-best --top-k``
-ranks them (``hpsearch.best_model.candidate_key``: complete trials first, then pruned ones by the rung they
+ranks them (``hpsearch.results.candidate_key``: complete trials first, then pruned ones by the rung they
 reached), are retrained for every epoch of the study with
 
 - the trial's own seed (what ``train-best`` runs first; for a complete trial its recorded error after the last
@@ -41,7 +41,7 @@ RULES = ("top-1", "own", "fresh", "oracle")
 
 def candidates(trials: list[dict], k: int) -> list[dict]:
     """An arm's k best trials, as ``train-best --top-k`` ranks them (stopped-diverging trials left out)."""
-    from hpsearch.best_model import candidate_key
+    from hpsearch.results import candidate_key
 
     usable = [t for t in trials if t["val_errors"] and not t.get("stopped_diverging")]
     key = {t["number"]: candidate_key(t["state"] == "COMPLETE", t["val_errors"], t["number"]) for t in usable}

@@ -31,6 +31,7 @@ from hpsearch.config import Config, config_from_dict
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.objective import CHECKPOINT_ATTR, TUNABLE
 from hpsearch.pruners import EARLY_STEP
+from hpsearch.results import retrain_candidates
 from hpsearch.space import parse_space
 from hpsearch.study import CONFIG_ATTR, best_trial
 
@@ -88,34 +89,14 @@ def study_config(study: optuna.Study) -> Config:
     return config_from_dict(stored, source=f"study '{study.study_name}'")
 
 
-def candidate_key(complete: bool, epoch_errors: list[float], number: int) -> tuple:
-    """How ``--top-k`` ranks trials: complete ones by their best epoch's error (their value); after them,
-    pruned ones as successive halving ranked them, the deepest rung reached first, then the lowest error."""
-    return (not complete, 0 if complete else -len(epoch_errors), min(epoch_errors), number)
-
-
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    """The k best complete trials; where fewer than k are complete, the best pruned ones fill the list.
-
-    A search with a pruner completes few trials (hpsearch's default completed 1 to 3 of 16 on SST-2), so
-    ``--top-k 3`` would otherwise quietly retrain one configuration. A pruned trial's configuration is
-    retrained like any other (for ``--epochs all``, the study's schedule). Trials stopped by the divergence
-    rule, or pruned before their first epoch's end, have nothing to rank them by and are left out.
-    """
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    if not any(t.state == TrialState.COMPLETE and t.value is not None for t in trials):
+    """The k best complete trials; where fewer than k are complete, the best pruned ones fill the list
+    (``hpsearch.results.retrain_candidates``)."""
+    if not any(t.value is not None for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
         raise ConfigError(
             f"study '{study.study_name}' has no complete trial yet; run or resume the search first"
         )
-    ranked = []
-    for t in trials:
-        complete = t.state == TrialState.COMPLETE
-        if not complete and str(t.user_attrs.get("prune_reason", "")).startswith("diverged"):
-            continue
-        errors = [v for e, v in t.intermediate_values.items() if e != EARLY_STEP and v is not None]
-        if errors and (t.value is not None or not complete):
-            ranked.append((candidate_key(complete, errors, t.number), t))
-    return [t for _, t in sorted(ranked, key=lambda kt: kt[0])[:k]]
+    return retrain_candidates(study)[:k]
 
 
 def trial_hyperparameters(cfg: Config, trial: FrozenTrial) -> dict[str, Any]:

@@ -490,7 +490,7 @@ def best(study, storage, fmt):
     Example:
       hpsearch best demo > best.yaml
     """
-    from hpsearch.results import best_config, tie_line
+    from hpsearch.results import advice_line, best_config
     from hpsearch.study import load_existing_study
 
     cfg = best_config(load_existing_study(_storage_for(study, storage), study))
@@ -502,9 +502,9 @@ def best(study, storage, fmt):
         f"# best trial {cfg['trial']} of study '{cfg['study']}': val_error {cfg['val_error']:.4f}{noise}"
         f" at epoch {cfg['best_epoch']} of {cfg['train'].get('n_epochs', '?')}"
     )
-    tie = tie_line(cfg, study)
-    if tie:
-        click.echo(f"# {tie}")
+    advice = advice_line(cfg, study)
+    if advice:
+        click.echo(f"# {advice}")
     click.echo(
         yaml.safe_dump(
             {k: cfg[k] for k in ("model", "data", "train", "search_space")}, sort_keys=False

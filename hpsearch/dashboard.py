@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.config import STORAGE_ENV, Config, mask_password
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.pruners import EARLY_STEP, PAUSED_ATTR
-from hpsearch.results import best_summary, format_params, tie_line
+from hpsearch.results import advice_line, best_summary, format_params
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -256,9 +256,9 @@ def study_note_text(
             f"{best.user_attrs.get('best_epoch')} ({params}).",
             "",
         ]
-        tie = tie_line(noise or {}, s.name, mask_password(s.storage))
-        if tie:
-            lines += [tie[0].upper() + tie[1:] + ".", ""]
+        advice = advice_line(noise or {}, s.name, mask_password(s.storage))
+        if advice:
+            lines += [advice[0].upper() + advice[1:] + ".", ""]
     if cost is not None:
         lines += [
             "### Cost",

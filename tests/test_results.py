@@ -57,7 +57,8 @@ def test_a_study_from_before_the_data_sizes_were_stored_gets_no_noise(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     make_study(url, [0.30, 0.29], data=False)
     summary = best_summary(optuna.load_study(study_name="s", storage=url))
-    assert summary == {"trial": 1, "val_error": 0.29, "params": summary["params"]}
+    assert {"n_validation", "standard_error", "within_one_standard_error"}.isdisjoint(summary)
+    assert (summary["trial"], summary["val_error"], summary["complete_trials"]) == (1, 0.29, 2)
     show = CliRunner().invoke(cli, ["show", "s", "--storage", url])
     assert show.exit_code == 0, show.output
     assert "best: trial 1, val_error 0.2900 (learning_rate=" in show.stdout and "±" not in show.stdout
@@ -104,3 +105,25 @@ def test_the_study_note_gives_the_noise_and_the_trials_within_it(tmp_path):
     note = read_note(optuna.load_study(study_name="s", storage=url))
     assert "**Best so far:** trial 1, val_error 0.2000 ± 0.0200 (one standard error) at epoch" in note
     assert "Within one standard error of it: trial 0; one measurement cannot rank them" in note
+
+
+def test_few_complete_trials_get_the_command_that_retrains_the_best_pruned_ones_too(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    make_study(url, [None, 0.20, None])  # one complete trial, two pruned after epoch 1
+    summary = best_summary(optuna.load_study(study_name="s", storage=url))
+    assert (summary["complete_trials"], summary["pruned_candidates"]) == (1, 2)
+    show = CliRunner().invoke(cli, ["show", "s", "--storage", url]).stdout.splitlines()
+    at = next(i for i, x in enumerate(show) if x.startswith("best: "))
+    assert show[at + 1].startswith("only 1 complete trial, the others pruned; a pruned one can still retrain")
+    assert show[at + 1].endswith(f"hpsearch train-best s --storage {url} --top-k 3 -o models/best")
+    best = CliRunner().invoke(cli, ["best", "s", "--storage", url])
+    assert "# only 1 complete trial" in best.stdout and "--top-k 3 -o models/best\n" in best.stdout
+    assert yaml.safe_load(best.stdout)["search_space"]["learning_rate"] > 0
+
+
+def test_three_complete_trials_or_nothing_pruned_get_no_few_complete_line(tmp_path):
+    for name, values in {"a": [0.30, 0.40, 0.50, None], "b": [0.30, 0.20]}.items():
+        url = f"sqlite:///{tmp_path}/{name}.db"
+        make_study(url, values)
+        show = CliRunner().invoke(cli, ["show", "s", "--storage", url]).stdout
+        assert "best: trial" in show and "complete trial" not in show, name
