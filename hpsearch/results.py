@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cost import trial_epochs
-from hpsearch.pruners import CONTINUES_ATTR, EARLY_EVAL_ATTR, EARLY_STEP
+from hpsearch.pruners import CONTINUES_ATTR, EARLY_EVAL_ATTR, EARLY_STEP, replaced
 from hpsearch.study import (
     CONFIG_ATTR,
     DATA_ATTR,
@@ -203,10 +203,15 @@ def retrain_candidates(study: optuna.Study) -> list[FrozenTrial]:
     the best pruned ones follow the complete ones: ``--top-k 3`` would otherwise quietly retrain one
     configuration, and a pruned trial retrained better than the one complete trial on 2 of 7 benchmark
     searches (BENCHMARKS.md, "Retraining the top k"). Trials stopped by the divergence rule, or pruned before
-    their first epoch's end, have nothing to rank them by and are left out.
+    their first epoch's end, have nothing to rank them by and are left out; so is a paused trial that a later
+    trial continued (``study.pause_at_rungs``), which would otherwise be the same configuration twice.
     """
+    trials = study.get_trials(deepcopy=False)
+    gone = replaced(trials)  # a paused trial another continued: the successor carries its curve
     ranked = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    for t in trials:
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or t.number in gone:
+            continue
         complete = t.state == TrialState.COMPLETE
         if not complete and str(t.user_attrs.get("prune_reason", "")).startswith("diverged"):
             continue

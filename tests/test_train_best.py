@@ -151,7 +151,7 @@ def test_train_best_needs_a_complete_trial(workdir):
     assert "has no complete trial yet" in result.stderr and not (workdir / "m").exists()
 
 
-def _trial(state, curve, value=None, **attrs):
+def _trial(state, curve, value=None, system_attrs=None, **attrs):
     from optuna.distributions import FloatDistribution
 
     return optuna.trial.create_trial(
@@ -161,6 +161,7 @@ def _trial(state, curve, value=None, **attrs):
         distributions={"learning_rate": FloatDistribution(1e-5, 1e-1, log=True)},
         intermediate_values=curve,
         user_attrs=attrs,
+        system_attrs=system_attrs,
     )
 
 
@@ -178,11 +179,15 @@ def test_top_k_ranks_complete_trials_first_then_pruned_ones_by_the_rung_they_rea
         _trial(TrialState.PRUNED, {0: 0.3}),  # 4: pruned at train.early_eval, before an epoch's end
         _trial(TrialState.COMPLETE, {1: 0.5, 2: 0.4, 3: 0.32}, 0.32),  # 5
         _trial(TrialState.PRUNED, {1: 0.24}),  # 6
+        _trial(TrialState.PRUNED, {1: 0.3, 2: 0.29, 3: 0.28}, paused_at_epoch=3),  # 7: paused, then...
+        _trial(
+            TrialState.PRUNED, {1: 0.3, 2: 0.29, 3: 0.28, 4: 0.27}, system_attrs={"continues_trial": 7}
+        ),  # 8
     ]:
         study.add_trial(t)
     assert [t.number for t in top_trials(study, 1)] == [0]
-    assert [t.number for t in top_trials(study, 3)] == [0, 5, 1]
-    assert [t.number for t in top_trials(study, 9)] == [0, 5, 1, 6, 2]
+    assert [t.number for t in top_trials(study, 3)] == [0, 5, 8]  # 8 carries 7's curve: 7 is not listed
+    assert [t.number for t in top_trials(study, 9)] == [0, 5, 8, 1, 6, 2]
 
 
 def test_top_k_retrains_a_pruned_trial_when_too_few_completed(searched):
