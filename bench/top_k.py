@@ -157,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, sets=result["overrides"])
     arms = args.arms.split(",")
     if "D" in arms:
-        ap.error("--arms: D's trials are not hpsearch's; train-best cannot rank them")
+        ap.error("--arms D: D's trials are not hpsearch's; train-best cannot rank them")
+    if set(arms) - set(result["arms"]):
+        ap.error(f"--arms {args.arms}: {args.result} has arms {','.join(result['arms'])}")
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [int(s) for s in result["seeds"]]
+    if set(seeds) - {int(s) for s in result["seeds"]}:
+        ap.error(f"--seeds {args.seeds}: {args.result} has seeds {','.join(map(str, result['seeds']))}")
     if args.threads:
         import torch
 

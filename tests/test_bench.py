@@ -449,3 +449,15 @@ def test_top_k_candidates_are_ranked_as_train_best_ranks_them():
         {"number": 4, "state": "PRUNED", "val_errors": [0.1], "stopped_diverging": "worse than a guess"},
     ]
     assert [t["number"] for t in top_k.candidates(trials, 3)] == [1, 2, 0]
+
+
+@pytest.mark.parametrize("flags", [["--arms", "D"], ["--arms", "G"], ["--seeds", "7"]])
+def test_top_k_refuses_arms_and_seeds_the_result_lacks_in_one_line(flags, capsys):
+    from bench import top_k
+
+    result = ROOT / "bench" / "results" / "sst2-1202.json"
+    with pytest.raises(SystemExit) as e:
+        top_k.main([str(result), *flags, "--out", "/nonexistent/x.json"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"python -m bench.top_k: error: {flags[0]} ")
