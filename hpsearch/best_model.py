@@ -30,8 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.config import Config, config_from_dict
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.objective import CHECKPOINT_ATTR, TUNABLE
-from hpsearch.pruners import EARLY_STEP
-from hpsearch.results import retrain_candidates
+from hpsearch.results import epoch_curve, retrain_candidates
 from hpsearch.space import parse_space
 from hpsearch.study import CONFIG_ATTR, best_trial
 
@@ -224,7 +223,7 @@ def train_best(
         hp = trial_hyperparameters(cfg, t)
         n_epochs = retrain_epochs(cfg, t, epochs)
         pruned = t.state == TrialState.PRUNED
-        curve = {e: v for e, v in t.intermediate_values.items() if e != EARLY_STEP}
+        curve = epoch_curve(t)
         cand = Candidate(
             t.number,
             float(min(curve.values()) if pruned else t.value),
@@ -375,10 +374,7 @@ def _say_which(trials: list[FrozenTrial], top_k: int, log: TextIO) -> None:
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     if pruned:
         n = len(trials) - len(pruned)
-        named = ", ".join(
-            f"trial {t.number} (pruned after epoch {max(e for e in t.intermediate_values if e != EARLY_STEP)})"
-            for t in pruned
-        )
+        named = ", ".join(f"trial {t.number} (pruned after epoch {max(epoch_curve(t))})" for t in pruned)
         log.write(
             f"--top-k {top_k}: the study has {n} complete trial{'s' * (n != 1)}; also retraining the best"
             f" pruned, deepest rung first: {named}\n"

@@ -189,6 +189,11 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     }
 
 
+def epoch_curve(trial: FrozenTrial) -> dict[int, float]:
+    """A trial's validation error at each epoch's end (without train.early_eval's report inside epoch 1)."""
+    return {e: v for e, v in trial.intermediate_values.items() if e != EARLY_STEP and v is not None}
+
+
 def candidate_key(complete: bool, epoch_errors: list[float], number: int) -> tuple:
     """How ``train-best --top-k`` ranks trials: complete ones by their best epoch's error (their value);
     after them, pruned ones as successive halving ranked them, the deepest rung reached first, then the
@@ -215,7 +220,7 @@ def retrain_candidates(study: optuna.Study) -> list[FrozenTrial]:
         complete = t.state == TrialState.COMPLETE
         if not complete and str(t.user_attrs.get("prune_reason", "")).startswith("diverged"):
             continue
-        errors = [v for e, v in t.intermediate_values.items() if e != EARLY_STEP and v is not None]
+        errors = list(epoch_curve(t).values())
         if errors and (t.value is not None or not complete):
             ranked.append((candidate_key(complete, errors, t.number), t))
     return [t for _, t in sorted(ranked, key=lambda kt: kt[0])]
@@ -256,9 +261,9 @@ def few_complete_line(summary: dict[str, Any], study_name: str, storage: str = "
     k = min(n + pruned, MAX_SUGGESTED_TOP_K)
     where = f" --storage {storage}" if storage else ""
     return (
-        f"only {n} complete trial{'s' * (n != 1)}, the others pruned; a pruned one can still retrain better"
-        f' (BENCHMARKS.md, "Retraining the top k"), so compare the best {k} on several seeds before you'
-        f" choose: hpsearch train-best {study_name}{where} --top-k {k} -o models/best"
+        f"only {n} complete trial{'s' * (n != 1)}; the best pruned ones may retrain better (BENCHMARKS.md,"
+        f' "Retraining the top k"), so compare the best {k} on several seeds before you choose:'
+        f" hpsearch train-best {study_name}{where} --top-k {k} -o models/best"
     )
 
 

@@ -114,7 +114,9 @@ def test_few_complete_trials_get_the_command_that_retrains_the_best_pruned_ones_
     assert (summary["complete_trials"], summary["pruned_candidates"]) == (1, 2)
     show = CliRunner().invoke(cli, ["show", "s", "--storage", url]).stdout.splitlines()
     at = next(i for i, x in enumerate(show) if x.startswith("best: "))
-    assert show[at + 1].startswith("only 1 complete trial, the others pruned; a pruned one can still retrain")
+    assert show[at + 1].startswith(
+        "only 1 complete trial; the best pruned ones may retrain better (BENCHMARKS"
+    )
     assert show[at + 1].endswith(f"hpsearch train-best s --storage {url} --top-k 3 -o models/best")
     best = CliRunner().invoke(cli, ["best", "s", "--storage", url])
     assert "# only 1 complete trial" in best.stdout and "--top-k 3 -o models/best\n" in best.stdout
