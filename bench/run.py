@@ -1065,6 +1065,27 @@ def handed_over(
     return t, error, t["val_errors"].index(error) + 1 if epochs == "best" else n_epochs
 
 
+def seed_trainer(cfg, seed: int, workdir: Path):
+    """``train(params, run_seed, n_epochs) -> val_error`` after the last epoch (4 decimals), on this study
+    seed's rows with hpsearch's loop as ``train-best`` runs it, and no divergence stop (measure it all); the
+    data and tokenizer are prepared once."""
+    from types import SimpleNamespace
+
+    from hpsearch.best_model import _train_one, trial_hyperparameters
+    from hpsearch.search import prepare
+    from hpsearch.train import resolve_device
+
+    seed_cfg = arm_config(cfg, "A", seed, workdir)  # this seed's rows, the search's train.seed; no stop
+    _, data, factory, encoded = prepare(seed_cfg)
+    device = resolve_device(cfg.train.device)
+
+    def train(params: dict[str, Any], run_seed: int, n_epochs: int) -> float:
+        hp = {**trial_hyperparameters(seed_cfg, SimpleNamespace(params=params)), "seed": run_seed}
+        return round(_train_one(seed_cfg, data, factory, encoded, hp, n_epochs, device)[0].val_error, 4)
+
+    return train
+
+
 def retrain_best(
     cfg, seed: int, trials: dict[str, list[dict]], workdir: Path, retrain: Retrain
 ) -> dict[str, Any]:
@@ -1079,15 +1100,7 @@ def retrain_best(
     """
     if retrain.seeds < 1:
         return {}
-    from types import SimpleNamespace
-
-    from hpsearch.best_model import _train_one, trial_hyperparameters
-    from hpsearch.search import prepare
-    from hpsearch.train import resolve_device
-
-    seed_cfg = arm_config(cfg, "A", seed, workdir)  # this seed's rows; no divergence stop: measure it all
-    _, data, factory, encoded = prepare(seed_cfg)
-    device = resolve_device(cfg.train.device)
+    train = seed_trainer(cfg, seed, workdir)
     done: dict[tuple, list[float]] = {}  # arms that found the same configuration share its retraining
     out = {}
     for arm, arm_trials in trials.items():
@@ -1098,16 +1111,7 @@ def retrain_best(
         params = {"learning_rate": t["learning_rate"], "batch_size": t["batch_size"]}
         key = (t["learning_rate"], t["batch_size"], n_epochs)
         if key not in done:
-            hp = trial_hyperparameters(seed_cfg, SimpleNamespace(params=params))
-            done[key] = [
-                round(
-                    _train_one(
-                        seed_cfg, data, factory, encoded, {**hp, "seed": RETRAIN_SEED + k}, n_epochs, device
-                    )[0].val_error,
-                    4,
-                )
-                for k in range(retrain.seeds)
-            ]
+            done[key] = [train(params, RETRAIN_SEED + k, n_epochs) for k in range(retrain.seeds)]
         out[arm] = {
             "trial": t["number"],
             **params,

@@ -31,10 +31,9 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from bench.run import DEFAULT_CONFIG, RETRAIN_SEED, arm_config, per_seed_map
+from bench.run import DEFAULT_CONFIG, RETRAIN_SEED, per_seed_map, seed_trainer
 
 RULES = ("top-1", "own", "fresh", "oracle")
 
@@ -44,27 +43,21 @@ def candidates(trials: list[dict], k: int) -> list[dict]:
     from hpsearch.results import candidate_key
 
     usable = [t for t in trials if t["val_errors"] and not t.get("stopped_diverging")]
-    key = {t["number"]: candidate_key(t["state"] == "COMPLETE", t["val_errors"], t["number"]) for t in usable}
-    return sorted(usable, key=lambda t: key[t["number"]])[:k]
+
+    def key(t):  # a complete trial's value is its lowest epoch-end error
+        return candidate_key(
+            t["state"] == "COMPLETE", len(t["val_errors"]), min(t["val_errors"]), t["number"]
+        )
+
+    return sorted(usable, key=key)[:k]
 
 
 def retrain_seed(cfg, seed: int, by_arm: dict[str, list[dict]], k: int, n_rank: int, n_held: int, workdir):
-    """Every candidate of every arm of one seed, trained with its own seed and the fresh ones."""
-    from hpsearch.best_model import _train_one, trial_hyperparameters
-    from hpsearch.search import prepare
-    from hpsearch.train import resolve_device
-
-    seed_cfg = arm_config(cfg, "A", seed, workdir)  # this seed's rows, the search's train.seed; no stop
-    _, data, factory, encoded = prepare(seed_cfg)
-    device = resolve_device(cfg.train.device)
+    """Every candidate of every arm of one seed, trained with its own seed (the study seed is the trials'
+    train.seed) and the fresh ones."""
+    train = seed_trainer(cfg, seed, workdir)
     n_epochs = cfg.train.n_epochs
     done: dict[tuple, dict[str, Any]] = {}  # arms sharing a configuration share its runs
-
-    def train(hp, s):
-        return round(
-            _train_one(seed_cfg, data, factory, encoded, {**hp, "seed": s}, n_epochs, device)[0].val_error, 4
-        )
-
     out = {}
     for arm, trials in by_arm.items():
         rows = []
@@ -72,13 +65,12 @@ def retrain_seed(cfg, seed: int, by_arm: dict[str, list[dict]], k: int, n_rank: 
             params = {"learning_rate": t["learning_rate"], "batch_size": t["batch_size"]}
             key = (t["learning_rate"], t["batch_size"])
             if key not in done:
-                hp = trial_hyperparameters(seed_cfg, SimpleNamespace(params=params))
                 complete = t["state"] == "COMPLETE" and len(t["val_errors"]) >= n_epochs
-                fresh = [train(hp, RETRAIN_SEED + j) for j in range(n_rank + n_held)]
+                fresh = [train(params, RETRAIN_SEED + j, n_epochs) for j in range(n_rank + n_held)]
                 done[key] = {
                     "own": round(t["val_errors"][n_epochs - 1], 4)
                     if complete
-                    else train(hp, seed_cfg.train.seed),
+                    else train(params, seed, n_epochs),
                     "own_recorded": complete,
                     "rank": fresh[:n_rank],
                     "held_out": fresh[n_rank:],
@@ -97,16 +89,12 @@ def retrain_seed(cfg, seed: int, by_arm: dict[str, list[dict]], k: int, n_rank: 
     return out
 
 
-def mean(xs):
-    return statistics.fmean(xs)
-
-
 def pick(rows: list[dict], rule: str) -> dict:
     score = {
         "top-1": lambda i, r: i,
-        "own": lambda i, r: mean([r["own"], *r["rank"]]),
-        "fresh": lambda i, r: mean(r["rank"]),
-        "oracle": lambda i, r: mean(r["held_out"]),
+        "own": lambda i, r: statistics.fmean([r["own"], *r["rank"]]),
+        "fresh": lambda i, r: statistics.fmean(r["rank"]),
+        "oracle": lambda i, r: statistics.fmean(r["held_out"]),
     }[rule]
     return min(enumerate(rows), key=lambda ir: (score(*ir), ir[0]))[1]
 
@@ -119,7 +107,7 @@ def summarise(per_seed: dict[int, dict[str, list[dict]]]) -> dict[str, Any]:
         for s, by in per_seed.items():
             if by.get(arm):
                 for rule in RULES:
-                    held[rule][s] = round(mean(pick(by[arm], rule)["held_out"]), 4)
+                    held[rule][s] = round(statistics.fmean(pick(by[arm], rule)["held_out"]), 4)
         base = held["top-1"]
         out[arm] = {
             rule: {
@@ -133,8 +121,10 @@ def summarise(per_seed: dict[int, dict[str, list[dict]]]) -> dict[str, Any]:
             }
             for rule, v in held.items()
         }
-        own_gap = [r["own"] - mean(r["rank"]) for by in per_seed.values() for r in by.get(arm, [])]
-        out[arm]["own_minus_fresh"] = round(mean(own_gap), 4) if own_gap else None
+        own_gap = [
+            r["own"] - statistics.fmean(r["rank"]) for by in per_seed.values() for r in by.get(arm, [])
+        ]
+        out[arm]["own_minus_fresh"] = round(statistics.fmean(own_gap), 4) if own_gap else None
     return out
 
 

@@ -91,11 +91,12 @@ def study_config(study: optuna.Study) -> Config:
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
     """The k best complete trials; where fewer than k are complete, the best pruned ones fill the list
     (``hpsearch.results.retrain_candidates``)."""
-    if not any(t.value is not None for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+    ranked = retrain_candidates(study)  # complete trials first
+    if not ranked or ranked[0].state != TrialState.COMPLETE:
         raise ConfigError(
             f"study '{study.study_name}' has no complete trial yet; run or resume the search first"
         )
-    return retrain_candidates(study)[:k]
+    return ranked[:k]
 
 
 def trial_hyperparameters(cfg: Config, trial: FrozenTrial) -> dict[str, Any]:

@@ -166,21 +166,15 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     if best is None:
         return None
     summary: dict[str, Any] = {"trial": best.number, "val_error": best.value, "params": dict(best.params)}
-    ranked = retrain_candidates(study)
-    summary["complete_trials"] = sum(t.state == TrialState.COMPLETE for t in ranked)
-    summary["pruned_candidates"] = len(ranked) - summary["complete_trials"]
+    ranked = retrain_candidates(study)  # complete trials first, by value
+    complete = [t for t in ranked if t.state == TrialState.COMPLETE]
+    summary["complete_trials"] = len(complete)
+    summary["pruned_candidates"] = len(ranked) - len(complete)
     n = (study.user_attrs.get(DATA_ATTR) or {}).get("n_validation")
     if not n:
         return summary
     se = standard_error(best.value, n)
-    tied = sorted(
-        (
-            t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.number != best.number and t.value is not None and t.value <= best.value + se
-        ),
-        key=lambda t: (t.value, t.number),
-    )
+    tied = [t for t in complete if t.number != best.number and t.value <= best.value + se]
     return {
         **summary,
         "n_validation": n,
@@ -194,11 +188,11 @@ def epoch_curve(trial: FrozenTrial) -> dict[int, float]:
     return {e: v for e, v in trial.intermediate_values.items() if e != EARLY_STEP and v is not None}
 
 
-def candidate_key(complete: bool, epoch_errors: list[float], number: int) -> tuple:
-    """How ``train-best --top-k`` ranks trials: complete ones by their best epoch's error (their value);
-    after them, pruned ones as successive halving ranked them, the deepest rung reached first, then the
-    lowest error."""
-    return (not complete, 0 if complete else -len(epoch_errors), min(epoch_errors), number)
+def candidate_key(complete: bool, epochs_reached: int, error: float, number: int) -> tuple:
+    """How ``train-best --top-k`` ranks trials: complete ones by ``error``, their value (the best epoch's
+    error); after them, pruned ones as successive halving ranked them, the deepest rung reached first, then
+    the lowest error."""
+    return (not complete, 0 if complete else -epochs_reached, error, number)
 
 
 def retrain_candidates(study: optuna.Study) -> list[FrozenTrial]:
@@ -220,9 +214,11 @@ def retrain_candidates(study: optuna.Study) -> list[FrozenTrial]:
         complete = t.state == TrialState.COMPLETE
         if not complete and str(t.user_attrs.get("prune_reason", "")).startswith("diverged"):
             continue
-        errors = list(epoch_curve(t).values())
-        if errors and (t.value is not None or not complete):
-            ranked.append((candidate_key(complete, errors, t.number), t))
+        curve = epoch_curve(t)
+        if complete and t.value is not None:
+            ranked.append((candidate_key(True, len(curve), t.value, t.number), t))
+        elif not complete and curve:
+            ranked.append((candidate_key(False, len(curve), min(curve.values()), t.number), t))
     return [t for _, t in sorted(ranked, key=lambda kt: kt[0])]
 
 
