@@ -304,12 +304,16 @@ def test_a_seed_process_dies_with_its_parent(tmp_path):
     pid_file, script = tmp_path / "child.pid", tmp_path / "parent.py"  # spawn needs a file to import
     script.write_text(CHILD_OF_A_PARENT.format(root=str(ROOT), pid_file=str(pid_file)))
     parent = subprocess.Popen([sys.executable, str(script)])
-    deadline = time.monotonic() + 60
-    while not pid_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    child = int(pid_file.read_text())
-    os.kill(parent.pid, signal.SIGKILL)  # no cleanup runs in the parent: only the kernel can stop the child
-    parent.wait()
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:  # the child renames it into place whole
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+    finally:
+        os.kill(
+            parent.pid, signal.SIGKILL
+        )  # no cleanup runs in the parent: only the kernel can stop the child
+        parent.wait()
     deadline = time.monotonic() + 10
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -317,13 +321,15 @@ def test_a_seed_process_dies_with_its_parent(tmp_path):
 
 
 CHILD_OF_A_PARENT = """
-import multiprocessing, sys, time
+import multiprocessing, os, sys, time
 sys.path.insert(0, {root!r})
 from bench.run import die_with_parent
 
 def child(path):
     die_with_parent()
-    open(path, "w").write(str(multiprocessing.current_process().pid))
+    with open(path + ".part", "w") as f:
+        f.write(str(multiprocessing.current_process().pid))
+    os.replace(path + ".part", path)  # the test never reads a file half written
     time.sleep(120)
 
 if __name__ == "__main__":
