@@ -52,14 +52,34 @@ def checkpoint_path(cfg: Config, trial_number: int, key: str | None = None) -> P
     return (folder / key if key else folder) / f"trial-{trial_number}.pt"
 
 
+class CheckpointNotWritten(Exception):
+    """The checkpoint could not be written (disk full, folder gone or read-only); the previous one is intact."""
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file first: a worker killed mid-write leaves the previous checkpoint intact."""
+    """Write to a temporary file first: a worker killed mid-write leaves the previous checkpoint intact, and
+    a write that fails (a full disk) removes its partial file and raises :class:`CheckpointNotWritten`."""
+    import shutil
+
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError from its zip writer
+        tmp.unlink(missing_ok=True)
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
+        why = (
+            f"the disk is full ({free / 2**20:.0f} MiB free)"
+            if free is not None and free < 2**30
+            else str(exc).strip().splitlines()[0][:200]
+        )
+        raise CheckpointNotWritten(f"checkpoint {path} not written: {why}") from None
 
 
 def load_checkpoint(path: str) -> dict[str, Any] | None:
@@ -133,25 +153,37 @@ class Objective:
                     trial.report(result.val_error, result.epoch)
                 curve[result.epoch] = result.val_error
                 val_losses.append(round(result.val_loss, 5))
-                save_checkpoint(
-                    path,
-                    {
-                        **run.state_dict(),
-                        "config": cfg.to_dict(),
-                        "hyperparameters": hp,
-                        "trial": trial.number,
-                        "label_names": self.data.label_names,
-                    },
-                )
+                try:
+                    save_checkpoint(
+                        path,
+                        {
+                            **run.state_dict(),
+                            "config": cfg.to_dict(),
+                            "hyperparameters": hp,
+                            "trial": trial.number,
+                            "label_names": self.data.label_names,
+                        },
+                    )
+                except CheckpointNotWritten as exc:
+                    # The trial's measurements do not need the checkpoint: train on, and say what a crash now
+                    # would cost (a retry resumes from the last checkpoint that was written, or from scratch).
+                    if self.reporter:
+                        self.reporter.line(
+                            f"trial {trial.number}: {exc}; training goes on, a retry would redo this epoch"
+                            f" (free space under train.checkpoint_dir)"
+                        )
                 best_epoch = min(_epoch_ends(curve), key=lambda e: (curve[e], e))
                 self._record(trial, path, result, curve, best_epoch, val_losses, train_seconds)
                 if self.reporter:
                     self.reporter.epoch(trial.number, hp, result, cfg.train.n_epochs)
+                if result.epoch == cfg.train.n_epochs:
+                    break  # every epoch trained: complete, whatever the pruner or a stop request say
+                # The pruner's decision first: a stop request after a rung epoch must not cost the retry an
+                # epoch the pruner would have saved.
+                if trial.should_prune():
+                    self._stop_at_rung(trial, result)
                 if self.stop.is_set():
                     raise Interrupted(f"stopped after epoch {result.epoch}")
-                # A trial that trained every epoch is complete, whatever the pruner thinks of its last one.
-                if result.epoch < cfg.train.n_epochs and trial.should_prune():
-                    self._stop_at_rung(trial, result)
             return min(curve[e] for e in _epoch_ends(curve))
         finally:
             run.release()

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import optuna
@@ -26,7 +27,9 @@ from hpsearch.pruners import CONTINUES_ATTR, PAUSED_ATTR, replaced
 from hpsearch.results import best_summary
 from hpsearch.space import SearchSpace, parse_space
 from hpsearch.study import (
+    INTERRUPTED,
     OVER_BUDGET_ATTR,
+    RetryTrial,
     best_trial,
     check_storage,
     counts,
@@ -123,20 +126,40 @@ def prepare(cfg: Config):
         space.grid()  # raises for a range without finite values
     resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))  # fp16 on a CPU is refused here
     check_storage(cfg.study.storage)
+    _check_checkpoint_dir(cfg.train.checkpoint_dir)
     data = load_data(cfg.data, seed=cfg.study.seed or 0)
     factory = get_factory(cfg.model, data.label_names, data.train.texts, cfg.data)
     encoded = tokenize(data, factory.tokenizer, cfg.model.max_length, (cfg.data, factory.key))
     return space, data, factory, encoded
 
 
+def _check_checkpoint_dir(folder: str) -> None:
+    """Every trial writes its checkpoint there: a folder that cannot be made or written fails before trial 0."""
+    import os
+
+    from hpsearch.errors import ConfigError
+
+    path = Path(folder).resolve()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"train.checkpoint_dir: cannot make {path}: {existing} is a file; give a folder path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"train.checkpoint_dir: {existing} is not writable; give a folder this user can write"
+            " (shared by every worker of the study)"
+        )
+
+
 def requeue(study: optuna.Study, number: int, reason: str) -> None:
     """Mark an interrupted trial failed and queue a copy with the same params, checkpoint and learning curve:
     the next worker resumes it where it stopped (the same mechanism as a dead worker's heartbeat retry)."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     with quiet_optuna_warnings():
-        RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
+        RetryTrial()(study, frozen)
 
 
 def continue_paused(study: optuna.Study, paused: FrozenTrial) -> int:
@@ -165,7 +188,6 @@ def promote_paused(study: optuna.Study, reporter: Reporter, last: bool = False) 
     :meth:`hpsearch.pruners.SuccessiveHalvingPruner.promotions`; ``last``: no new trial will start); returns
     how many were queued. A paused trial whose checkpoint is gone (the study ended and cleaned up) stays
     pruned."""
-    from pathlib import Path
 
     pruner = study.pruner
     if not getattr(pruner, "pauses", False):
@@ -205,6 +227,11 @@ def requeue_dead_trial(study: optuna.Study, number: int) -> int:
             f" grace {grace_seconds(study):.0f}s);"
             " stop its worker first, or wait: a dead worker's trial is retried by itself"
         )
+    if _alive_here(status["worker"]):
+        raise ConfigError(
+            f"study '{study.study_name}': trial {number} is alive: its worker {status['worker']} runs on this"
+            " machine; stop it first (Ctrl-C or SIGTERM re-queues the trial itself)"
+        )
     with quiet_optuna_warnings():
         study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker gone; re-queued by hand")
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -212,11 +239,45 @@ def requeue_dead_trial(study: optuna.Study, number: int) -> int:
     return max(t.number for t in study.get_trials(deepcopy=False))
 
 
-def _heartbeat(study: optuna.Study, trial: optuna.Trial):
-    # Optuna's own thread that refreshes a running trial's heartbeat (no public constructor exists for it).
-    from optuna.storages._heartbeat import get_heartbeat_thread
+def _alive_here(worker: str | None) -> bool:
+    """True when ``worker`` (``host:pid``, as the objective records it) is a live process on this machine."""
+    import os
+    import socket
 
-    return get_heartbeat_thread(trial._trial_id, study._storage)
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _heartbeat(study: optuna.Study, trial: optuna.Trial):
+    """Optuna's thread that refreshes a running trial's heartbeat, made to survive a store that is away for a
+    while: Optuna's own ends at the first error, and the trial would then look dead to every other worker."""
+    from optuna.storages._heartbeat import HeartbeatThread, get_heartbeat_thread
+
+    thread = get_heartbeat_thread(trial._trial_id, study._storage)
+    if isinstance(thread, HeartbeatThread):
+        thread._record_heartbeat = _record_heartbeat
+    return thread
+
+
+def _record_heartbeat(trial_id: int, heartbeat, stop_event: threading.Event) -> None:
+    interval = heartbeat.get_heartbeat_interval()
+    while True:
+        try:
+            heartbeat.record_heartbeat(trial_id)
+            wait = interval
+        except Exception as exc:  # the store is away: try again soon, the trial goes on meanwhile
+            log.debug("heartbeat of trial id %d not recorded: %s", trial_id, exc)
+            wait = min(interval, 1.0)
+        if stop_event.wait(timeout=wait):
+            return
 
 
 def _fail_stale(study: optuna.Study) -> None:
@@ -231,7 +292,6 @@ def cleanup_checkpoints(study: optuna.Study, keep_paused: bool = True, n_trials:
     """Delete the checkpoints no one needs: keep the best trial's, those running or queued trials use, and
     (``keep_paused``) those of paused trials that may yet be continued: all of them, or with ``n_trials``
     (the study's trial budget) those the pruner does not find hopeless."""
-    from pathlib import Path
 
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
@@ -258,6 +318,18 @@ def cleanup_checkpoints(study: optuna.Study, keep_paused: bool = True, n_trials:
         if t.state == TrialState.FAIL and t.number not in retried and "re-queued" in reason:
             continue
         Path(path).unlink(missing_ok=True)
+        _remove_partial_writes(Path(path))
+    if not keep_paused:  # the search is over: what a killed worker was writing is no one's
+        for folder in {Path(p).parent for t in trials if (p := t.user_attrs.get(CHECKPOINT_ATTR))}:
+            for partial in folder.glob("trial-*.tmp*"):
+                partial.unlink(missing_ok=True)
+
+
+def _remove_partial_writes(path: Path) -> None:
+    """A worker killed while writing ``trial-N.pt`` leaves ``trial-N.tmpPID`` behind (the checkpoint is
+    written to it, then renamed); once ``trial-N.pt`` is deleted that file is no one's."""
+    for partial in path.parent.glob(f"{path.stem}.tmp*"):
+        partial.unlink(missing_ok=True)
 
 
 class _StopOnSignal:
@@ -349,6 +421,11 @@ def _loop(
                 f"budget met: study '{cfg.study.name}' has {finished}/{n_trials} finished trials; this"
                 " worker stops (raise --n-trials to run more)"
             )
+            if c[TrialState.WAITING] and not waited:
+                reporter.line(
+                    f"{c[TrialState.WAITING]} trial(s) queued to resume from a checkpoint are left over from a"
+                    f" larger budget; --n-trials {finished + c[TrialState.WAITING]} lets them finish"
+                )
             if not c[TrialState.RUNNING] and not c[TrialState.WAITING]:
                 cleanup_checkpoints(study, keep_paused=False)  # the search is over: no one continues them
             return "budget", ran
@@ -437,10 +514,15 @@ def _run_one(
         # Another worker's stale check failed this trial while it ran here: this worker's heartbeats were late
         # by more than the grace period (an overloaded machine or store). The retry it queued resumes from the
         # last checkpoint; going on here is safe, crashing would only lose this worker.
+        why = (
+            "another worker: no heartbeat from this one for longer than study.grace_period"
+            if _has_heartbeat(study)
+            else "`hpsearch requeue`"
+        )
         reporter.line(
-            f"trial {trial.number} was failed and re-queued by another worker: no heartbeat from this"
-            " one for longer than study.grace_period; its retry resumes from the last checkpoint and"
-            " this worker goes on (raise study.grace_period on an overloaded machine)"
+            f"trial {trial.number} was failed and re-queued by {why}; its retry resumes from the last"
+            " checkpoint and this worker goes on"
+            + (" (raise study.grace_period on an overloaded machine)" if _has_heartbeat(study) else "")
         )
         return None
 
@@ -459,7 +541,7 @@ def _run_and_tell(
                 state = TrialState.FAIL
                 trial.set_user_attr("fail_reason", str(exc))
             except Interrupted as exc:
-                trial.set_user_attr("fail_reason", f"interrupted ({exc}); re-queued")
+                trial.set_user_attr("fail_reason", f"{INTERRUPTED} ({exc}); re-queued")
                 study.tell(trial, state=TrialState.FAIL)
                 requeue(study, trial.number, str(exc))
                 reporter.line(
@@ -474,7 +556,7 @@ def _run_and_tell(
                 log.debug("trial %d failed", trial.number, exc_info=True)
     except KeyboardInterrupt:
         trial.set_user_attr(
-            "fail_reason", "interrupted at once (second signal); re-queued from its last epoch"
+            "fail_reason", f"{INTERRUPTED} at once (second signal); re-queued from its last epoch"
         )
         study.tell(trial, state=TrialState.FAIL)
         requeue(study, trial.number, "interrupted")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import sqlite3
 import time
@@ -19,11 +20,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.config import Config, mask_password
+from hpsearch.config import HYPERPARAMETERS, Config, mask_password
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.pruners import CONTINUES_ATTR, OVER_BUDGET_ATTR, SuccessiveHalvingPruner, continued, replaced
 from hpsearch.space import SearchSpace
 
+_log = logging.getLogger("hpsearch")
 DIRECTION = "minimize"  # the study minimises validation error
 CONFIG_ATTR = "hpsearch_config"
 # study user attribute: this study's own folder under train.checkpoint_dir/NAME/, so two studies of one name (in
@@ -52,7 +54,9 @@ IDENTITY_KEYS = {
         "max_validation_samples",
         "demo_size",
     ),
-    "train": ("n_epochs",),
+    # the fixed training values: `best` and `train-best` read them from the study (a searched one is each
+    # trial's own param, so only its fixed value is checked)
+    "train": ("n_epochs", *HYPERPARAMETERS),
 }
 
 
@@ -80,6 +84,42 @@ def _sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         return Path(url.removeprefix("sqlite:///"))
     return None
+
+
+def _check_sqlite_url(url: str) -> None:
+    """Refuse the SQLite URLs that would lose the study or write somewhere else than asked."""
+    if url.startswith("sqlite:") and (_sqlite_path(url) is None or url.rstrip("/") == "sqlite:"):
+        raise ConfigError(
+            f"storage: {url} is an in-memory SQLite store, gone when the process ends with every trial;"
+            " give a file: sqlite:///studies/NAME.db"
+        )
+    if url.startswith("sqlite:///") and "?" in url:
+        raise ConfigError(
+            f"storage: {url}: SQLite URL options ({url.split('?', 1)[1]}) are not supported; give the plain"
+            f" file URL {url.split('?', 1)[0]} (read-only commands never write to the store)"
+        )
+
+
+def _check_optuna_file(path: Path) -> None:
+    """For read-only commands: ``path`` must already be an Optuna store; opening any other SQLite file with
+    Optuna would write its 13 tables (and WAL mode) into it."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"storage: {path} is not a SQLite file ({exc}); check --storage") from None
+    if "studies" not in tables or "trials" not in tables:
+        what = (
+            "an empty file"
+            if not tables
+            else f"a SQLite file of other tables ({', '.join(sorted(tables)[:3])})"
+        )
+        raise ConfigError(
+            f"storage: {path} is {what}, not a study store; check --storage or run `hpsearch search` first"
+        )
 
 
 def _normalise_url(url: str) -> str:
@@ -131,10 +171,11 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
         return JournalStorage(JournalFileBackend(journal))
     if "://" not in url:
         raise ConfigError(
-            f"storage: {url!r} is not a storage URL; use sqlite:///studies/NAME.db, postgresql+psycopg://USER@HOST/DB,"
-            " or a journal file ending in .log"
+            f"storage: {describe_storage(url)!r} is not a storage URL; use sqlite:///studies/NAME.db,"
+            " postgresql+psycopg://USER@HOST/DB, or a journal file ending in .log"
         )
     url = _normalise_url(url)
+    _check_sqlite_url(url)
     engine_kwargs: dict[str, Any] = {}
     path = _sqlite_path(url)
     if path is not None:
@@ -142,6 +183,8 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
             raise ConfigError(
                 f"storage: no study store at {path}; check --storage or run `hpsearch search` first"
             )
+        if not create:
+            _check_optuna_file(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         _enable_wal(path)
         # Workers on one node wait for the write lock instead of failing with "database is locked".
@@ -150,12 +193,8 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
         engine_kwargs = {"pool_pre_ping": True}
     heartbeat: dict[str, Any] = {}
     if cfg is not None:
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-
         with quiet_optuna_warnings():
-            retry = RetryHeartbeatStaleTrialCallback(
-                max_retry=cfg.study.max_retries, inherit_intermediate_values=True
-            )
+            retry = RetryTrial(max_retry=cfg.study.max_retries)
         heartbeat = {
             "heartbeat_interval": cfg.study.heartbeat_interval,
             "grace_period": cfg.study.grace_period or 2 * cfg.study.heartbeat_interval,
@@ -165,7 +204,8 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
     for attempt in range(1, 6):
         try:
             with quiet_optuna_warnings():
-                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+                kind = optuna.storages.RDBStorage if path is not None else PatientRDBStorage
+                storage = kind(url, engine_kwargs=engine_kwargs, **heartbeat)
             _ENGINES.append(storage.engine)
             return storage
         except ImportError as exc:
@@ -179,6 +219,113 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
                 continue
             raise ConfigError(f"storage: cannot open {describe_storage(url)}: {first}") from None
     raise AssertionError("unreachable")
+
+
+INTERRUPTED = "interrupted"  # how the fail_reason of a trial stopped by a signal (and re-queued) begins
+
+
+class RetryTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Queue a copy of a failed trial that resumes it: params, user attributes (its checkpoint) and learning
+    curve, less the failure's own note. ``max_retry`` counts the times a worker died under the trial (stale
+    heartbeat, or `hpsearch requeue`); a stop by SIGTERM or Ctrl-C (a preemption) does not count: a trial
+    preempted three times and then killed once must not be lost."""
+
+    def __init__(self, max_retry: int | None = None) -> None:
+        super().__init__(max_retry=max_retry, inherit_intermediate_values=True)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        if self._max_retry is not None:
+            reasons = {
+                t.number: t.user_attrs.get("fail_reason", "")
+                for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            }
+            deaths = sum(1 for n in history if not reasons.get(n, "").startswith(INTERRUPTED))
+            if deaths > self._max_retry:
+                return
+        system_attrs = {"failed_trial": trial.number, **trial.system_attrs, "retry_history": history}
+        user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+        study.add_trial(
+            optuna.create_trial(
+                state=TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs=user_attrs,
+                system_attrs=system_attrs,
+                intermediate_values=trial.intermediate_values,
+            )
+        )
+
+
+# How long a worker waits for a database server that went away (a restart, a fail-over) before it gives up.
+OUTAGE_SECONDS = 120.0
+_PATIENT = (
+    "create_new_trial",
+    "set_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "set_study_user_attr",
+    "get_study_id_from_name",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "get_trial",
+    "get_all_trials",
+    "get_trial_id_from_study_id_trial_number",
+    "get_best_trial",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+)
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """True for a database that cannot be reached (refused, reset, shut down), not for a bad query."""
+    import sqlalchemy.exc
+
+    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
+    return isinstance(cause, sqlalchemy.exc.OperationalError) or bool(
+        isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated
+    )
+
+
+class PatientRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage on a database server that rides out a restart: a call that finds the server gone is tried
+    again (1 s, 2 s, ... up to 10 s apart) for up to ``OUTAGE_SECONDS``, with one warning, instead of
+    crashing a worker in the middle of a trial it has paid for."""
+
+    outage_seconds = OUTAGE_SECONDS
+
+
+def _patient(name: str):
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    def call(self, *args, **kwargs):
+        started, wait = time.monotonic(), 1.0
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if not _lost_connection(exc) or time.monotonic() - started > self.outage_seconds:
+                    raise
+                if wait == 1.0:
+                    first = str(getattr(exc.__cause__, "orig", exc.__cause__) or exc).strip().splitlines()
+                    _log.warning(
+                        "storage: lost the database (%s); trying again for up to %.0f s",
+                        (first or ["?"])[0][:200],
+                        self.outage_seconds,
+                    )
+                time.sleep(wait)
+                wait = min(10.0, wait * 2)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+for _name in _PATIENT:
+    setattr(PatientRDBStorage, _name, _patient(_name))
 
 
 def _is_schema_race(message: str) -> bool:
@@ -198,10 +345,18 @@ def check_storage(url: str) -> None:
     )
     if "://" not in url and journal is None:
         open_storage(url, create=False)  # raises the "not a storage URL" message
+    if "://" in url:
+        _check_sqlite_url(url)
     if file is not None:
+        if file.is_dir():
+            raise ConfigError(f"storage: {file} is a folder; give a file, e.g. {file / 'NAME.db'}")
+        if file.exists() and not os.access(file, os.W_OK):
+            raise ConfigError(f"storage: cannot write {file}: the file is read-only; check its permissions")
         parent = file.parent.resolve()
         while not parent.exists():
             parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(f"storage: cannot write {file}: {parent} is a file, not a folder")
         if not os.access(parent, os.W_OK):
             raise ConfigError(f"storage: cannot write {file}: {parent} is not writable")
         return
@@ -291,14 +446,24 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
 def _check_same_study(cfg: Config, stored: dict[str, Any], study_name: str) -> None:
     """Refuse to add trials that measure something else to an existing study."""
     current = cfg.to_dict()
+    searched = set(stored.get("search_space", {})) & set(current["search_space"])
     for section, keys in IDENTITY_KEYS.items():
         for key in keys:
+            if section == "train" and key in searched:
+                continue
             old, new = stored.get(section, {}).get(key), current[section][key]
             if old != new:
                 raise ConfigError(
                     f"{cfg.source}: {section}.{key} is {new!r} but study '{study_name}' was created with {old!r};"
                     " trials would not be comparable. Use another --study-name, or set it back"
                 )
+    old_seed, new_seed = stored.get("study", {}).get("seed"), current["study"]["seed"]
+    if old_seed != new_seed:
+        raise ConfigError(
+            f"{cfg.source}: study.seed is {new_seed!r} but study '{study_name}' was created with {old_seed!r};"
+            " the seed also carves and samples the data, so trials would not be comparable. Set it back"
+            " (workers of one study differ by --worker-index, not --seed), or use another --study-name"
+        )
     old_space, new_space = stored.get("search_space", {}), current["search_space"]
     if json.dumps(old_space, sort_keys=True) != json.dumps(new_space, sort_keys=True):
         changed = sorted(k for k in {*old_space, *new_space} if old_space.get(k) != new_space.get(k))

@@ -228,6 +228,30 @@ class PgServer:
             with contextlib.suppress(Exception):
                 atexit.unregister(self.stop)
 
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Shut the server down (``-m fast``: clients are cut off, as in a fail-over or a reboot), stay down
+        for ``down_seconds``, and start it again on the same port with the same data."""
+        pg_ctl = str(self.bin_dir / "pg_ctl")
+        self._run(
+            [pg_ctl, "stop", "-D", str(self.data_dir), "-m", "fast", "-w"], as_server_user=True, timeout=60
+        )
+        time.sleep(down_seconds)
+        self._run(
+            [
+                pg_ctl,
+                "start",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-o",
+                f"-p {self.port}",
+            ],
+            as_server_user=True,
+            timeout=60,
+        )
+
     def __enter__(self) -> PgServer:
         return self
 

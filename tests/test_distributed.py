@@ -258,7 +258,12 @@ def test_sigterm_to_workers_checkpoints_requeues_and_a_rerun_resumes(make_config
     code, output = _finish(parent, timeout=120)
     assert code == 143, output[-3000:]  # 128 + SIGTERM: stopped before the study finished
     study = _study(postgres_url)
-    stopped = [t for t in study.trials if t.number in at_signal]
+    # A trial in its last epoch at the signal ends it complete; the others are checkpointed and re-queued.
+    stopped = [t for t in study.trials if t.number in at_signal and t.state != TrialState.COMPLETE]
+    for t in study.trials:
+        if t.number in at_signal and t.state == TrialState.COMPLETE:
+            assert at_signal[t.number] >= 3 and f"trial {t.number} complete" in output
+    assert stopped, output[-3000:]
     for t in stopped:
         assert t.state == TrialState.FAIL and "interrupted" in t.user_attrs["fail_reason"]
         assert len(t.intermediate_values) >= at_signal[t.number]  # the running epoch was allowed to end
@@ -454,3 +459,58 @@ def test_a_second_ctrl_c_stops_at_once_and_the_trial_resumes_from_its_last_epoch
     study = _study(url)
     _assert_resumed(study, stopped, output, n_epochs=2)
     _assert_budget_exact(study, 1)
+
+
+def test_checkpoints_that_cannot_be_written_cost_no_trial(make_config, workdir):
+    """A full disk under train.checkpoint_dir (here: a 1 MiB limit on file size, which the 1.8 MB checkpoints
+    pass and the store does not): trials train on and complete, the partial files are removed, each failed
+    write is one line."""
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    config = make_config(study={"n_trials": 2, "pruner": "none"}, data={"demo_size": 200})
+    proc = subprocess.run(
+        _command("search", str(config)),
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        preexec_fn=small_files,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("not written") == 4 and "training goes on" in proc.stderr  # 2 trials x 2 epochs
+    assert "Traceback" not in proc.stderr
+    trials = _study(f"sqlite:///{workdir}/studies/t.db").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(len(t.intermediate_values) == 2 for t in trials)
+    assert not [p for p in (workdir / "checkpoints").rglob("*") if p.is_file()]
+
+
+def test_a_stop_during_the_last_epoch_leaves_the_trial_complete(make_config, workdir):
+    """SIGTERM while a trial trains its last epoch: it has trained every epoch, so it is complete, not failed
+    and queued for a rerun that would only finish it."""
+    import io
+    import threading
+
+    from hpsearch.config import load_config
+    from hpsearch.search import Reporter, run_search
+
+    stop = threading.Event()
+
+    class StopInLastEpoch(Reporter):
+        def epoch(self, number, hp, r, n_epochs):
+            super().epoch(number, hp, r, n_epochs)
+            if r.epoch == n_epochs - 1:  # as the signal handler would, half a second into the last epoch
+                threading.Timer(0.5, stop.set).start()
+
+    # 5,400 training rows: an epoch of 2 s or more on this CPU, so the stop lands inside the last one.
+    config = make_config(study={"n_trials": 2, "pruner": "none"}, data={"demo_size": 6000})
+    cfg = load_config(config)
+    out = io.StringIO()
+    result = run_search(cfg, reporter=StopInLastEpoch(out), stop=stop)
+    assert result.stopped_by == "signal" and result.trials_run == [0], out.getvalue()
+    [trial] = _study(cfg.study.storage).trials
+    assert trial.state == TrialState.COMPLETE and sorted(trial.intermediate_values) == [1, 2]

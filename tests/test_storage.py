@@ -288,3 +288,123 @@ def test_a_resumed_study_does_not_repeat_the_first_runs_hyperparameters(workdir)
         assert drawn[0] != drawn[1]
         fresh = open_study(config("t.db"), space)
         assert suggest(fresh.ask(), space)["learning_rate"] == drawn[0]  # a new study is still reproducible
+
+
+def _fail(study, trial, reason: str | None = None) -> None:
+    if reason is not None:
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
+def test_preemptions_do_not_use_up_a_trials_retries_and_a_retry_drops_the_failure_note(workdir):
+    """max_retries counts dead workers; a trial stopped by SIGTERM three times and then killed once is
+    retried all the same, and no finished retry shows an old failure's note."""
+    from hpsearch.study import RetryTrial
+
+    _, study = _study(workdir, n_trials=1)
+    retry = RetryTrial(max_retry=1)
+    with quiet_optuna_warnings():
+        trial = study.ask()
+        trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+        trial.set_user_attr("checkpoint_path", str(workdir / "trial-0.pt"))
+        trial.report(0.4, 1)
+        for n in range(3):  # preempted three times: each retry resumes, none counts against max_retries
+            _fail(study, trial, "interrupted (stopped after epoch 1); re-queued")
+            retry(study, study.trials[trial.number])
+            trial = study.ask()
+            assert trial.number == n + 1 and "fail_reason" not in study.trials[trial.number].user_attrs
+        _fail(study, trial)  # killed: a stale heartbeat, no note of its own
+        retry(study, study.trials[trial.number])
+        trial = study.ask()  # the one retry max_retries=1 allows for a death
+        assert trial.number == 4 and trial.params == study.trials[0].params
+        assert study.trials[4].system_attrs["retry_history"] == [0, 1, 2, 3]
+        assert study.trials[4].system_attrs["failed_trial"] == 0
+        assert study.trials[4].user_attrs["checkpoint_path"] == str(workdir / "trial-0.pt")
+        assert study.trials[4].intermediate_values == {1: 0.4}
+        _fail(study, trial, "worker gone; re-queued by hand")  # a second death: past max_retries
+        retry(study, study.trials[trial.number])
+    assert len(study.trials) == 5 and counts(study)[TrialState.WAITING] == 0
+
+
+@pytest.mark.postgres
+def test_a_worker_rides_out_a_postgresql_restart(pg_server, postgres_url):
+    """A fail-over or a server reboot cuts every connection for a few seconds: the trial's writes wait for the
+    server and land, and its heartbeat comes back, so no other worker takes the trial for dead."""
+    import threading
+
+    from hpsearch.search import _heartbeat
+
+    cfg = load_config(
+        None,
+        overrides={"storage": postgres_url, "name": "pg"},
+        sets=["study.heartbeat_interval=1", "study.grace_period=30"],
+    )
+    study = optuna.create_study(study_name="pg", storage=open_storage(postgres_url, cfg))
+    study.set_user_attr("hpsearch_config", cfg.to_dict())
+    with quiet_optuna_warnings():
+        trial = study.ask()
+    trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+    with _heartbeat(study, trial):
+        down = threading.Thread(target=pg_server.restart, args=(3.0,))
+        down.start()
+        time.sleep(1.5)  # the server is going down or down
+        trial.report(0.4, 1)  # waits for the server, then lands
+        trial.set_user_attr("epochs_run", 1)
+        down.join()
+        time.sleep(2.5)  # two heartbeat intervals after the server is back
+        [status] = running_status(study)
+        assert status["heartbeat_age_s"] < 2.5 and not status["stale"]
+    study.tell(trial, 0.4)
+    close_storages()
+    [stored] = optuna.load_study(study_name="pg", storage=open_storage(postgres_url)).trials
+    assert stored.state == TrialState.COMPLETE and stored.intermediate_values == {1: 0.4}
+    assert stored.user_attrs["epochs_run"] == 1
+
+
+def test_requeue_by_hand_refuses_a_worker_alive_on_this_machine(workdir):
+    """A journal store has no heartbeat; the worker's host and pid tell a live worker on this machine."""
+    import socket
+    import subprocess
+
+    storage = str(workdir / "studies.log")
+    cfg = load_config(None, overrides={"storage": storage, "name": "j", "n_trials": 2})
+    study = optuna.create_study(study_name="j", storage=open_storage(storage))
+    study.set_user_attr("hpsearch_config", cfg.to_dict())
+    trial = study.ask()
+    worker = subprocess.Popen(["sleep", "60"])
+    try:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{worker.pid}")
+        line = _one_line_error(CliRunner().invoke(cli, ["requeue", "j", "0", "--storage", storage]))
+        assert "is alive" in line and str(worker.pid) in line
+        assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
+    finally:
+        worker.kill()
+        worker.wait()
+    result = CliRunner().invoke(cli, ["requeue", "j", "0", "--storage", storage])  # now it is gone
+    assert result.exit_code == 0, result.output
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_a_killed_workers_partial_checkpoint_goes_with_its_trials_checkpoint(workdir):
+    """A worker killed while writing trial-N.pt leaves trial-N.tmpPID; it is deleted with trial-N.pt, and at
+    the end of the search whatever its trial."""
+    from hpsearch.search import cleanup_checkpoints
+
+    _, study = _study(workdir, n_trials=3)
+    files = {}
+    for value in (0.3, 0.5):
+        trial = study.ask()
+        path = workdir / f"trial-{trial.number}.pt"
+        path.write_bytes(b"epoch 1")
+        files[trial.number] = (path, workdir / f"trial-{trial.number}.tmp4242")
+        files[trial.number][1].write_bytes(b"half of epoch 2")
+        trial.set_user_attr("checkpoint_path", str(path))
+        study.tell(trial, value)
+    orphan = workdir / "trial-9.tmp77"  # killed before its first checkpoint existed
+    orphan.write_bytes(b"half")
+    cleanup_checkpoints(study)
+    assert files[0][0].exists() and files[0][1].exists()  # the best trial's checkpoint stays, and so...
+    assert not files[1][0].exists() and not files[1][1].exists()  # ...a replaced one goes, partial and all
+    assert orphan.exists()
+    cleanup_checkpoints(study, keep_paused=False)  # the search is over
+    assert files[0][0].exists() and not files[0][1].exists() and not orphan.exists()
