@@ -49,8 +49,8 @@ class HpsearchGroup(click.Group):
         except (click.exceptions.Abort, KeyboardInterrupt):
             # click turns Ctrl-C into Abort; the search has already re-queued its running trial by then.
             click.echo(
-                "hpsearch: interrupted; a running trial was re-queued from its last epoch, rerun the"
-                " command to resume",
+                "hpsearch: interrupted; rerun the command to resume (a trial that was running is re-queued"
+                " from its last epoch)",
                 err=True,
             )
             sys.exit(130)
@@ -96,6 +96,23 @@ storage_option = click.option(
     help=f"Study store: sqlite:///studies/NAME.db, postgresql+psycopg://USER:PASS@HOST/DB, or a journal file "
     f"(*.log). Default: ${STORAGE_ENV}, else studies/STUDY.db.",
 )
+
+
+def check_output(output: str, folder: bool = False) -> None:
+    """``-o`` must be writable before any work: a file (not a folder) or, with ``folder``, a folder path, under
+    a folder this user can write (made if missing)."""
+    import os
+
+    path = Path(output).resolve()
+    if not folder and path.is_dir():
+        raise ConfigError(f"-o {output}: is a folder; give a file name, e.g. {Path(output) / 'out'}")
+    existing = path if folder else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"-o {output}: {existing} is a file, not a folder; give another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"-o {output}: cannot write under {existing}; give a folder you can write")
 
 
 def format_option(*choices: str, help: str = "Output format."):
@@ -382,7 +399,14 @@ def studies(storage, as_json):
     )
     if not urls:
         raise ConfigError("no study stores under studies/; pass --storage URL or run `hpsearch search` first")
-    rows = [row for url in urls for row in list_studies(url)]
+    rows = []
+    for url in urls:
+        try:
+            rows += list_studies(url)
+        except ConfigError as exc:
+            if len(urls) == 1:
+                raise
+            click.echo(f"hpsearch: skipped {url}: {exc}", err=True)  # one bad file hides no other store
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -530,8 +554,11 @@ def export(study, storage, fmt, output):
     from hpsearch.results import export as export_trials
     from hpsearch.study import load_existing_study
 
+    if output:
+        check_output(output)
     text = export_trials(load_existing_study(_storage_for(study, storage), study), fmt)
     if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
     else:
@@ -626,6 +653,7 @@ def report(study, storage, output, fmt):
     from hpsearch.report import write_html, write_pngs
     from hpsearch.study import load_existing_study
 
+    check_output(output, folder=fmt == "png")
     st = load_existing_study(_storage_for(study, storage), study)
     if fmt == "png":
         paths = write_pngs(st, output)
@@ -710,6 +738,11 @@ def train_best(study, storage, output, n_seeds, top_k, epochs, from_checkpoint, 
                 f"{' and '.join(given)} set how to retrain, but --from-checkpoint exports the trial's"
                 " checkpoint without retraining; drop one or the other"
             )
+    check_output(output, folder=True)
+    if device:
+        from hpsearch.train import resolve_device
+
+        resolve_device(device)  # a device this machine lacks: say so before any data is loaded
     st = load_existing_study(_storage_for(study, storage), study)
     if from_checkpoint:
         result = export_checkpoint(st, output, device=device)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -107,7 +108,9 @@ class TrainSection:
         True  # stop a trial whose loss turns NaN, explodes or is worse than chance; false: record
     )
     checkpoint_dir: str = "checkpoints"  # per-epoch checkpoints for resuming trials; share it across nodes
-    save_best: bool = False  # keep the best trial's model checkpoint so no retraining is needed
+    save_best: bool = (
+        True  # accepted for configs of earlier versions: the best trial's checkpoint is always kept
+    )
     early_eval: float | None = None  # also validate after this share of epoch 1 (step 0), for the pruner
 
 
@@ -155,8 +158,10 @@ def did_you_mean(word: str, options: typing.Iterable[str]) -> str:
 
 def mask_password(url: str | None) -> str | None:
     """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    if not url or "://" not in url or "@" not in url:
+    if not url or "@" not in url:
         return url
+    if "://" not in url:  # a malformed URL may still hold a password: hide what lies between ':' and '@'
+        return re.sub(r"(:[^:@/]*/*[^:@/]*):[^@]*@", r"\1:***@", url)
     scheme, rest = url.split("://", 1)
     creds, host = rest.rsplit("@", 1)
     if ":" not in creds:
@@ -256,6 +261,17 @@ def _validate(cfg: Config) -> dict[str, Any]:
         raise ConfigError(f"{src}: study.max_retries and study.n_startup_trials must be >= 0")
     if not s.name.strip():
         raise ConfigError(f"{src}: study.name: must not be empty")
+    if "/" in s.name or "\\" in s.name or s.name.strip() in (".", ".."):
+        # the name is a file name under studies/ and checkpoints/: a path would write elsewhere
+        raise ConfigError(
+            f"{src}: study.name: {s.name!r} has path parts; use a plain name such as"
+            f" {s.name.replace('/', '-').replace(chr(92), '-').strip('.-') or 'my-study'!r}"
+            " (put the store elsewhere with --storage)"
+        )
+    if s.seed is not None and not 0 <= s.seed < 2**32:
+        raise ConfigError(
+            f"{src}: study.seed: must be in 0..4294967295 (or null for a random seed), got {s.seed}"
+        )
     if t.early_eval is not None and not 0 < t.early_eval < 1:
         raise ConfigError(
             f"{src}: train.early_eval: the share of epoch 1 after which to validate early must be in (0, 1),"
@@ -311,12 +327,30 @@ def parse_set(items: typing.Iterable[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (YAML keeps the last one, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (the first would be ignored)",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; pass a YAML file such as studies/demo.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:

@@ -12,6 +12,7 @@ Text a person writes below the study note's closing rule is kept when hpsearch r
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -26,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import STORAGE_ENV, Config, mask_password
-from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.errors import ConfigError
 from hpsearch.pruners import EARLY_STEP, PAUSED_ATTR
 from hpsearch.results import advice_line, best_summary, format_params
 
@@ -116,9 +117,14 @@ class DashboardServer:
                 server_class=_ThreadedWSGIServer,
                 handler_class=_QuietHandler,
             )
-        except OSError as exc:
-            raise HpsearchError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port"
+        except OSError as exc:  # a flag's mistake: exit 2
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                + (
+                    "pick another --port"
+                    if exc.errno in (errno.EADDRINUSE, errno.EACCES)
+                    else "check --host: an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
+                )
             ) from None
         self.host, self.port = host, self.httpd.server_port
         self._thread: threading.Thread | None = None

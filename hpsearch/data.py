@@ -121,7 +121,14 @@ def _load_file(path: str, where: str):
     try:
         return datasets.load_dataset(fmt, data_files=str(file), split="train", **kwargs)
     except Exception as exc:  # datasets raises many types for a malformed file
-        raise ConfigError(f"{where}: could not read {path}: {str(exc).splitlines()[0][:300]}") from None
+        root = exc
+        while root.__cause__ is not None or root.__context__ is not None:  # the parser's own words
+            root = root.__cause__ or root.__context__
+        why = " ".join(str(root).split())[:300] or type(root).__name__
+        if "corresponds to no data" in why:
+            why = "it has no data rows (only a header, or nothing)"
+        hint = "" if root is exc else f" ({str(exc).splitlines()[0][:120]})"
+        raise ConfigError(f"{where}: could not read {path}: {why}{hint}") from None
 
 
 def _load_hub(cfg: DataSection):
@@ -161,7 +168,9 @@ def _raw_splits(cfg: DataSection, seed: int):
 
     # hpsearch prints its own progress; datasets' bars would bury the one-line errors on stderr.
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(
+        datasets.logging.CRITICAL
+    )  # its ERROR lines repeat the error hpsearch reports
 
     if cfg.train_file:
         train = _load_file(cfg.train_file, "data.train_file")

@@ -6,6 +6,7 @@ trial a fresh copy with its own dropout and a classification head initialised fr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import logging
@@ -116,20 +117,24 @@ class ModelFactory:
                 " save_pretrained, a hub id such as bert-base-uncased, or `tiny`"
             )
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.source, revision=self.cfg.revision)
-            # A fresh head is expected (its size is the label count): silence "newly initialized" chatter,
-            # and the weight-loading bar that would bury hpsearch's own lines on stderr.
-            verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-            hf_logging.set_verbosity_error()
-            hf_logging.disable_progress_bar()
-            try:
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    self.source, revision=self.cfg.revision, ignore_mismatched_sizes=True, **self._labels()
-                )
-            finally:
-                hf_logging.set_verbosity(verbosity)
-                if bars:
-                    hf_logging.enable_progress_bar()
+            with _quiet_hub():
+                tokenizer = AutoTokenizer.from_pretrained(self.source, revision=self.cfg.revision)
+                # A fresh head is expected (its size is the label count): silence "newly initialized" chatter,
+                # and the weight-loading bar that would bury hpsearch's own lines on stderr.
+                verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+                hf_logging.set_verbosity_error()
+                hf_logging.disable_progress_bar()
+                try:
+                    model = AutoModelForSequenceClassification.from_pretrained(
+                        self.source,
+                        revision=self.cfg.revision,
+                        ignore_mismatched_sizes=True,
+                        **self._labels(),
+                    )
+                finally:
+                    hf_logging.set_verbosity(verbosity)
+                    if bars:
+                        hf_logging.enable_progress_bar()
         except (OSError, ValueError) as exc:
             hint = "check the folder" if local else "check the model id, your network or HF_HUB_OFFLINE"
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -201,3 +206,17 @@ def get_factory(
         logging.getLogger("hpsearch").info("loading model %s", cfg.name)
         _FACTORIES[key] = ModelFactory(cfg, label_names, train_texts)
     return _FACTORIES[key]
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """huggingface_hub logs every retry of a failed download twice (its handler and the root one): 45 lines
+    before hpsearch's one-line error when the hub is unreachable. Only its errors are shown, unless --debug."""
+    hub = logging.getLogger("huggingface_hub")
+    level = hub.level
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        hub.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub.setLevel(level)

@@ -21,6 +21,7 @@ from hpsearch.study import (
     _summaries,
     best_trial,
     counts,
+    describe_storage,
     open_storage,
     visible_trials,
 )
@@ -45,7 +46,7 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
         out.append(
             {
                 "study": summary.study_name,
-                "storage": storage_url,
+                "storage": describe_storage(storage_url),  # the password masked
                 "n_trials": cfg.get("study", {}).get("n_trials"),
                 "trials": {state.lower(): states.get(state, 0) for state in STATES},
                 "best_value": best.value if best else None,

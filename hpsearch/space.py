@@ -12,6 +12,7 @@ database rows and dashboard labels, so never rename one inside an existing study
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -157,6 +158,8 @@ def _parse_param(where: str, name: str, spec: dict[str, Any]) -> Param:
             raise ConfigError(f"{where}.step: must be > 0, got {step}")
         if log:
             raise ConfigError(f"{where}: use either log or step, not both (got log=true, step={step})")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ConfigError(f"{where}: low and high must be finite numbers, got low={low}, high={high}")
     if low >= high:
         raise ConfigError(f"{where}: low must be < high, got low={low}, high={high}")
     if log and low <= 0:

@@ -134,6 +134,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda requested but no GPU is visible; use `device: auto` or `cpu`")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "train.device: mps requested but this machine has no Apple GPU (or torch was built without it);"
+            " use `device: auto` or `cpu`"
+        )
     return torch.device(name)
 
 

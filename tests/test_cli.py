@@ -105,12 +105,43 @@ BAD_INPUTS = [
     ),
     ("missing model folder", {"model": {"name": "./no-such-model"}}, [], ["model.name", "no-such-model"]),
     ("max_length zero", {"model": {"max_length": 0}}, [], ["model.max_length: must be >= 1"]),
+    ("no Apple GPU", {"train": {"device": "mps"}}, [], ["train.device: mps requested", "cpu"]),
+    (
+        "checkpoint folder under a file",
+        {"train": {"checkpoint_dir": "study.yaml/checkpoints"}},
+        [],
+        ["train.checkpoint_dir", "is a file"],
+    ),
+    (
+        "infinite bound",
+        {
+            "search_space": {
+                "learning_rate": {"type": "float", "low": 1e-5, "high": float("inf"), "log": True}
+            }
+        },
+        [],
+        ["low and high must be finite"],
+    ),
+    ("in-memory SQLite", {}, ["--storage", "sqlite://"], ["in-memory SQLite store", "sqlite:///studies/"]),
+    ("in-memory SQLite file", {}, ["--storage", "sqlite:///:memory:"], ["in-memory SQLite store"]),
+    (
+        "SQLite URL options",
+        {},
+        ["--storage", "sqlite:///t.db?mode=ro"],
+        ["options (mode=ro)", "sqlite:///t.db"],
+    ),
+    ("study name with a path", {}, ["--study-name", "../elsewhere/t"], ["path parts", "'elsewhere-t'"]),
+    ("seed out of range", {}, ["--seed", "99999999999"], ["study.seed: must be in 0..4294967295"]),
+    ("negative seed", {}, ["--seed", "-1"], ["study.seed: must be in 0..4294967295"]),
+    ("store is a folder", {}, ["--storage", "sqlite:///studies.d"], ["studies.d is a folder"]),
 ]
 
 
 @pytest.mark.parametrize("case,sections,args,words", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, case, sections, args, words):
     config = write_config(workdir / "study.yaml", tiny_config(**sections))
+    if case == "store is a folder":
+        (workdir / "studies.d").mkdir()
     result = invoke("search", str(config), *args)
     assert_one_line_error(result, *words)
     assert_nothing_written(workdir)
@@ -130,6 +161,21 @@ def test_invalid_yaml_names_the_line(workdir):
 @pytest.mark.parametrize(
     "case,make,words",
     [
+        (
+            "ragged TSV",
+            lambda w: (
+                (w / "train.tsv").write_text("text\tlabel\na b\t1\nc\td\te\tf\n")
+                and {"name": None, "train_file": "train.tsv"}
+            ),
+            ["could not read train.tsv", "Expected 2 fields in line 3, saw 4"],
+        ),
+        (
+            "header only",
+            lambda w: (
+                (w / "train.tsv").write_text("text\tlabel\n") and {"name": None, "train_file": "train.tsv"}
+            ),
+            ["could not read train.tsv: it has no data rows"],
+        ),
         (
             "missing column",
             lambda w: file_data(w, [0, 1] * 20, text_column="sentense"),
@@ -228,3 +274,104 @@ def test_help_lists_the_commands():
     assert result.exit_code == 0
     for command in ("search", "studies", "show", "best", "export"):
         assert command in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--set", "train.dropout=0.5"], ["train.dropout is 0.5", "created with 0.1"]),
+        (["--set", "train.warmup_ratio=0.1"], ["train.warmup_ratio is 0.1"]),
+        (["--seed", "1"], ["study.seed is 1", "created with 0", "--worker-index"]),
+    ],
+    ids=["dropout", "warm-up", "seed"],
+)
+def test_resuming_with_other_training_settings_is_refused_and_keeps_the_stored_recipe(workdir, args, words):
+    """Every stored trial was trained with the stored settings; `best` and `train-best` read them from there."""
+    from hpsearch.config import load_config
+    from hpsearch.study import CONFIG_ATTR
+
+    config = write_config(workdir / "study.yaml", tiny_config())
+    url = f"sqlite:///{workdir}/t.db"
+    stored = load_config(config).to_dict()
+    study = optuna.create_study(study_name="t", storage=url)
+    study.set_user_attr(CONFIG_ATTR, stored)
+    trial = study.ask()
+    trial.suggest_float("learning_rate", 1e-4, 3e-3, log=True)
+    study.tell(trial, 0.3)
+    assert_one_line_error(invoke("search", str(config), "--storage", url, *args), *words)
+    assert optuna.load_study(study_name="t", storage=url).user_attrs[CONFIG_ATTR] == stored
+    assert snapshot(url) == [("t", 1)]
+    # a setting that does not change what a trial measures may change on resume: the device, the pruner
+    changed = dict(
+        stored, search_space={**stored["search_space"], "dropout": {"type": "float", "low": 0.0, "high": 0.2}}
+    )
+    study.set_user_attr(CONFIG_ATTR, changed)  # dropout searched: its train default is not the trial's value
+    config2 = write_config(workdir / "s2.yaml", tiny_config(search_space=changed["search_space"]))
+    result = invoke("search", str(config2), "--storage", url, "--set", "train.dropout=0.3", "--n-trials", "1")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("content", ["other tables", "empty"])
+@pytest.mark.parametrize("command", [["show", "t"], ["studies"], ["best", "t"]])
+def test_reading_a_sqlite_file_that_is_not_a_study_store_leaves_it_untouched(workdir, command, content):
+    import sqlite3
+
+    path = workdir / "other.db"
+    if content == "empty":
+        path.touch()
+    else:
+        with sqlite3.connect(path) as con:
+            con.execute("create table users(id int)")
+        con.close()
+    before = path.read_bytes()
+    line = assert_one_line_error(invoke(*command, "--storage", f"sqlite:///{path}"))
+    assert "not a study store" in line and ("empty file" in line if content == "empty" else "users" in line)
+    assert path.read_bytes() == before and not list(workdir.glob("other.db-*"))
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        (["export", "t", "-o", "afile/x.csv"], ["afile is a file, not a folder"]),
+        (["report", "t", "-o", "adir"], ["-o adir: is a folder"]),
+        (["report", "t", "-o", "afile/r.html"], ["afile is a file"]),
+        (["report", "t", "--format", "png", "-o", "afile/figures"], ["afile is a file"]),
+        (["train-best", "t", "-o", "afile/model"], ["afile is a file"]),
+        (["train-best", "t", "-o", "model", "--device", "mps"], ["train.device: mps requested"]),
+    ],
+    ids=[
+        "export under a file",
+        "report to a folder",
+        "report under a file",
+        "png under a file",
+        "model",
+        "mps",
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(workdir, existing_store, command, words):
+    (workdir / "afile").write_text("x")
+    (workdir / "adir").mkdir()
+    assert_one_line_error(invoke(*command, "--storage", existing_store), *words)
+    assert snapshot(existing_store) == [("t", 1)] and not (workdir / "model").exists()
+
+
+def test_a_key_given_twice_is_refused_with_its_line(workdir):
+    (workdir / "study.yaml").write_text("study: {name: t}\ntrain:\n  n_epochs: 2\n  n_epochs: 30\n")
+    assert_one_line_error(invoke("search", "study.yaml"), "line 4", "'n_epochs' is given twice")
+    assert_nothing_written(workdir)
+
+
+@pytest.mark.parametrize("command", [["search", "study.yaml"], ["show", "t"], ["studies"]])
+def test_a_password_in_a_malformed_url_is_not_printed(workdir, command):
+    write_config(workdir / "study.yaml", tiny_config())
+    url = "postgresql+psycopg:/hp:s3cret@db.internal/hpsearch"  # one slash missing
+    line = assert_one_line_error(invoke(*command, "--storage", url), "not a storage URL")
+    assert "s3cret" not in line and "hp:***@db.internal" in line
+
+
+def test_studies_lists_the_good_stores_beside_a_file_that_is_not_one(workdir, existing_store):
+    (workdir / "studies" / "junk.db").write_bytes(b"not a database at all, just bytes" * 100)
+    result = invoke("studies")
+    assert result.exit_code == 0, result.output
+    assert "t: 0 complete" in result.stdout or "t: 1 complete" in result.stdout
+    assert "skipped sqlite:///studies/junk.db" in result.stderr

@@ -296,3 +296,16 @@ def test_trial_note_says_why_a_trial_diverged_or_failed(workdir, state, attrs, t
     assert note.startswith(f"### {title}") and why in note
     assert "learning_rate=0.08" in note and "1.2 s on cpu (worker node1:42)" in note
     assert read_note(study, study.trials[3]) == ""
+
+
+def test_a_host_or_port_the_dashboard_cannot_use_is_one_line_naming_the_flag(searched):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = CliRunner().invoke(cli, ["dashboard", "--storage", searched["url"], "--port", str(port)])
+    bad_host = CliRunner().invoke(cli, ["dashboard", "--storage", searched["url"], "--host", "999.1.1.1"])
+    for result, fix in ((taken, "pick another --port"), (bad_host, "check --host")):
+        assert result.exit_code == 2, result.output
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("hpsearch: error: cannot listen on") and fix in line
