@@ -310,7 +310,7 @@ def export_checkpoint(
     if state is None:
         raise ConfigError(
             f"the checkpoint of best trial {best.number} ({path or 'none recorded'}) is gone; retrain"
-            " instead (drop --from-checkpoint), or set train.save_best: true for the next search"
+            " instead (drop --from-checkpoint)"
         )
     hp = trial_hyperparameters(cfg, best)
     data, factory, encoded, device_ = _prepare(cfg, device)
