@@ -36,6 +36,7 @@ from hpsearch.study import (
     describe_storage,
     is_over_budget,
     open_study,
+    queue_copy,
     quiet_optuna_warnings,
     record_data,
     remaining_budget,
@@ -171,16 +172,7 @@ def continue_paused(study: optuna.Study, paused: FrozenTrial) -> int:
         k: v for k, v in paused.system_attrs.items() if k not in ("failed_trial", "retry_history")
     }
     system_attrs[CONTINUES_ATTR] = paused.number
-    template = optuna.trial.create_trial(
-        state=TrialState.WAITING,
-        params=paused.params,
-        distributions=paused.distributions,
-        user_attrs=user_attrs,
-        system_attrs=system_attrs,
-        intermediate_values=paused.intermediate_values,
-    )
-    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
-    return study._storage.get_trial_number_from_id(trial_id)
+    return queue_copy(study, paused, user_attrs, system_attrs)
 
 
 def promote_paused(study: optuna.Study, reporter: Reporter, last: bool = False) -> int:

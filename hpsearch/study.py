@@ -245,16 +245,22 @@ class RetryTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
                 return
         system_attrs = {"failed_trial": trial.number, **trial.system_attrs, "retry_history": history}
         user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
-        study.add_trial(
-            optuna.create_trial(
-                state=TrialState.WAITING,
-                params=trial.params,
-                distributions=trial.distributions,
-                user_attrs=user_attrs,
-                system_attrs=system_attrs,
-                intermediate_values=trial.intermediate_values,
-            )
-        )
+        queue_copy(study, trial, user_attrs, system_attrs)
+
+
+def queue_copy(study: optuna.Study, trial: FrozenTrial, user_attrs: dict, system_attrs: dict) -> int:
+    """Queue a trial that takes over ``trial``: its params and learning curve, these attributes; returns the
+    new trial's number (a retry of a failed trial, the continuation of a paused one)."""
+    template = optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs=user_attrs,
+        system_attrs=system_attrs,
+        intermediate_values=trial.intermediate_values,
+    )
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return study._storage.get_trial_number_from_id(trial_id)
 
 
 # How long a worker waits for a database server that went away (a restart, a fail-over) before it gives up.
