@@ -168,7 +168,14 @@ def _save(
 
     hf_logging.disable_progress_bar()  # a "Writing model shards" bar would bury the results on stderr
     model.save_pretrained(output)
-    factory.tokenizer.save_pretrained(output)
+    # The study's max_length goes with the tokenizer: `tokenizer(texts, truncation=True)` then cuts where the
+    # trials did (a hub tokenizer would say 512, the built-in one nothing).
+    tokenizer, before = factory.tokenizer, factory.tokenizer.model_max_length
+    tokenizer.model_max_length = cfg.model.max_length
+    try:
+        tokenizer.save_pretrained(output)
+    finally:
+        tokenizer.model_max_length = before
     (output / "hyperparameters.yaml").write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
     (output / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
@@ -252,7 +259,8 @@ def train_best(
     usable = [c for c in candidates if c.trial in kept]
     if not usable:
         raise HpsearchError("every retraining run diverged; nothing to save (see the lines above)")
-    chosen = min(usable, key=lambda c: (c.stats()["mean"], c.trial))
+    rank = {c.trial: i for i, c in enumerate(candidates)}  # equal means: the better-ranked trial
+    chosen = min(usable, key=lambda c: (c.stats()["mean"], rank[c.trial]))
     seed, val_error, weights = kept[chosen.trial]
     results = {
         "study": study.study_name,

@@ -515,9 +515,10 @@ def best(study, storage, fmt):
       hpsearch best demo > best.yaml
     """
     from hpsearch.results import advice_line, best_config
-    from hpsearch.study import load_existing_study
+    from hpsearch.study import describe_storage, load_existing_study
 
-    cfg = best_config(load_existing_study(_storage_for(study, storage), study))
+    url = _storage_for(study, storage)
+    cfg = best_config(load_existing_study(url, study))
     if fmt == "json":
         click.echo(json.dumps(cfg, indent=2))
         return
@@ -526,12 +527,16 @@ def best(study, storage, fmt):
         f"# best trial {cfg['trial']} of study '{cfg['study']}': val_error {cfg['val_error']:.4f}{noise}"
         f" at epoch {cfg['best_epoch']} of {cfg['train'].get('n_epochs', '?')}"
     )
-    advice = advice_line(cfg, study)
+    advice = advice_line(cfg, study, describe_storage(url))
     if advice:
         click.echo(f"# {advice}")
     click.echo(
         yaml.safe_dump(
-            {k: cfg[k] for k in ("model", "data", "train", "search_space")}, sort_keys=False
+            {
+                "study": cfg["study_settings"],
+                **{k: cfg[k] for k in ("model", "data", "train", "search_space")},
+            },
+            sort_keys=False,
         ).rstrip()
     )
 

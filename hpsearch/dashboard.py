@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.config import STORAGE_ENV, Config, mask_password
 from hpsearch.errors import ConfigError
 from hpsearch.pruners import EARLY_STEP, PAUSED_ATTR
-from hpsearch.results import advice_line, best_summary, format_params
+from hpsearch.results import DIED, advice_line, best_summary, format_params
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -320,8 +320,9 @@ def write_study_note(
     write_note(study, body + _keep_user_text(read_note(study)))
 
 
-def trial_note_text(trial: FrozenTrial) -> str:
-    """Why a pruned, diverged or failed trial stopped, its learning curve and where it ran."""
+def trial_note_text(trial: FrozenTrial, resumed_as: int | None = None) -> str:
+    """Why a pruned, diverged or failed trial stopped, its learning curve and where it ran; for a failed
+    trial that was retried, ``resumed_as``, the retry's number."""
     attrs = trial.user_attrs
     prune, fail = attrs.get("prune_reason", ""), attrs.get("fail_reason", "")
     if trial.state == TrialState.PRUNED and prune.startswith("diverged"):
@@ -344,9 +345,11 @@ def trial_note_text(trial: FrozenTrial) -> str:
             " higher training loss, as when every trial still predicts one class), so the pruner stopped it."
         )
     else:
-        title, reason = f"Trial {trial.number} failed", fail or "no reason recorded"
+        title, reason = f"Trial {trial.number} failed", fail or DIED
         hint = (
             "The search went on without it; `hpsearch show` lists every failure, `--debug` shows tracebacks."
+            if resumed_as is None
+            else f"Trial {resumed_as} resumes it from its last checkpoint, with its hyperparameters and curve."
         )
     lines = [f"### {title}", "", f"**Why:** {reason}", "", hint, ""]
     from hpsearch.results import learning_curve
@@ -377,7 +380,7 @@ def trial_note_text(trial: FrozenTrial) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_trial_note(study: optuna.Study, trial: FrozenTrial) -> None:
+def write_trial_note(study: optuna.Study, trial: FrozenTrial, resumed_as: int | None = None) -> None:
     """Note why ``trial`` stopped early; complete trials need no note."""
     if trial.state in (TrialState.PRUNED, TrialState.FAIL):
-        write_note(study, trial_note_text(trial), trial)
+        write_note(study, trial_note_text(trial, resumed_as), trial)

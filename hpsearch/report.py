@@ -246,9 +246,14 @@ def _best_html(study: optuna.Study, best: FrozenTrial | None) -> str:
 
     curve = ", ".join(f"{label}: {v:.4f}" for _, label, v in learning_curve(best))
     rows.append(("val_error by epoch", curve))
+    from hpsearch.config import mask_password
+    from hpsearch.study import CONFIG_ATTR
+
+    stored = study.user_attrs.get(CONFIG_ATTR, {}).get("study", {}).get("storage")
+    where = f" --storage {mask_password(stored)}" if stored else ""
     return (
-        _table(rows) + f'<p class="caption">Get the model: <code>hpsearch train-best {_e(study.study_name)} '
-        f"-o best-model</code></p>"
+        _table(rows) + f'<p class="caption">Get the model: <code>hpsearch train-best {_e(study.study_name)}'
+        f"{_e(where)} -o best-model</code></p>"
     )
 
 

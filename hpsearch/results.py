@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cost import trial_epochs
-from hpsearch.pruners import CONTINUES_ATTR, EARLY_EVAL_ATTR, EARLY_STEP, replaced
+from hpsearch.pruners import CONTINUES_ATTR, EARLY_EVAL_ATTR, EARLY_STEP, TRAIN_LOSS_ATTR, replaced
 from hpsearch.study import (
     CONFIG_ATTR,
     DATA_ATTR,
@@ -27,6 +27,8 @@ from hpsearch.study import (
 )
 
 STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
+# why a trial failed when its worker said nothing: the heartbeat stopped and another worker failed it
+DIED = "its worker died (no heartbeat for longer than study.grace_period: killed, out of memory, node lost)"
 MAX_SUGGESTED_TOP_K = 3  # train-best retrains each configuration with 3 seeds: 3 of them is 9 trainings
 
 
@@ -72,6 +74,9 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         for t in trials
         if CONTINUES_ATTR in t.system_attrs and "failed_trial" not in t.system_attrs
     }
+    resumed_by = {
+        t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")
+    }
     for t in trials:
         rows.append(
             {
@@ -90,13 +95,20 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "retry_of": t.system_attrs.get("failed_trial"),
                 "continues": t.system_attrs.get(CONTINUES_ATTR),  # the paused trial this one goes on with
                 "continued_by": continued_by.get(t.number),
-                "reason": t.user_attrs.get("prune_reason") or t.user_attrs.get("fail_reason"),
+                "reason": t.user_attrs.get("prune_reason") or _fail_reason(t, resumed_by.get(t.number)),
                 "worker": t.user_attrs.get("worker"),
                 "device": t.user_attrs.get("device"),
                 "train_seconds": t.user_attrs.get("train_seconds"),
             }
         )
     return rows
+
+
+def _fail_reason(t: FrozenTrial, resumed_as: int | None) -> str | None:
+    if t.state != TrialState.FAIL:
+        return t.user_attrs.get("fail_reason")
+    reason = t.user_attrs.get("fail_reason") or DIED
+    return reason if resumed_as is None else f"{reason}; resumed as trial {resumed_as}"
 
 
 def learning_curve(t: FrozenTrial) -> list[tuple[int, str, float]]:
@@ -189,11 +201,15 @@ def epoch_curve(trial: FrozenTrial) -> dict[int, float]:
     return {e: v for e, v in trial.intermediate_values.items() if e != EARLY_STEP and v is not None}
 
 
-def candidate_key(complete: bool, epochs_reached: int, error: float, number: int) -> tuple:
+def candidate_key(
+    complete: bool, epochs_reached: int, error: float, number: int, train_loss: float | None = None
+) -> tuple:
     """How ``train-best --top-k`` ranks trials: complete ones by ``error``, their value (the best epoch's
-    error); after them, pruned ones as successive halving ranked them, the deepest rung reached first, then
-    the lowest error."""
-    return (not complete, 0 if complete else -epochs_reached, error, number)
+    error); after them, pruned ones by the deepest rung reached, then their lowest epoch-end error (as a
+    complete trial's value is; measured on the benchmarks so), then, among equal errors (trials still
+    predicting one class), the last training loss, as the pruner breaks such ties."""
+    loss = float("inf") if train_loss is None else train_loss
+    return (not complete, 0 if complete else -epochs_reached, error, loss, number)
 
 
 def retrain_candidates(study: optuna.Study) -> list[FrozenTrial]:
@@ -219,7 +235,8 @@ def retrain_candidates(study: optuna.Study) -> list[FrozenTrial]:
         if complete and t.value is not None:
             ranked.append((candidate_key(True, len(curve), t.value, t.number), t))
         elif not complete and curve:
-            ranked.append((candidate_key(False, len(curve), min(curve.values()), t.number), t))
+            loss = t.user_attrs.get(TRAIN_LOSS_ATTR)
+            ranked.append((candidate_key(False, len(curve), min(curve.values()), t.number, loss), t))
     return [t for _, t in sorted(ranked, key=lambda kt: kt[0])]
 
 
@@ -299,6 +316,8 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
             if k in noise
         },
         "best_epoch": best.user_attrs.get("best_epoch"),
+        # the seed that carved and sampled the data the trial was measured on (and seeded the sampler)
+        "study_settings": {"seed": cfg.get("study", {}).get("seed")},
         "model": _changed(cfg, "model", always=("name",)),
         "data": _changed(cfg, "data", always=("name",)),
         # n_epochs is the study's (the whole schedule, as train-best retrains), not the trial's best epoch:

@@ -245,7 +245,13 @@ class RetryTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
                 return
         system_attrs = {"failed_trial": trial.number, **trial.system_attrs, "retry_history": history}
         user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
-        queue_copy(study, trial, user_attrs, system_attrs)
+        number = queue_copy(study, trial, user_attrs, system_attrs)
+        try:  # the dashboard's note on the failed trial: why, and which trial resumes it
+            from hpsearch.dashboard import write_trial_note
+
+            write_trial_note(study, trial, resumed_as=number)
+        except Exception:  # a note must never cost the retry
+            _log.debug("no note for failed trial %d", trial.number, exc_info=True)
 
 
 def queue_copy(study: optuna.Study, trial: FrozenTrial, user_attrs: dict, system_attrs: dict) -> int:

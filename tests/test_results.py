@@ -82,7 +82,7 @@ def test_show_and_best_say_which_trials_the_noise_cannot_rank(tmp_path):
     assert best.exit_code == 0, best.output
     assert best.stdout.startswith("# best trial 1 of study 's': val_error 0.2000 ± 0.0200 at epoch")
     assert "# within one standard error of it: trial 0; one measurement cannot rank them" in best.stdout
-    assert "hpsearch train-best s --top-k 2 -o models/best\n" in best.stdout
+    assert f"hpsearch train-best s --storage {url} --top-k 2 -o models/best\n" in best.stdout
     assert yaml.safe_load(best.stdout)["search_space"]["learning_rate"] > 0  # still pastes as a config
 
 

@@ -165,6 +165,8 @@ def test_best_pastes_back_as_a_config_that_fixes_the_values(demo, tmp_path):
     assert space.fixed == demo.study.best_params
     assert cfg.model.max_length == 32 and cfg.data.demo_size == DEMO_SIZE  # the same model and data
     assert cfg.train.n_epochs == 3  # the study's whole schedule, as train-best retrains it
+    # the seed that carved and sampled the trial's data
+    assert cfg.study.seed == demo.study.user_attrs["hpsearch_config"]["study"]["seed"] is not None
     assert f"at epoch {demo.study.best_trial.user_attrs['best_epoch']} of 3" in result.stdout.splitlines()[0]
     as_json = json.loads(invoke("best", "demo", "--storage", demo.url, "--format", "json").stdout)
     assert as_json["val_error"] == demo.study.best_value and as_json["trial"] == demo.study.best_trial.number

@@ -324,6 +324,18 @@ def test_preemptions_do_not_use_up_a_trials_retries_and_a_retry_drops_the_failur
         _fail(study, trial, "worker gone; re-queued by hand")  # a second death: past max_retries
         retry(study, study.trials[trial.number])
     assert len(study.trials) == 5 and counts(study)[TrialState.WAITING] == 0
+    # Every failed trial says why and which trial resumed it: in show/export, and in the dashboard's note.
+    from hpsearch.dashboard import read_note
+    from hpsearch.results import trial_rows
+
+    reasons = {r["number"]: r["reason"] for r in trial_rows(study)}
+    assert reasons[0] == "interrupted (stopped after epoch 1); re-queued; resumed as trial 1"
+    assert reasons[3].startswith("its worker died (no heartbeat") and reasons[3].endswith(
+        "resumed as trial 4"
+    )
+    assert reasons[4] == "worker gone; re-queued by hand"  # no retry left
+    note = read_note(study, study.trials[3])
+    assert "its worker died" in note and "Trial 4 resumes it from its last checkpoint" in note
 
 
 @pytest.mark.postgres

@@ -87,6 +87,10 @@ def test_train_best_saves_a_loadable_model_that_reproduces_its_validation_error(
     assert json.loads((out / "results.json").read_text())["saved_val_error"] == report["saved_val_error"]
     cfg = config_from_dict(json.loads((out / "results.json").read_text())["config"])
     assert validation_error(out, cfg) == pytest.approx(report["saved_val_error"], abs=0.01)
+    from transformers import AutoTokenizer
+
+    # truncation=True alone cuts where the trials did
+    assert AutoTokenizer.from_pretrained(out).model_max_length == cfg.model.max_length == 32
 
 
 def test_epochs_best_stops_after_the_trials_best_epoch_and_reproduces_its_value(searched):
@@ -188,6 +192,19 @@ def test_top_k_ranks_complete_trials_first_then_pruned_ones_by_the_rung_they_rea
     assert [t.number for t in top_trials(study, 1)] == [0]
     assert [t.number for t in top_trials(study, 3)] == [0, 5, 8]  # 8 carries 7's curve: 7 is not listed
     assert [t.number for t in top_trials(study, 9)] == [0, 5, 8, 1, 6, 2]
+
+
+def test_top_k_breaks_ties_among_pruned_trials_by_training_loss_as_the_pruner_does(workdir):
+    """Trials still predicting one class share one error at a rung; the pruner ranks them by training loss."""
+    from optuna.trial import TrialState
+
+    from hpsearch.best_model import top_trials
+
+    study = optuna.create_study(study_name="k", storage=f"sqlite:///{workdir}/k.db")
+    study.add_trial(_trial(TrialState.COMPLETE, {1: 0.4, 2: 0.35, 3: 0.30}, 0.30))
+    for loss in (0.6900, 0.6886, 0.6898):  # 1, 2, 3: all at the majority-class error after epoch 3
+        study.add_trial(_trial(TrialState.PRUNED, {1: 0.4667, 2: 0.4667, 3: 0.4667}, train_loss=loss))
+    assert [t.number for t in top_trials(study, 4)] == [0, 2, 3, 1]
 
 
 def test_top_k_retrains_a_pruned_trial_when_too_few_completed(searched):
