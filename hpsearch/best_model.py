@@ -348,6 +348,14 @@ def export_checkpoint(
             f" (model {cfg.model.name!r}); check the data files, or retrain (drop --from-checkpoint)"
         )
         log.write(f"warning: {warning}\n")
+    trained = max((e for e in best.intermediate_values if e > 0), default=epoch)
+    if epoch < trained:  # a later checkpoint could not be written (a full disk during the search)
+        warning = (
+            f"the checkpoint holds epoch {epoch} of the {trained} trial {best.number} trained (later ones could"
+            f" not be written), so the model is not the one that reported {best.value:.4f};"
+            " retrain instead (drop --from-checkpoint)"
+        )
+        log.write(f"warning: {warning}\n")
     cand = Candidate(
         best.number,
         float(best.value),

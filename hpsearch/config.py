@@ -320,7 +320,7 @@ def parse_set(items: typing.Iterable[str]) -> dict[str, dict[str, Any]]:
         if section not in allowed:
             raise ConfigError(f"--set {item!r}: unknown section '{section}'{did_you_mean(section, allowed)}")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = yaml.load(text, Loader=_UniqueKeyLoader) if text.strip() else None  # noqa: S506
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
         out.setdefault(section, {})[name] = value
@@ -333,6 +333,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: set = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: explicit keys may override
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(

@@ -75,7 +75,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         except OSError:
             free = None
         why = (
-            f"the disk is full ({free / 2**20:.0f} MiB free)"
+            f"the disk is full ({free / 2**20:.1f} MiB free)"
             if free is not None and free < 2**30
             else str(exc).strip().splitlines()[0][:200]
         )
@@ -153,6 +153,7 @@ class Objective:
                     trial.report(result.val_error, result.epoch)
                 curve[result.epoch] = result.val_error
                 val_losses.append(round(result.val_loss, 5))
+                not_written = ""
                 try:
                     save_checkpoint(
                         path,
@@ -167,15 +168,16 @@ class Objective:
                 except CheckpointNotWritten as exc:
                     # The trial's measurements do not need the checkpoint: train on, and say what a crash now
                     # would cost (a retry resumes from the last checkpoint that was written, or from scratch).
-                    if self.reporter:
-                        self.reporter.line(
-                            f"trial {trial.number}: {exc}; training goes on, a retry would redo this epoch"
-                            f" (free space under train.checkpoint_dir)"
-                        )
+                    not_written = (
+                        f"trial {trial.number}: {exc}; training goes on, a retry would redo epoch"
+                        f" {result.epoch} (free space under train.checkpoint_dir)"
+                    )
                 best_epoch = min(_epoch_ends(curve), key=lambda e: (curve[e], e))
                 self._record(trial, path, result, curve, best_epoch, val_losses, train_seconds)
                 if self.reporter:
                     self.reporter.epoch(trial.number, hp, result, cfg.train.n_epochs)
+                    if not_written:
+                        self.reporter.line(not_written)
                 if result.epoch == cfg.train.n_epochs:
                     break  # every epoch trained: complete, whatever the pruner or a stop request say
                 # The pruner's decision first: a stop request after a rung epoch must not cost the retry an

@@ -322,7 +322,12 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
         "data": _changed(cfg, "data", always=("name",)),
         # n_epochs is the study's (the whole schedule, as train-best retrains), not the trial's best epoch:
         # one picked from a single noisy curve is early and fragile
-        "train": _changed(cfg, "train", always=("n_epochs",)),
+        # less what search_space sets: its value, not train's, is what the trial used
+        "train": {
+            k: v
+            for k, v in _changed(cfg, "train", always=("n_epochs",)).items()
+            if k not in cfg.get("search_space", {})
+        },
         "search_space": {**fixed, **best.params},
     }
 

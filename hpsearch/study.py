@@ -100,9 +100,9 @@ def _check_sqlite_url(url: str) -> None:
         )
 
 
-def _check_optuna_file(path: Path) -> None:
-    """For read-only commands: ``path`` must already be an Optuna store; opening any other SQLite file with
-    Optuna would write its 13 tables (and WAL mode) into it."""
+def _check_optuna_file(path: Path, allow_empty: bool = False) -> None:
+    """``path`` must be an Optuna store (or, with ``allow_empty``, a database with no tables yet): opening any
+    other SQLite file with Optuna would write its 13 tables (and WAL mode) into it."""
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
@@ -111,7 +111,7 @@ def _check_optuna_file(path: Path) -> None:
             con.close()
     except sqlite3.Error as exc:
         raise ConfigError(f"storage: {path} is not a SQLite file ({exc}); check --storage") from None
-    if "studies" not in tables or "trials" not in tables:
+    if (tables or not allow_empty) and ("studies" not in tables or "trials" not in tables):
         what = (
             "an empty file"
             if not tables
@@ -183,8 +183,8 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
             raise ConfigError(
                 f"storage: no study store at {path}; check --storage or run `hpsearch search` first"
             )
-        if not create:
-            _check_optuna_file(path)
+        if path.is_file():
+            _check_optuna_file(path, allow_empty=create)
         path.parent.mkdir(parents=True, exist_ok=True)
         _enable_wal(path)
         # Workers on one node wait for the write lock instead of failing with "database is locked".
@@ -308,6 +308,7 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
     crashing a worker in the middle of a trial it has paid for."""
 
     outage_seconds = OUTAGE_SECONDS
+    _warned_at = -float("inf")
 
 
 def _patient(name: str):
@@ -321,7 +322,8 @@ def _patient(name: str):
             except Exception as exc:
                 if not _lost_connection(exc) or time.monotonic() - started > self.outage_seconds:
                     raise
-                if wait == 1.0:
+                if wait == 1.0 and time.monotonic() - self._warned_at > self.outage_seconds:
+                    self._warned_at = time.monotonic()  # once per outage, not once per thread
                     first = str(getattr(exc.__cause__, "orig", exc.__cause__) or exc).strip().splitlines()
                     _log.warning(
                         "storage: lost the database (%s); trying again for up to %.0f s",
@@ -364,6 +366,8 @@ def check_storage(url: str) -> None:
             raise ConfigError(f"storage: {file} is a folder; give a file, e.g. {file / 'NAME.db'}")
         if file.exists() and not os.access(file, os.W_OK):
             raise ConfigError(f"storage: cannot write {file}: the file is read-only; check its permissions")
+        if file.is_file() and journal is None:
+            _check_optuna_file(file, allow_empty=True)
         parent = file.parent.resolve()
         while not parent.exists():
             parent = parent.parent

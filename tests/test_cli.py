@@ -375,3 +375,37 @@ def test_studies_lists_the_good_stores_beside_a_file_that_is_not_one(workdir, ex
     assert result.exit_code == 0, result.output
     assert "t: 0 complete" in result.stdout or "t: 1 complete" in result.stdout
     assert "skipped sqlite:///studies/junk.db" in result.stderr
+
+
+def test_yaml_anchors_and_merge_keys_still_work_and_may_be_overridden(workdir):
+    from hpsearch.config import load_config
+
+    (workdir / "study.yaml").write_text(
+        "study: {name: m}\nsearch_space:\n"
+        "  weight_decay: &uniform {type: float, low: 0.0, high: 0.1}\n"
+        "  warmup_ratio: {<<: *uniform, high: 0.2}\n",
+        encoding="utf-8",
+    )
+    space = load_config(workdir / "study.yaml").search_space
+    assert space["warmup_ratio"] == {"type": "float", "low": 0.0, "high": 0.2}
+
+
+def test_a_key_given_twice_in_a_set_value_is_refused(workdir):
+    write_config(workdir / "study.yaml", tiny_config())
+    value = "search_space.learning_rate={type: float, low: 0.001, low: 0.01, high: 0.1}"
+    assert_one_line_error(invoke("search", "study.yaml", "--set", value), "--set", "'low' is given twice")
+    assert_nothing_written(workdir)
+
+
+def test_search_refuses_a_sqlite_file_of_other_tables(workdir):
+    import sqlite3
+
+    write_config(workdir / "study.yaml", tiny_config())
+    path = workdir / "app.db"
+    with sqlite3.connect(path) as con:
+        con.execute("create table users(id int)")
+    con.close()
+    before = path.read_bytes()
+    line = assert_one_line_error(invoke("search", "study.yaml", "--storage", f"sqlite:///{path}"))
+    assert "SQLite file of other tables (users), not a study store" in line
+    assert path.read_bytes() == before and not (workdir / "checkpoints").exists()
