@@ -92,12 +92,17 @@ class Recorder:
 
     def trial(self, number: int, hp: dict[str, Any]) -> dict[str, Any]:
         """The record of ``number``'s configuration: a trial that continues a paused one adds to its record."""
+        from hpsearch.config import HYPERPARAMETERS
+
         number = self.continues.get(number, number)
         if number not in self.trials:
             self.trials[number] = {
                 "number": number,
                 "learning_rate": float(hp["learning_rate"]),
                 "batch_size": int(hp["batch_size"]),
+                # every training value the trial used (searched or fixed), for the retraining; the seed
+                # is the retraining's own
+                "params": {k: v for k, v in hp.items() if k in HYPERPARAMETERS and k != "seed"},
                 "epochs": 0.0,
                 "val_errors": [],
                 "train_losses": [],
@@ -809,7 +814,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog="Example: python -m bench.run --quick",
     )
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="study config to benchmark (YAML)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="study config to benchmark (YAML; default bench/configs/sst2.yaml; with --retrain-from, the one"
+        " the result ran with)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 600 rows, 6 trials x 2 epochs")
     p.add_argument(
         "--seeds", default="0,1,2", help="comma-separated study seeds, each arm runs once per seed"
@@ -873,7 +883,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--throughput-repeats", type=int, default=3, help="epochs timed per loop for throughput (0: skip)"
     )
     p.add_argument("--out", type=Path, help="result JSON (default bench/results/<config>[-quick].json)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.config_given = args.config is not None
+    args.config = args.config or DEFAULT_CONFIG
+    return args
+
+
+def read_result(path: Path, flag: str) -> dict[str, Any]:
+    """A result JSON named by ``flag``; a missing or unreadable file is one line (ConfigError)."""
+    from hpsearch.errors import ConfigError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{flag} {path}: no such file; give a result JSON written by bench.run") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{flag} {path}: not a readable result JSON ({exc})") from None
+
+
+def result_config(args, result: dict[str, Any], flag: str) -> Path:
+    """The config an earlier result ran with: the stored one, or --config when given (and the same)."""
+    from hpsearch.errors import ConfigError
+
+    stored = Path(result["config"])
+    if not stored.is_file() and (ROOT / stored).is_file():
+        stored = ROOT / stored
+    if not args.config_given:
+        if not stored.is_file():
+            raise ConfigError(f"{flag}: the result ran with {result['config']}, which is gone; pass --config")
+        return stored
+    if stored.is_file() and stored.resolve() != Path(args.config).resolve():
+        raise ConfigError(
+            f"{flag}: the result ran with {result['config']}, not {args.config}; drop --config (the stored one"
+            " is used) or give the same file"
+        )
+    return Path(args.config)
 
 
 def load_bench_config(args):
@@ -927,8 +971,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
             workdir = Path(tmp)
             # Warm the per-process caches (data, tokenizer, tokenized ids) once, so no arm pays them alone.
+            check_seeds_data(cfg, seeds)  # a seed whose sample lacks a class fails now, not after hours
             cfg = dataclasses.replace(
-                cfg, study=dataclasses.replace(cfg.study, storage=f"sqlite:///{workdir}/w.db")
+                cfg,
+                study=dataclasses.replace(cfg.study, storage=f"sqlite:///{workdir}/w.db", seed=seeds[0]),
             )
             space, data, factory, encoded = prepare(cfg)
             result = run_all(args, cfg, sets, seeds, arms, space, data, factory, encoded, workdir, out)
@@ -939,6 +985,19 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(result, sys.stdout)
     print(f"\nfull results: {out} (trial log: {out.with_suffix('.progress.txt')})", file=sys.stderr)
     return 0
+
+
+def check_seeds_data(cfg, seeds: list[int]) -> None:
+    """Each study seed also draws the data sample (and a carved validation split): check every seed's rows
+    before any arm runs, naming the seed."""
+    from hpsearch.data import load_data
+    from hpsearch.errors import ConfigError
+
+    for seed in seeds:
+        try:
+            load_data(cfg.data, seed=seed)
+        except ConfigError as exc:
+            raise ConfigError(f"--seeds {seed}: {exc} (this seed's sample; try other --seeds)") from None
 
 
 def run_seed(
@@ -1065,6 +1124,12 @@ def handed_over(
     return t, error, t["val_errors"].index(error) + 1 if epochs == "best" else n_epochs
 
 
+def trial_params(t: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters a recorded trial trained with, but its seed; results from before 12-03 recorded
+    only the learning rate and batch size."""
+    return dict(t.get("params") or {"learning_rate": t["learning_rate"], "batch_size": t["batch_size"]})
+
+
 def seed_trainer(cfg, seed: int, workdir: Path):
     """``train(params, run_seed, n_epochs) -> val_error`` after the last epoch (4 decimals), on this study
     seed's rows with hpsearch's loop as ``train-best`` runs it, and no divergence stop (measure it all); the
@@ -1094,7 +1159,7 @@ def retrain_best(
 
     "Best validation error" picks the luckiest of many noisy evaluations, and an arm that evaluates more
     epochs (no pruning) gets more draws. What a user keeps from a search is its hyperparameters: here the
-    best trial's learning rate and batch size are trained again, with hpsearch's loop for every arm, for the
+    best trial's hyperparameters (all of them: ``trial_params``) are trained again, with hpsearch's loop for every arm, for the
     epochs ``handed_over`` names, and scored on the same validation rows after the last (no pick among
     epochs).
     """
@@ -1108,13 +1173,15 @@ def retrain_best(
         if picked is None:
             continue
         t, error, n_epochs = picked
-        params = {"learning_rate": t["learning_rate"], "batch_size": t["batch_size"]}
-        key = (t["learning_rate"], t["batch_size"], n_epochs)
+        params = trial_params(t)
+        key = (json.dumps(params, sort_keys=True), n_epochs)
         if key not in done:
             done[key] = [train(params, RETRAIN_SEED + k, n_epochs) for k in range(retrain.seeds)]
         out[arm] = {
             "trial": t["number"],
-            **params,
+            "learning_rate": t["learning_rate"],
+            "batch_size": t["batch_size"],
+            "params": params,
             "epochs": n_epochs,
             "search_val_error": round(error, 4),
             "val_errors": done[key],
@@ -1127,8 +1194,8 @@ def merge_into(path: Path, other_path: Path) -> int:
     """Add ``other_path``'s seeds (and progress lines) to the result at ``path``; figures recomputed."""
     from hpsearch.errors import ConfigError
 
-    result = json.loads(path.read_text(encoding="utf-8"))
-    other = json.loads(other_path.read_text(encoding="utf-8"))
+    other = read_result(other_path, "--merge")
+    result = read_result(path, "--out (the result to merge into)")
 
     def key(r):  # what must match; each run's temporary store differs
         resolved = {**r["resolved_config"], "study": {**r["resolved_config"]["study"], "storage": None}}
@@ -1165,8 +1232,8 @@ def retrain_from(args, path: Path) -> int:
     """Add the retrained-best figures to an earlier result, with the config and overrides it was run with."""
     from hpsearch.config import load_config
 
-    result = json.loads(path.read_text(encoding="utf-8"))
-    cfg = load_config(args.config, sets=result["overrides"])
+    result = read_result(path, "--retrain-from")
+    cfg = load_config(result_config(args, result, "--retrain-from"), sets=result["overrides"])
     seeds, arms = result["seeds"], list(result["arms"])
     with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
         retrained = per_seed_map(

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.run import DEFAULT_CONFIG, RETRAIN_SEED, per_seed_map, seed_trainer
+from bench.run import DEFAULT_CONFIG, RETRAIN_SEED, per_seed_map, seed_trainer, trial_params
 
 RULES = ("top-1", "own", "fresh", "oracle")
 
@@ -62,8 +62,8 @@ def retrain_seed(cfg, seed: int, by_arm: dict[str, list[dict]], k: int, n_rank: 
     for arm, trials in by_arm.items():
         rows = []
         for t in candidates(trials, k):
-            params = {"learning_rate": t["learning_rate"], "batch_size": t["batch_size"]}
-            key = (t["learning_rate"], t["batch_size"])
+            params = trial_params(t)
+            key = json.dumps(params, sort_keys=True)
             if key not in done:
                 complete = t["state"] == "COMPLETE" and len(t["val_errors"]) >= n_epochs
                 fresh = [train(params, RETRAIN_SEED + j, n_epochs) for j in range(n_rank + n_held)]
@@ -81,7 +81,9 @@ def retrain_seed(cfg, seed: int, by_arm: dict[str, list[dict]], k: int, n_rank: 
                     "state": t["state"],
                     "epochs_reached": len(t["val_errors"]),
                     "search_val_error": round(min(t["val_errors"]), 4),
-                    **params,
+                    "learning_rate": t["learning_rate"],
+                    "batch_size": t["batch_size"],
+                    "params": params,
                     **done[key],
                 }
             )

@@ -128,7 +128,7 @@ def _prepare(cfg: Config, device_name: str | None):
 
     device = resolve_device(device_name or cfg.train.device)
     data = load_data(cfg.data, seed=cfg.study.seed or 0)  # the same split and subsample as the search
-    factory = get_factory(cfg.model, data.label_names, data.train.texts, cfg.data)
+    factory = get_factory(cfg.model, data.label_names, data.train.vocabulary_texts(), cfg.data)
     encoded = tokenize(data, factory.tokenizer, cfg.model.max_length, (cfg.data, factory.key))
     return data, factory, encoded, device
 

@@ -30,6 +30,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def vocabulary_texts(self) -> list[str]:
+        """Every text the model reads: for a pair task the second texts too (the built-in tiny model learns
+        its WordPiece vocabulary from these; without them a hypothesis's own words were [UNK])."""
+        return self.texts + (self.pairs or [])
+
 
 @dataclass(frozen=True)
 class TextData:
@@ -240,7 +245,15 @@ def _labels(cfg: DataSection, dataset, names: list[str], which: str) -> list[int
     index = {name: i for i, name in enumerate(names)}
     feature = dataset.features[cfg.label_column]
     if getattr(feature, "names", None):
-        return list(dataset[cfg.label_column])
+        ids = list(dataset[cfg.label_column])
+        unlabelled = [i for i, y in enumerate(ids) if not 0 <= y < len(names)]
+        if unlabelled:  # ClassLabel's -1: no gold label (hub test splits, SNLI's disputed pairs)
+            raise ConfigError(
+                f"data.label_column: {which} row {unlabelled[0]} has label id {ids[unlabelled[0]]}"
+                f" ({len(unlabelled)} of {len(ids)} rows), outside the {len(names)} classes: rows without a"
+                " gold label (-1); drop them, or use a split that has labels"
+            )
+        return ids
     out = []
     for i, value in enumerate(list(dataset[cfg.label_column])):
         key = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

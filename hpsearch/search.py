@@ -129,7 +129,7 @@ def prepare(cfg: Config):
     check_storage(cfg.study.storage)
     _check_checkpoint_dir(cfg.train.checkpoint_dir)
     data = load_data(cfg.data, seed=cfg.study.seed or 0)
-    factory = get_factory(cfg.model, data.label_names, data.train.texts, cfg.data)
+    factory = get_factory(cfg.model, data.label_names, data.train.vocabulary_texts(), cfg.data)
     encoded = tokenize(data, factory.tokenizer, cfg.model.max_length, (cfg.data, factory.key))
     return space, data, factory, encoded
 

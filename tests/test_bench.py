@@ -107,6 +107,9 @@ def test_each_arm_best_configuration_is_retrained_with_fresh_seeds(result):
             best["batch_size"],
         ), name
         assert rb["epochs"] == epochs, name
+        # every value the trial trained with, searched or fixed (not only the learning rate and batch size)
+        assert rb["params"] == best["params"] and rb["params"]["learning_rate"] == best["learning_rate"], name
+        assert {"weight_decay", "warmup_ratio", "dropout", "max_grad_norm"} <= set(rb["params"]), name
         assert len(rb["val_errors"]) == 1 and 0.0 <= rb["mean"] <= 1.0
     assert r["retrain_epochs"] == "all"
     names = [t["target"] for t in r["targets"]]
@@ -123,9 +126,7 @@ def test_retrain_from_updates_an_earlier_result(result, tmp_path):
         for arm in seed.values():
             arm.pop("retrained_best")
     copy.write_text(json.dumps(r))
-    argv = [
-        "--config",
-        str(ROOT / "studies" / "demo.yaml"),
+    argv = [  # no --config: the one the result ran with
         "--retrain-from",
         str(copy),
         "--retrain-seeds",
@@ -467,3 +468,37 @@ def test_top_k_refuses_arms_and_seeds_the_result_lacks_in_one_line(flags, capsys
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"python -m bench.top_k: error: {flags[0]} ")
+
+
+@pytest.mark.parametrize("flag", ["--retrain-from", "--merge"])
+def test_a_result_file_that_is_not_there_is_one_line_and_exit_2(tmp_path, capsys, flag):
+    assert bench.main([flag, str(tmp_path / "nope.json"), "--out", str(tmp_path / "r.json")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "nope.json: no such file" in line and flag in line
+
+
+def test_retrain_from_refuses_another_config_than_the_results(result, tmp_path, capsys):
+    out, _ = result
+    other = tmp_path / "other.yaml"
+    other.write_text((ROOT / "studies" / "demo.yaml").read_text())
+    assert bench.main(["--config", str(other), "--retrain-from", str(out)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "the result ran with" in line and "drop --config" in line
+
+
+def test_a_seed_whose_sample_breaks_the_data_is_refused_before_any_arm(tmp_path, capsys):
+    """Each seed draws its own sample: one that lacks a class the validation rows use fails up front."""
+    rows = ["text\tlabel"] + [f"common words {i}\tmain" for i in range(60)] + ["rare words here\trare"]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "validation.tsv").write_text("text\tlabel\nsome words\tmain\nrare words\trare\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "study: {name: r, n_trials: 2}\nmodel: {name: tiny, max_length: 16}\n"
+        f"data: {{name: null, train_file: {tmp_path}/train.tsv, validation_file: {tmp_path}/validation.tsv,"
+        " max_train_samples: 10}\ntrain: {n_epochs: 1}\n"
+    )
+    out = tmp_path / "r.json"
+    seeds = ",".join(str(s) for s in range(8))  # 10 of 61 rows: most seeds' samples miss the one rare row
+    assert bench.main(["--config", str(config), "--seeds", seeds, "--out", str(out)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: --seeds ") and "this seed's sample" in line and not out.exists()

@@ -157,6 +157,12 @@ def test_text_pairs_produce_token_type_ids(tmp_path):
     assert set(train) == {"input_ids", "token_type_ids"} and "token_type_ids" in validation
     types, ids = train["token_type_ids"][0], train["input_ids"][0]
     assert len(types) == len(ids) and types[0] == 0 and types[-1] == 1  # [CLS] a [SEP] b [SEP]
+    # The search's tiny model learns its vocabulary from both texts: "nobody" is in hypotheses only.
+    from hpsearch.config import ModelSection
+    from hpsearch.models import get_factory
+
+    factory = get_factory(ModelSection(name="tiny"), data.label_names, data.train.vocabulary_texts(), cfg)
+    assert factory.tokenizer.tokenize("nobody sleeps") == ["nobody", "sleeps"]
 
 
 def test_single_texts_have_no_token_type_ids_and_respect_max_length():
@@ -203,3 +209,25 @@ def test_hub_data_set_offline_is_one_line(monkeypatch, name, words):
     assert "\n" not in str(info.value)
     for word in words:
         assert word in str(info.value)
+
+
+def test_rows_without_a_gold_label_are_refused_with_the_fix(tmp_path):
+    """A ClassLabel column stores "no label" as -1 (hub test splits, SNLI's disputed pairs)."""
+    import datasets
+
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["a", "b"])}
+    )
+    datasets.Dataset.from_dict(
+        {"text": [f"w{i} x" for i in range(40)], "label": [i % 2 for i in range(40)]}, features=features
+    ).to_parquet(tmp_path / "train.parquet")
+    datasets.Dataset.from_dict(
+        {"text": [f"v{i}" for i in range(10)], "label": [0] * 7 + [-1] * 3}, features=features
+    ).to_parquet(tmp_path / "validation.parquet")
+    cfg = DataSection(
+        name=None,
+        train_file=str(tmp_path / "train.parquet"),
+        validation_file=str(tmp_path / "validation.parquet"),
+    )
+    with pytest.raises(ConfigError, match=r"validation row 7 has label id -1 \(3 of 10 rows\).*drop them"):
+        load_data(cfg)
