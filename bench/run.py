@@ -346,13 +346,12 @@ def run_trainer_arm(cfg, space, data, factory, encoded, seed: int, workdir: Path
         return values
 
     def model_init(trial=None):
-        # Trainer calls this before hp_space: ask the trial for dropout here (Optuna returns the same value later).
-        dropout = (
-            params["dropout"].suggest(trial)
-            if trial is not None and "dropout" in params
-            else fixed["dropout"]
-        )
-        return factory.build(int(fixed.get("seed", seed)), float(dropout))
+        # Trainer calls this before hp_space: ask the trial for dropout and a searched seed here (Optuna
+        # returns the same values later), so the weights start as the hpsearch arms' trial would.
+        def value(name):
+            return params[name].suggest(trial) if trial is not None and name in params else fixed[name]
+
+        return factory.build(int(value("seed")), float(value("dropout")))
 
     def compute_metrics(prediction):
         logits, labels = prediction.predictions, prediction.label_ids
