@@ -900,23 +900,25 @@ def read_result(path: Path, flag: str) -> dict[str, Any]:
         raise ConfigError(f"{flag} {path}: not a readable result JSON ({exc})") from None
 
 
-def result_config(args, result: dict[str, Any], flag: str) -> Path:
-    """The config an earlier result ran with: the stored one, or --config when given (and the same)."""
+def result_config(config: Path | None, result: dict[str, Any], flag: str):
+    """The config an earlier result ran with, rebuilt from the copy it stored (``resolved_config``, overrides
+    applied), so neither the file nor the flags of that run are needed; ``config`` (--config), when given,
+    must resolve to the same."""
+    from hpsearch.config import config_from_dict, load_config
     from hpsearch.errors import ConfigError
 
-    stored = Path(result["config"])
-    if not stored.is_file() and (ROOT / stored).is_file():
-        stored = ROOT / stored
-    if not args.config_given:
-        if not stored.is_file():
-            raise ConfigError(f"{flag}: the result ran with {result['config']}, which is gone; pass --config")
-        return stored
-    if stored.is_file() and stored.resolve() != Path(args.config).resolve():
-        raise ConfigError(
-            f"{flag}: the result ran with {result['config']}, not {args.config}; drop --config (the stored one"
-            " is used) or give the same file"
-        )
-    return Path(args.config)
+    def comparable(d):  # each run has its own temporary store, and the first seed is the study seed
+        return {**d, "study": {**d["study"], "storage": None, "seed": None}}
+
+    stored = config_from_dict(result["resolved_config"], source=str(result["config"]))
+    if config is not None:
+        given = load_config(config, sets=result["overrides"])
+        if comparable(given.to_dict()) != comparable(result["resolved_config"]):
+            raise ConfigError(
+                f"{flag}: the result ran with {result['config']}, not {config}; drop --config (the stored one"
+                " is used) or give the same file"
+            )
+    return stored
 
 
 def load_bench_config(args):
@@ -1229,10 +1231,9 @@ def merge_into(path: Path, other_path: Path) -> int:
 
 def retrain_from(args, path: Path) -> int:
     """Add the retrained-best figures to an earlier result, with the config and overrides it was run with."""
-    from hpsearch.config import load_config
 
     result = read_result(path, "--retrain-from")
-    cfg = load_config(result_config(args, result, "--retrain-from"), sets=result["overrides"])
+    cfg = result_config(args.config if args.config_given else None, result, "--retrain-from")
     seeds, arms = result["seeds"], list(result["arms"])
     with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
         retrained = per_seed_map(

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.run import DEFAULT_CONFIG, RETRAIN_SEED, per_seed_map, seed_trainer, trial_params
+from bench.run import RETRAIN_SEED, per_seed_map, read_result, result_config, seed_trainer, trial_params
 
 RULES = ("top-1", "own", "fresh", "oracle")
 
@@ -131,11 +131,11 @@ def summarise(per_seed: dict[int, dict[str, list[dict]]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hpsearch.config import load_config
+    from hpsearch.errors import ConfigError
 
     ap = argparse.ArgumentParser(prog="python -m bench.top_k", description=__doc__.split("\n\n")[0])
     ap.add_argument("result", type=Path, help="a bench.run result JSON")
-    ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the config the result ran with")
+    ap.add_argument("--config", type=Path, help="the config the result ran with (default: the one it stored)")
     ap.add_argument("--arms", default="C,E", help="hpsearch arms to retrain (default C,E)")
     ap.add_argument("--k", type=int, default=3, help="configurations per arm (default 3)")
     ap.add_argument("--rank-seeds", type=int, default=2, help="fresh seeds that rank them (default 2)")
@@ -145,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    result = json.loads(args.result.read_text(encoding="utf-8"))
-    cfg = load_config(args.config, sets=result["overrides"])
+    try:
+        result = read_result(args.result, "result")
+        cfg = result_config(args.config, result, "--config")
+    except ConfigError as exc:
+        ap.error(str(exc))
     arms = args.arms.split(",")
     if "D" in arms:
         ap.error("--arms D: D's trials are not hpsearch's; train-best cannot rank them")

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import yaml
 
-from hpsearch.config import STORAGE_ENV, load_config
+from hpsearch.config import STORAGE_ENV, check_writable, load_config
 from hpsearch.errors import ConfigError, HpsearchError, StorageError
 
 
@@ -96,23 +96,6 @@ storage_option = click.option(
     help=f"Study store: sqlite:///studies/NAME.db, postgresql+psycopg://USER:PASS@HOST/DB, or a journal file "
     f"(*.log). Default: ${STORAGE_ENV}, else studies/STUDY.db.",
 )
-
-
-def check_output(output: str, folder: bool = False) -> None:
-    """``-o`` must be writable before any work: a file (not a folder) or, with ``folder``, a folder path, under
-    a folder this user can write (made if missing)."""
-    import os
-
-    path = Path(output).resolve()
-    if not folder and path.is_dir():
-        raise ConfigError(f"-o {output}: is a folder; give a file name, e.g. {Path(output) / 'out'}")
-    existing = path if folder else path.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"-o {output}: {existing} is a file, not a folder; give another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"-o {output}: cannot write under {existing}; give a folder you can write")
 
 
 def format_option(*choices: str, help: str = "Output format."):
@@ -560,7 +543,7 @@ def export(study, storage, fmt, output):
     from hpsearch.study import load_existing_study
 
     if output:
-        check_output(output)
+        check_writable(output, "-o")
     text = export_trials(load_existing_study(_storage_for(study, storage), study), fmt)
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -658,7 +641,7 @@ def report(study, storage, output, fmt):
     from hpsearch.report import write_html, write_pngs
     from hpsearch.study import load_existing_study
 
-    check_output(output, folder=fmt == "png")
+    check_writable(output, "-o", folder=fmt == "png")
     st = load_existing_study(_storage_for(study, storage), study)
     if fmt == "png":
         paths = write_pngs(st, output)
@@ -743,7 +726,7 @@ def train_best(study, storage, output, n_seeds, top_k, epochs, from_checkpoint, 
                 f"{' and '.join(given)} set how to retrain, but --from-checkpoint exports the trial's"
                 " checkpoint without retraining; drop one or the other"
             )
-    check_output(output, folder=True)
+    check_writable(output, "-o", folder=True)
     if device:
         from hpsearch.train import resolve_device
 

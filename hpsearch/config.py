@@ -298,6 +298,22 @@ def _validate(cfg: Config) -> dict[str, Any]:
     return space.to_dict()
 
 
+def check_writable(path: str | Path, what: str, folder: bool = False) -> None:
+    """Refuse before any work a path that cannot be written: a file (with ``folder``, a folder) at ``path``,
+    made if missing under the nearest existing folder, which this user must be able to write."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a file; give a folder" if folder else f"a folder; give a file name, e.g. {path / 'out'}"
+        raise ConfigError(f"{what} {path}: is {kind}")
+    existing = (path if folder else path.parent).resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path}: {existing} is a file, not a folder; give another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: cannot write under {existing}; give a folder you can write")
+
+
 def check_hyperparameter(where: str, name: str, value: Any) -> Any:
     """Coerce and range-check one hyperparameter value; returns the coerced value."""
     kind, rule = HYPERPARAMETERS[name]

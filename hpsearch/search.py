@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.config import Config
+from hpsearch.config import Config, check_writable
 from hpsearch.cost import epochs_spent
 from hpsearch.dashboard import write_study_note, write_trial_note
 from hpsearch.errors import StorageError, TrialFailure
@@ -127,40 +127,18 @@ def prepare(cfg: Config):
         space.grid()  # raises for a range without finite values
     resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))  # fp16 on a CPU is refused here
     check_storage(cfg.study.storage)
-    _check_checkpoint_dir(cfg.train.checkpoint_dir)
+    check_writable(cfg.train.checkpoint_dir, "train.checkpoint_dir", folder=True)  # every trial writes there
     data = load_data(cfg.data, seed=cfg.study.seed or 0)
     factory = get_factory(cfg.model, data.label_names, data.train.vocabulary_texts(), cfg.data)
     encoded = tokenize(data, factory.tokenizer, cfg.model.max_length, (cfg.data, factory.key))
     return space, data, factory, encoded
 
 
-def _check_checkpoint_dir(folder: str) -> None:
-    """Every trial writes its checkpoint there: a folder that cannot be made or written fails before trial 0."""
-    import os
-
-    from hpsearch.errors import ConfigError
-
-    path = Path(folder).resolve()
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(
-            f"train.checkpoint_dir: cannot make {path}: {existing} is a file; give a folder path"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"train.checkpoint_dir: {existing} is not writable; give a folder this user can write"
-            " (shared by every worker of the study)"
-        )
-
-
 def requeue(study: optuna.Study, number: int, reason: str) -> None:
     """Mark an interrupted trial failed and queue a copy with the same params, checkpoint and learning curve:
     the next worker resumes it where it stopped (the same mechanism as a dead worker's heartbeat retry)."""
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    with quiet_optuna_warnings():
-        RetryTrial()(study, frozen)
+    RetryTrial()(study, frozen)
 
 
 def continue_paused(study: optuna.Study, paused: FrozenTrial) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.config import HYPERPARAMETERS, Config, mask_password
+from hpsearch.config import HYPERPARAMETERS, Config, check_writable, mask_password
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.pruners import CONTINUES_ATTR, OVER_BUDGET_ATTR, SuccessiveHalvingPruner, continued, replaced
 from hpsearch.space import SearchSpace
@@ -193,8 +193,7 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
         engine_kwargs = {"pool_pre_ping": True}
     heartbeat: dict[str, Any] = {}
     if cfg is not None:
-        with quiet_optuna_warnings():
-            retry = RetryTrial(max_retry=cfg.study.max_retries)
+        retry = RetryTrial(max_retry=cfg.study.max_retries)
         heartbeat = {
             "heartbeat_interval": cfg.study.heartbeat_interval,
             "grace_period": cfg.study.grace_period or 2 * cfg.study.heartbeat_interval,
@@ -224,24 +223,24 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
 INTERRUPTED = "interrupted"  # how the fail_reason of a trial stopped by a signal (and re-queued) begins
 
 
-class RetryTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+class RetryTrial:
     """Queue a copy of a failed trial that resumes it: params, user attributes (its checkpoint) and learning
     curve, less the failure's own note. ``max_retry`` counts the times a worker died under the trial (stale
     heartbeat, or `hpsearch requeue`); a stop by SIGTERM or Ctrl-C (a preemption) does not count: a trial
     preempted three times and then killed once must not be lost."""
 
     def __init__(self, max_retry: int | None = None) -> None:
-        super().__init__(max_retry=max_retry, inherit_intermediate_values=True)
+        self.max_retry = max_retry
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
-        if self._max_retry is not None:
+        if self.max_retry is not None:
             reasons = {
                 t.number: t.user_attrs.get("fail_reason", "")
                 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
             }
             deaths = sum(1 for n in history if not reasons.get(n, "").startswith(INTERRUPTED))
-            if deaths > self._max_retry:
+            if deaths > self.max_retry:
                 return
         system_attrs = {"failed_trial": trial.number, **trial.system_attrs, "retry_history": history}
         user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
@@ -322,7 +321,7 @@ def _patient(name: str):
             except Exception as exc:
                 if not _lost_connection(exc) or time.monotonic() - started > self.outage_seconds:
                     raise
-                if wait == 1.0 and time.monotonic() - self._warned_at > self.outage_seconds:
+                if time.monotonic() - self._warned_at > self.outage_seconds:
                     self._warned_at = time.monotonic()  # once per outage, not once per thread
                     first = str(getattr(exc.__cause__, "orig", exc.__cause__) or exc).strip().splitlines()
                     _log.warning(
@@ -368,13 +367,7 @@ def check_storage(url: str) -> None:
             raise ConfigError(f"storage: cannot write {file}: the file is read-only; check its permissions")
         if file.is_file() and journal is None:
             _check_optuna_file(file, allow_empty=True)
-        parent = file.parent.resolve()
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            raise ConfigError(f"storage: cannot write {file}: {parent} is a file, not a folder")
-        if not os.access(parent, os.W_OK):
-            raise ConfigError(f"storage: cannot write {file}: {parent} is not writable")
+        check_writable(file, "storage:")
         return
     import sqlalchemy
 

@@ -479,8 +479,12 @@ def test_a_result_file_that_is_not_there_is_one_line_and_exit_2(tmp_path, capsys
 
 def test_retrain_from_refuses_another_config_than_the_results(result, tmp_path, capsys):
     out, _ = result
-    other = tmp_path / "other.yaml"
-    other.write_text((ROOT / "studies" / "demo.yaml").read_text())
+    import yaml
+
+    other = tmp_path / "other.yaml"  # the same study with other tokens per example: another measurement
+    cfg = yaml.safe_load((ROOT / "studies" / "demo.yaml").read_text())
+    cfg["model"]["max_length"] = 2 * cfg["model"]["max_length"]
+    other.write_text(yaml.safe_dump(cfg))
     assert bench.main(["--config", str(other), "--retrain-from", str(out)]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "the result ran with" in line and "drop --config" in line
