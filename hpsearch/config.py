@@ -429,18 +429,47 @@ def load_config(
     data = merged["data"]
     if isinstance(data, dict) and data.get("train_file") and "name" not in data:
         data["name"] = None  # local files given: the default data set (`demo`) does not apply
-    sections = {name: _build_section(source, name, merged[name]) for name in SECTIONS}
-    space_raw = merged["search_space"]
-    if space_raw is not None and not isinstance(space_raw, dict):
-        raise ConfigError(f"{source}: search_space: expected a mapping of hyperparameters, got {space_raw!r}")
-    space = {**DEFAULT_SEARCH_SPACE, **(space_raw or {})}
-    study = sections["study"]
-    if study.storage is None:
-        storage = os.environ.get(STORAGE_ENV) or f"sqlite:///studies/{study.name}.db"
-        sections["study"] = dataclasses.replace(study, storage=storage)
-    cfg = Config(**sections, search_space=space, source=source)
-    # `1e-5` (a string to YAML 1.1) is stored as the number it means, so resumed studies compare equal.
-    return dataclasses.replace(cfg, search_space=_validate(cfg))
+    # where a key's value came from, for the error message: --set, then the flags, which win over it
+    origins = {
+        f"{sec}.{key.partition('.')[0]}": "--set" for sec, values in parse_set(sets).items() for key in values
+    }
+    origins.update({f"study.{k}": _flag(k) for k, v in (overrides or {}).items() if v is not None})
+    try:
+        sections = {name: _build_section(source, name, merged[name]) for name in SECTIONS}
+        space_raw = merged["search_space"]
+        if space_raw is not None and not isinstance(space_raw, dict):
+            raise ConfigError(
+                f"{source}: search_space: expected a mapping of hyperparameters, got {space_raw!r}"
+            )
+        space = {**DEFAULT_SEARCH_SPACE, **(space_raw or {})}
+        study = sections["study"]
+        if study.storage is None:
+            storage = os.environ.get(STORAGE_ENV) or f"sqlite:///studies/{study.name}.db"
+            sections["study"] = dataclasses.replace(study, storage=storage)
+        cfg = Config(**sections, search_space=space, source=source)
+        # `1e-5` (a string to YAML 1.1) is stored as the number it means, so resumed studies compare equal.
+        return dataclasses.replace(cfg, search_space=_validate(cfg))
+    except ConfigError as e:
+        raise ConfigError(_blame_flag(str(e), source, origins)) from None
+
+
+def _flag(key: str) -> str:
+    """The `search` flag that overrides ``study.<key>``."""
+    return "--study-name" if key == "name" else "--" + key.replace("_", "-")
+
+
+def _blame_flag(message: str, source: str, origins: dict[str, str]) -> str:
+    """A message about a key that a flag set names that flag, not the config file it did not come from:
+    ``studies/demo.yaml: study.seed: ...`` -> ``--seed (study.seed): ...``."""
+    for key, flag in origins.items():
+        section, _, name = key.partition(".")
+        if message.startswith(f"{source}: unknown key '{name}' in {section}"):
+            return f"{flag} {key}: " + message[len(f"{source}: ") :]
+        for sep in (":", " "):
+            if message.startswith(f"{source}: {key}{sep}"):
+                named = f"--set {key}" if flag == "--set" else f"{flag} ({key})"
+                return named + message[len(f"{source}: {key}") :]
+    return message
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<study>") -> Config:

@@ -130,9 +130,24 @@ BAD_INPUTS = [
         ["--storage", "sqlite:///t.db?mode=ro"],
         ["options (mode=ro)", "sqlite:///t.db"],
     ),
-    ("study name with a path", {}, ["--study-name", "../elsewhere/t"], ["path parts", "'elsewhere-t'"]),
-    ("seed out of range", {}, ["--seed", "99999999999"], ["study.seed: must be in 0..4294967295"]),
-    ("negative seed", {}, ["--seed", "-1"], ["study.seed: must be in 0..4294967295"]),
+    (
+        "study name with a path",
+        {},
+        ["--study-name", "../elsewhere/t"],
+        ["--study-name (study.name):", "path parts", "'elsewhere-t'"],
+    ),
+    ("seed out of range", {}, ["--seed", "99999999999"], ["--seed (study.seed): must be in 0..4294967295"]),
+    ("negative seed", {}, ["--seed", "-1"], ["--seed (study.seed): must be in 0..4294967295"]),
+    ("zero trials by flag", {}, ["--n-trials", "0"], ["--n-trials (study.n_trials): must be >= 1"]),
+    ("misspelt --set key", {}, ["--set", "train.lr=1e-3"], ["--set train.lr: unknown key 'lr' in train"]),
+    ("zero trials in the file", {"study": {"n_trials": 0}}, [], ["study.yaml: study.n_trials: must be >= 1"]),
+    ("bad --set value", {}, ["--set", "train.n_epochs=0"], ["--set train.n_epochs: must be >= 1, got 0"]),
+    (
+        "bad --set range",
+        {},
+        ["--set", "search_space.learning_rate.high=1e-6"],
+        ["--set search_space.learning_rate: low must be < high"],
+    ),
     ("store is a folder", {}, ["--storage", "sqlite:///studies.d"], ["studies.d is a folder"]),
 ]
 
