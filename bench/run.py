@@ -1028,7 +1028,17 @@ def run_seed(
                 flush=True,
             )
     trials = {arm: list(rec.trials.values()) for arm, rec in recs.items()}
-    return recs, retrain_best(cfg, seed, trials, workdir, retrain)
+    return recs, retrain_best(cfg, seed, trials, workdir, retrain), data_facts(data)
+
+
+def data_facts(data) -> dict[str, Any]:
+    """The rows a seed's arms trained and were scored on (each seed draws its own sample and, without a
+    validation file, its own validation split, so these differ by seed)."""
+    return {
+        "n_train": len(data.train),
+        "n_validation": len(data.validation),
+        "majority_val_error": round(data.majority_error(), 4),
+    }
 
 
 def in_process(threads: int, fn, *args):
@@ -1211,6 +1221,8 @@ def merge_into(path: Path, other_path: Path) -> int:
         )
     first = {"command": result["command"], "seeds": result["seeds"], "total_seconds": result["total_seconds"]}
     result["per_seed"].update(other["per_seed"])
+    if "per_seed_data" in result or "per_seed_data" in other:  # results from before 12-04 have none
+        result["per_seed_data"] = {**result.get("per_seed_data", {}), **other.get("per_seed_data", {})}
     result["seeds"] = sorted(result["seeds"] + other["seeds"])
     result["runs"] = [
         *result.get("runs", [first]),
@@ -1267,7 +1279,6 @@ def retrain_from(args, path: Path) -> int:
 def run_all(
     args, cfg, sets, seeds, arms, space, data, factory, encoded, workdir: Path, out: Path
 ) -> dict[str, Any]:
-    majority = data.majority_error()
     log_path = out.with_suffix(".progress.txt")  # every trial's progress lines, for reading after the run
     started = time.monotonic()
     runs = per_seed_map(
@@ -1284,7 +1295,8 @@ def run_all(
             Retrain.of(args),
         ),
     )
-    per_seed = {s: recs for s, (recs, _) in runs.items()}
+    per_seed = {s: recs for s, (recs, *_) in runs.items()}
+    facts = {s: run[2] for s, run in runs.items()}
     with open(log_path, "w", encoding="utf-8") as log:
         for s in seeds:
             part = log_path.with_suffix(f".seed{s}.txt")
@@ -1305,6 +1317,7 @@ def run_all(
             if e["val_error"] is not None
         ]
         target = min(bests) + TARGET_MARGIN if bests else math.nan
+        majority = facts[seed]["majority_val_error"]
         summaries[seed] = {arm: summarise_arm(rec, target, majority) for arm, rec in recs.items()}
         for arm, retrained in runs[seed][1].items():
             summaries[seed][arm]["retrained_best"] = retrained
@@ -1316,9 +1329,8 @@ def run_all(
         "resolved_config": cfg.to_dict(),
         "machine": machine(),
         "total_seconds": round(time.monotonic() - started, 1),
-        "n_train": len(data.train),
-        "n_validation": len(data.validation),
-        "majority_val_error": round(majority, 4),
+        **facts[seeds[0]],  # the first seed's; every seed's in per_seed_data
+        "per_seed_data": {str(s): facts[s] for s in seeds},
         "seeds": seeds,
         "arms": {a: ARMS[a] for a in arms},
         "aggregate": agg,
@@ -1341,9 +1353,15 @@ def _batch_sizes(space) -> list[int]:
 def print_summary(result: dict[str, Any], stream) -> None:
     w = stream.write
     agg = result["aggregate"]
+    facts = list(result.get("per_seed_data", {}).values()) or [result]
+
+    def span(key: str) -> str:
+        low, high = min(f[key] for f in facts), max(f[key] for f in facts)
+        return f"{low}" if low == high else f"{low}-{high}"
+
     w(
-        f"{result['n_train']} train / {result['n_validation']} validation rows, majority-class error "
-        f"{result['majority_val_error']}, seeds {result['seeds']}, {result['total_seconds']:.0f} s\n\n"
+        f"{span('n_train')} train / {span('n_validation')} validation rows, majority-class error "
+        f"{span('majority_val_error')}, seeds {result['seeds']}, {result['total_seconds']:.0f} s\n\n"
     )
     w(
         "| arm | best val error | epochs | wall s | s to target | epochs to target | reached | best retrained |"

@@ -44,6 +44,26 @@ def test_seeds_run_side_by_side_into_one_result_and_one_log(result):
 
 
 @pytest.mark.slow
+def test_each_seed_is_judged_against_its_own_rows(result):
+    """Each seed draws its own sample and validation split: the majority-class error that decides "went on to
+    learn" (and the divergence-by-outcome figures) is that seed's, not the first seed's."""
+    from hpsearch.config import load_config
+    from hpsearch.data import load_data
+
+    _, r = result
+    cfg = load_config(ROOT / "studies" / "demo.yaml", sets=["data.demo_size=300"])
+    for seed in (0, 1):
+        data = load_data(cfg.data, seed=seed)
+        assert r["per_seed_data"][str(seed)] == {
+            "n_train": len(data.train),
+            "n_validation": len(data.validation),
+            "majority_val_error": round(data.majority_error(), 4),
+        }
+    assert r["per_seed_data"]["0"] != r["per_seed_data"]["1"]  # else this test proves nothing
+    assert r["majority_val_error"] == r["per_seed_data"]["0"]["majority_val_error"]
+
+
+@pytest.mark.slow
 def test_every_arm_records_its_trials_and_budget(result):
     _, r = result
     seed = r["per_seed"]["1"]
