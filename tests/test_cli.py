@@ -297,8 +297,15 @@ def test_help_lists_the_commands():
         (["--set", "train.dropout=0.5"], ["train.dropout is 0.5", "created with 0.1"]),
         (["--set", "train.warmup_ratio=0.1"], ["train.warmup_ratio is 0.1"]),
         (["--seed", "1"], ["study.seed is 1", "created with 0", "--worker-index"]),
+        (["--set", "train.n_epochs=3"], ["train.n_epochs is 3", "created with 2"]),
+        (["--set", "model.max_length=64"], ["model.max_length is 64", "created with 32"]),
+        (["--set", "data.demo_size=200"], ["data.demo_size is 200", "created with 300"]),
+        (
+            ["--set", "search_space.learning_rate.high=0.01"],
+            ["search_space differs", "(changed: learning_rate)"],
+        ),
     ],
-    ids=["dropout", "warm-up", "seed"],
+    ids=["dropout", "warm-up", "seed", "epochs", "max-length", "data", "space"],
 )
 def test_resuming_with_other_training_settings_is_refused_and_keeps_the_stored_recipe(workdir, args, words):
     """Every stored trial was trained with the stored settings; `best` and `train-best` read them from there."""
@@ -326,7 +333,7 @@ def test_resuming_with_other_training_settings_is_refused_and_keeps_the_stored_r
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("content", ["other tables", "empty"])
+@pytest.mark.parametrize("content", ["users", "trials", "empty"])  # trials: one of Optuna's table names alone
 @pytest.mark.parametrize("command", [["show", "t"], ["studies"], ["best", "t"]])
 def test_reading_a_sqlite_file_that_is_not_a_study_store_leaves_it_untouched(workdir, command, content):
     import sqlite3
@@ -336,11 +343,12 @@ def test_reading_a_sqlite_file_that_is_not_a_study_store_leaves_it_untouched(wor
         path.touch()
     else:
         with sqlite3.connect(path) as con:
-            con.execute("create table users(id int)")
+            con.execute(f"create table {content}(id int)")
         con.close()
     before = path.read_bytes()
     line = assert_one_line_error(invoke(*command, "--storage", f"sqlite:///{path}"))
-    assert "not a study store" in line and ("empty file" in line if content == "empty" else "users" in line)
+    assert "not a study store" in line
+    assert "empty file" in line if content == "empty" else f"other tables ({content})" in line
     assert path.read_bytes() == before and not list(workdir.glob("other.db-*"))
 
 
@@ -410,6 +418,15 @@ def test_a_key_given_twice_in_a_set_value_is_refused(workdir):
     value = "search_space.learning_rate={type: float, low: 0.001, low: 0.01, high: 0.1}"
     assert_one_line_error(invoke("search", "study.yaml", "--set", value), "--set", "'low' is given twice")
     assert_nothing_written(workdir)
+
+
+def test_resuming_a_study_that_maximises_is_refused(workdir):
+    """hpsearch minimises val_error: in a study made to maximise, `best` would name the worst trial."""
+    config = write_config(workdir / "study.yaml", tiny_config())
+    url = f"sqlite:///{workdir}/t.db"
+    optuna.create_study(study_name="t", storage=url, direction="maximize")
+    assert_one_line_error(invoke("search", str(config), "--storage", url), "study 't' maximises")
+    assert snapshot(url) == [("t", 0)] and not (workdir / "checkpoints").exists()
 
 
 def test_search_refuses_a_sqlite_file_of_other_tables(workdir):

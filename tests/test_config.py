@@ -174,6 +174,14 @@ BAD_CONFIGS = [
     ),
     ("validation fraction", "data: {validation_fraction: 1.5}", ["data.validation_fraction", "(0, 1)"]),
     ("empty study name", "study: {name: ' '}", ["study.name: must not be empty"]),
+    ("study name of dots", "study: {name: '..'}", ["study.name", "has path parts"]),
+    ("study name with a backslash", "study: {name: 'a\\b'}", ["study.name", "has path parts"]),
+    ("negative retries", "study: {max_retries: -1}", ["study.max_retries", "must be >= 0"]),
+    ("zero grace period", "study: {grace_period: 0}", ["study.grace_period: must be > 0"]),
+    ("zero evaluation batch", "train: {eval_batch_size: 0}", ["train.eval_batch_size: must be >= 1"]),
+    ("zero learning rate", "train: {learning_rate: 0}", ["train.learning_rate: must be > 0"]),
+    ("dropout of one", "train: {dropout: 1.0}", ["train.dropout: must be in [0, 1)"]),
+    ("warm-up past the run", "train: {warmup_ratio: 1.5}", ["train.warmup_ratio: must be in [0, 1]"]),
 ]
 
 

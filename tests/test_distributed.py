@@ -514,3 +514,49 @@ def test_a_stop_during_the_last_epoch_leaves_the_trial_complete(make_config, wor
     assert result.stopped_by == "signal" and result.trials_run == [0], out.getvalue()
     [trial] = _study(cfg.study.storage).trials
     assert trial.state == TrialState.COMPLETE and sorted(trial.intermediate_values) == [1, 2]
+
+
+def test_a_stop_after_a_rung_epoch_lets_the_pruner_decide_first(make_config, workdir):
+    """SIGTERM during an epoch after which the pruner stops the trial: the trial is pruned (here paused) there,
+    not failed and re-queued for a retry that would train one more epoch before the pruner stops it."""
+    import io
+    import threading
+
+    from hpsearch.config import load_config
+    from hpsearch.search import Reporter, run_search
+
+    stop = threading.Event()
+
+    class StopInEpochOne(Reporter):
+        def epoch(self, number, hp, r, n_epochs):
+            super().epoch(number, hp, r, n_epochs)
+            stop.set()  # as the signal handler would during the epoch: the pruner is asked after this line
+
+    # a pausing pruner pauses the first trial at rung 0 whatever it scored: there is nothing to rank it by
+    config = make_config(study={"n_trials": 2, "pause_at_rungs": True}, data={"demo_size": 200})
+    cfg = load_config(config)
+    result = run_search(cfg, reporter=StopInEpochOne(io.StringIO()), stop=stop)
+    assert result.stopped_by == "signal" and result.trials_run == [0]
+    [trial] = _study(cfg.study.storage).trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["paused_at_epoch"] == 1
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_and_no_partial_file(workdir):
+    """A full disk (here: a 1 MiB limit on file size; Python ignores SIGXFSZ, so the write fails with EFBIG)."""
+    import resource
+
+    import torch
+
+    from hpsearch.objective import CheckpointNotWritten, load_checkpoint, save_checkpoint
+
+    path = workdir / "trial-0.pt"
+    save_checkpoint(path, {"epoch": 1})
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        with pytest.raises(CheckpointNotWritten, match="not written"):
+            save_checkpoint(path, {"epoch": 2, "model": torch.zeros(1 << 19)})  # 2 MiB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert load_checkpoint(str(path))["epoch"] == 1
+    assert [p.name for p in workdir.iterdir()] == ["trial-0.pt"]  # no trial-0.tmpPID taking the space left

@@ -218,3 +218,97 @@ def test_paused_trials_that_can_never_go_on_lose_their_checkpoints_first(tmp_pat
     assert all(f.is_file() for f in files)
     cleanup_checkpoints(study, n_trials=6)  # 4 trials so far (3 paused, 1 running): 2 more to come
     assert [f.is_file() for f in files] == [True, True, False]
+
+
+def test_the_early_rung_counts_each_trial_once():
+    """Only the best 1/reduction_factor of the trials at step 0 train on: the trial asking is one record there,
+    not two (its own record is already in the store when the rung reads the trials)."""
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3))
+    pruned = []
+    for error in (0.30, 0.40, 0.45, 0.50, 0.35):
+        trial = study.ask()
+        trial.report(error, EARLY_STEP)
+        trial.set_user_attr(TRAIN_LOSS_ATTR, 0.6)
+        pruned.append(trial.should_prune())
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    # the fifth is second of five: 5 // 3 = 1 goes on, so it is pruned (second of six would go on)
+    assert pruned == [False, True, True, True, True]
+
+
+def test_a_trial_that_missed_a_rungs_check_is_checked_at_every_rung_it_passed():
+    """A trial can report past a rung before it asks the pruner (its worker died between the two, and its
+    retry goes on from the checkpoint): one ``should_prune`` then checks each rung it has reached."""
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=2))  # rungs: epochs 1, 2, 4
+    assert run_trial(study, [(0.30, 0.5), (0.10, 0.4), (0.05, 0.3)]) == 3
+    trial = study.ask()
+    trial.report(0.35, 1)
+    trial.report(0.20, 2)  # no should_prune after epoch 1
+    trial.set_user_attr(TRAIN_LOSS_ATTR, 0.4)
+    assert trial.should_prune()  # ahead of the first trial at rung 0, behind it at rung 1
+    attrs = study._storage.get_trial(trial._trial_id).system_attrs
+    assert attrs["completed_rung_0"] == attrs["completed_rung_1"] == 0.20
+
+
+def test_a_trial_paused_lower_down_still_counts_as_one_that_may_reach_the_rung(tmp_path):
+    """Trial 1 waits at rung 1 (epoch 2) behind trial 0. Trials 2 and 3, paused at rung 0, are now among the
+    best there and will be continued; if both do worse than trial 1 at epoch 2, trial 1 goes on. So it is not
+    hopeless, and its checkpoint must survive the cleanup."""
+    from optuna.distributions import FloatDistribution
+
+    from hpsearch.pruners import PAUSED_ATTR
+    from hpsearch.search import cleanup_checkpoints
+
+    state = optuna.trial.TrialState
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 's.db'}",
+        pruner=SuccessiveHalvingPruner(reduction_factor=2, pause=True),  # rungs: epochs 1, 2, 4
+    )
+    files = [tmp_path / f"trial-{n}.pt" for n in range(4)]
+    for n, (kind, errors) in enumerate(
+        [
+            (state.COMPLETE, (0.30, 0.20)),
+            (state.PRUNED, (0.32, 0.30)),
+            (state.PRUNED, (0.25,)),
+            (state.PRUNED, (0.28,)),
+        ]
+    ):
+        files[n].write_bytes(b"weights")
+        user_attrs = {"checkpoint_path": str(files[n])}
+        if kind == state.PRUNED:
+            user_attrs[PAUSED_ATTR] = len(errors)
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=kind,
+                value=0.20 if kind == state.COMPLETE else None,
+                params={"learning_rate": 1e-3},
+                distributions={"learning_rate": FloatDistribution(1e-5, 1e-1, log=True)},
+                intermediate_values=dict(enumerate(errors, start=1)),
+                user_attrs=user_attrs,
+                system_attrs={
+                    **{f"completed_rung_{k}": e for k, e in enumerate(errors)},
+                    **{f"completed_rung_{k}_train_loss": 0.5 for k in range(len(errors))},
+                },
+            )
+        )
+    trials = study.get_trials()
+    assert [t.number for t in study.pruner.promotions(trials)] == [2, 3]
+    assert study.pruner.hopeless(trials, budget_left=0) == set()
+    cleanup_checkpoints(study, n_trials=4)  # the budget is used up: only the paused trials may still go on
+    assert all(f.is_file() for f in files)
+
+
+def test_a_paused_trial_whose_checkpoint_is_gone_stays_pruned(tmp_path):
+    """A rerun with a larger budget after the search cleaned up: a paused trial that now ranks among the best
+    cannot go on from its checkpoint, so no continuation is queued (it would train from scratch as if resumed)."""
+    import io
+
+    from hpsearch.search import Reporter, promote_paused
+
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3, pause=True))
+    files = [tmp_path / f"trial-{n}.pt" for n in range(3)]
+    for error, path in zip((0.40, 0.45, 0.50), files, strict=True):
+        pause_trial(study, [(error, 0.6), (0.3, 0.5)], checkpoint=path)
+    assert [t.number for t in study.pruner.promotions(study.get_trials())] == [0]
+    files[0].unlink()
+    assert promote_paused(study, Reporter(io.StringIO())) == 0
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.PRUNED] * 3

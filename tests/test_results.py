@@ -129,3 +129,22 @@ def test_three_complete_trials_or_nothing_pruned_get_no_few_complete_line(tmp_pa
         make_study(url, values)
         show = CliRunner().invoke(cli, ["show", "s", "--storage", url]).stdout
         assert "best: trial" in show and "complete trial" not in show, name
+
+
+def test_best_pastes_the_studys_fixed_values_and_no_train_value_that_the_space_overrides(tmp_path):
+    """`best` prints a config that trains the best trial again: the values the study held fixed in
+    search_space go with its params, and a train value the space set (unused by any trial) is left out."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = make_study(url, [0.30, 0.20])
+    cfg = load_config(
+        None, sets=["search_space.batch_size=16", "train.learning_rate=0.002", "train.weight_decay=0.01"]
+    )
+    study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
+    best = CliRunner().invoke(cli, ["best", "s", "--storage", url, "--format", "json"])
+    assert best.exit_code == 0, best.output
+    pasted = json.loads(best.stdout)
+    assert pasted["search_space"] == {
+        "batch_size": 16,
+        "learning_rate": study.trials[1].params["learning_rate"],
+    }
+    assert pasted["train"]["weight_decay"] == 0.01 and "learning_rate" not in pasted["train"]

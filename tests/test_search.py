@@ -449,6 +449,7 @@ def test_paused_trials_are_continued_from_their_checkpoints_and_count_once(make_
         assert paused.intermediate_values.items() <= child.intermediate_values.items()
         assert child.user_attrs["resumed_from_epoch"] == epoch < child.user_attrs["epochs_run"]
         assert child.user_attrs["train_seconds"] > paused.user_attrs["train_seconds"]  # its time goes on
+        assert len(child.user_attrs["val_losses"]) == child.user_attrs["epochs_run"]  # its curve goes on too
         assert f"trial {child.number} continues trial {paused.number} after epoch {epoch}" in result.output
     configs = finished(study)
     assert len(configs) == 7 and len({tuple(t.params.values()) for t in configs}) == 7
@@ -529,3 +530,26 @@ def test_two_continuations_of_one_paused_trial_run_once(make_config, workdir):
         f"another worker continued trial {paused[0].number} first"
     )
     assert len(finished(study)) == 3
+
+
+def test_a_trials_value_is_its_lowest_epoch_end_and_its_best_epoch_the_first_to_reach_it(
+    make_config, workdir
+):
+    """Learning rates too high for the tiny model: the validation error falls, then rises again or stays put.
+    The trial's value is its lowest epoch end, not its last; its best epoch the first that reached it."""
+    config = make_config(
+        study={"n_trials": 2, "sampler": "grid", "pruner": "none"},
+        train={"n_epochs": 3, "divergence_stop": False},
+        search_space={"learning_rate": {"type": "categorical", "choices": [0.01, 0.03]}, "batch_size": 16},
+    )
+    result = invoke("search", config)
+    assert result.exit_code == 0, result.output
+    trials = finished(optuna.load_study(study_name="t", storage=f"sqlite:///{workdir}/studies/t.db"))
+    curves = [t.intermediate_values for t in trials]
+    assert len(trials) == 2 and all(sorted(c) == [1, 2, 3] for c in curves)
+    for t, curve in zip(trials, curves, strict=True):
+        assert t.value == min(curve.values())
+        assert t.user_attrs["best_epoch"] == min(e for e in curve if curve[e] == t.value)
+    # the curves these rules are for: one that turns up after its best epoch, one that ties at its best
+    assert any(c[3] > min(c.values()) for c in curves), curves
+    assert any(sum(v == min(c.values()) for v in c.values()) > 1 for c in curves), curves

@@ -367,7 +367,8 @@ def test_a_worker_rides_out_a_postgresql_restart(pg_server, postgres_url):
 
         def beat_since_back():  # a heartbeat recorded after the server came back: the thread lived on
             [status] = running_status(study)
-            return status if status["heartbeat_age_s"] < time.monotonic() - back else None
+            age = status["heartbeat_age_s"]  # None until the first heartbeat row is there
+            return status if age is not None and age < time.monotonic() - back else None
 
         deadline = back + 30
         while (status := beat_since_back()) is None and time.monotonic() < deadline:
@@ -427,3 +428,14 @@ def test_a_killed_workers_partial_checkpoint_goes_with_its_trials_checkpoint(wor
     assert orphan.exists()
     cleanup_checkpoints(study, keep_paused=False)  # the search is over
     assert files[0][0].exists() and not files[0][1].exists() and not orphan.exists()
+
+
+def test_the_grace_period_defaults_to_two_heartbeat_intervals(workdir):
+    """One late heartbeat must not make a live worker's trial look dead: without study.grace_period, a trial is
+    stale after two intervals, for the stale check and for `show` alike."""
+    from hpsearch.results import grace_seconds
+
+    cfg, study = _study(workdir, heartbeat=True, heartbeat_interval=5)
+    assert cfg.study.grace_period is None
+    assert open_storage(cfg.study.storage, cfg).grace_period == 10
+    assert grace_seconds(study) == 10

@@ -184,11 +184,12 @@ def test_a_healthy_trial_trips_no_divergence_rule(demo):
 
 
 def test_divergence_stop_off_records_the_rule_and_trains_on(demo, monkeypatch):
-    fake_loss(monkeypatch, lambda call: math.nan if call == 3 else None)
+    fake_loss(monkeypatch, lambda call: math.nan if call in (3, 20) else None)
     results = list(fine_tuning(demo, n_epochs=2, divergence_stop=False).epochs())
     assert [r.epoch for r in results] == [1, 2]
     assert not any(r.diverged for r in results)
-    assert all("loss became nan" in r.divergence for r in results)
+    # the first rule that fired, not the last: 17 steps an epoch, so step 20 is in epoch 2
+    assert all(r.divergence == "loss became nan at epoch 1, step 3" for r in results)
 
 
 def test_diverged_trials_are_pruned_with_the_reason_and_the_study_goes_on(make_config, workdir, monkeypatch):
@@ -200,6 +201,8 @@ def test_diverged_trials_are_pruned_with_the_reason_and_the_study_goes_on(make_c
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all(t.user_attrs["prune_reason"].startswith("diverged: loss became nan") for t in study.trials)
     assert all(t.user_attrs["epochs_run"] == 0 for t in study.trials)
+    # the batch it trained before the stop counts towards study.epoch_budget
+    assert all(0 < t.user_attrs["partial_epoch"] < 1 for t in study.trials)
 
 
 # --- out of memory ----------------------------------------------------------------------------------------
@@ -373,7 +376,7 @@ def test_resuming_after_epoch_one_gives_the_uninterrupted_epoch_two(demo):
     resumed.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=False))
     # the divergence stop goes on with the same window of recent losses, not an empty one
     assert resumed.rule.recent == first.rule.recent and len(resumed.rule.recent) == resumed.rule.chance_wait()
-    assert resumed.rule.loss_ema == first.rule.loss_ema
+    assert resumed.rule.loss_ema == first.rule.loss_ema and resumed.rule.loss_start == first.rule.loss_start
     (again,) = list(resumed.epochs())
     assert again.epoch == 2
     assert again.train_loss == pytest.approx(expected.train_loss, rel=1e-5)
@@ -449,3 +452,52 @@ def test_epoch_result_reports_padding_efficiency(demo):
 
 def test_settings_default_to_stopping_divergence():
     assert dataclasses.asdict(TrainSection())["divergence_stop"] is True
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "warmup_ratio", "factor"),
+    [
+        ("linear", 0.0, 0.75),
+        ("cosine", 0.0, 0.5 * (1 + math.cos(math.pi / 4))),
+        ("constant", 0.0, 1.0),
+        ("linear", 0.5, 18 / 34),  # still warming up: step 18 of 34
+    ],
+)
+def test_the_learning_rate_follows_its_schedule_over_every_epoch(demo, scheduler, warmup_ratio, factor):
+    run = fine_tuning(demo, n_epochs=4, lr_scheduler=scheduler, warmup_ratio=warmup_ratio)
+    next(run.epochs())  # epoch 1 of 4: 17 of 68 steps
+    assert [g["lr"] for g in run.optimizer.param_groups] == pytest.approx([HP["learning_rate"] * factor] * 2)
+
+
+def test_weight_decay_spares_biases_and_layer_norms(demo):
+    run = fine_tuning(demo, weight_decay=0.01)
+    decayed, spared = run.optimizer.param_groups
+    assert decayed["weight_decay"] == 0.01 and spared["weight_decay"] == 0.0
+    assert decayed["params"] and all(p.ndim >= 2 for p in decayed["params"])
+    assert spared["params"] and all(p.ndim == 1 for p in spared["params"])
+    assert len(decayed["params"]) + len(spared["params"]) == len(list(run.model.parameters()))
+
+
+def test_a_resumed_run_keeps_the_micro_batch_that_fit_and_the_first_divergence(demo, monkeypatch):
+    """A trial resumed on the GPU that ran out of memory starts with the micro-batch that fit, and still
+    reports the divergence rule that fired before the checkpoint (train.divergence_stop: false)."""
+    fake_loss(monkeypatch, lambda call: math.nan if call == 3 else None)
+    seen = oom_above(monkeypatch, 5)
+    first = fine_tuning(demo, n_epochs=2, divergence_stop=False)
+    next(first.epochs())
+    assert first.micro_batch_size == 4 and first.divergence.startswith("loss became nan")
+    resumed = fine_tuning(demo, n_epochs=2, divergence_stop=False)
+    resumed.load_state_dict(first.state_dict())
+    seen.clear()
+    (again,) = list(resumed.epochs())
+    assert max(seen) <= 4  # no batch of 16 or 8 tried again: it ran out of memory before
+    assert again.micro_batch_size == 4 and again.divergence == first.divergence
+
+
+def test_length_grouped_batches_come_in_random_order_not_longest_first():
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 60) for _ in range(3000)]
+    plan = batches(lengths, 32, seed=1, group_by_length=True)
+    longest = [max(lengths[i] for i in b) for b in plan]
+    # sorted by length inside each run of 50 batches, then the batches are shuffled
+    assert longest[:50] != sorted(longest[:50], reverse=True)

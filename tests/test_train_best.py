@@ -243,3 +243,28 @@ def test_top_k_retrains_a_pruned_trial_when_too_few_completed(searched):
     chosen = min((complete, pruned), key=lambda c: c["val_error"]["mean"])
     assert report["chosen_trial"] == chosen["trial"]
     assert yaml.safe_load((out / "hyperparameters.yaml").read_text())["trial"] == chosen["trial"]
+
+
+def test_top_k_ranks_pruned_trials_by_their_lowest_epoch_end_not_their_last(workdir):
+    from optuna.trial import TrialState
+
+    from hpsearch.best_model import top_trials
+
+    study = optuna.create_study(study_name="k", storage=f"sqlite:///{workdir}/k.db")
+    study.add_trial(_trial(TrialState.COMPLETE, {1: 0.4, 2: 0.35, 3: 0.30}, 0.30))
+    study.add_trial(_trial(TrialState.PRUNED, {1: 0.40, 2: 0.36, 3: 0.35}))  # 1: its last is its lowest
+    study.add_trial(_trial(TrialState.PRUNED, {1: 0.40, 2: 0.30, 3: 0.45}))  # 2: lower at epoch 2, then up
+    assert [t.number for t in top_trials(study, 3)] == [0, 2, 1]
+
+
+def test_retraining_uses_the_values_the_study_held_fixed_not_the_train_defaults():
+    from optuna.trial import TrialState
+
+    from hpsearch.best_model import trial_hyperparameters
+    from hpsearch.config import load_config
+
+    cfg = load_config(
+        None, sets=["search_space.batch_size=16", "search_space.dropout=0.2", "train.batch_size=32"]
+    )
+    hp = trial_hyperparameters(cfg, _trial(TrialState.COMPLETE, {1: 0.3}, 0.3))
+    assert (hp["batch_size"], hp["dropout"], hp["learning_rate"]) == (16, 0.2, 1e-4)
