@@ -208,10 +208,10 @@ def search(
 
     \b
     Example:
-      hpsearch search studies/demo.yaml --n-trials 12 --set train.n_epochs=2
+      hpsearch search studies/demo.yaml --study-name demo-2ep --n-trials 12 --set train.n_epochs=2
       hpsearch search studies/sst2.yaml --gpus all --storage postgresql+psycopg://hp@db/hpsearch
       hpsearch search studies/demo.yaml --workers 2
-      hpsearch search studies/demo.yaml --epoch-budget 40 --n-trials 1000
+      hpsearch search studies/demo.yaml --study-name demo-eb --epoch-budget 40 --n-trials 1000
     """
     from hpsearch.search import run_search
 
