@@ -209,6 +209,19 @@ def requeue_dead_trial(study: optuna.Study, number: int) -> int:
     return max(t.number for t in study.get_trials(deepcopy=False))
 
 
+def _held_elsewhere(study: optuna.Study, cfg: Config) -> str:
+    """Which trials other workers hold on a store without heartbeats, and how to take one back if its worker
+    is gone."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    held = ", ".join(f"{t.number} (worker {t.user_attrs.get('worker', '?')})" for t in running)
+    first = running[0].number if running else "N"
+    return (
+        f"trial(s) {held} still marked running, and this store has no heartbeat to tell a dead worker. This"
+        f" worker stops; if a worker is gone: hpsearch requeue {cfg.study.name} {first} --storage"
+        f" {describe_storage(cfg.study.storage)}, then rerun"
+    )
+
+
 def _alive_here(worker: str | None) -> bool:
     """True when ``worker`` (``host:pid``, as the objective records it) is a live process on this machine."""
     import os
@@ -408,18 +421,19 @@ def _loop(
             return "budget", ran
         if (out_of_epochs or remaining_budget(study, n_trials, c) <= 0) and not c[TrialState.WAITING]:
             # Other workers hold the last trials. Wait: if one dies, its trial comes back here to be retried.
+            spent_line = (
+                f"{spent:.1f} of {epoch_budget:g} epochs trained"
+                if out_of_epochs
+                else f"{finished}/{n_trials} trials finished"
+            )
+            if not _has_heartbeat(study):  # a journal store: nothing tells a dead worker's trial, so say how
+                reporter.line(f"{spent_line}; {_held_elsewhere(study, cfg)}")
+                return "budget", ran
             if not waited:
-                spent_line = (
-                    f"{spent:.1f} of {epoch_budget:g} epochs trained"
-                    if out_of_epochs
-                    else f"{finished}/{n_trials} trials finished"
-                )
                 reporter.line(
                     f"{spent_line}, {c[TrialState.RUNNING]} running elsewhere; waiting in case one must be retried"
                 )
                 waited = True
-            if not _has_heartbeat(study):
-                return "budget", ran
             stop.wait(min(5.0, cfg.study.heartbeat_interval))
             continue
         if (

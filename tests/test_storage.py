@@ -122,6 +122,27 @@ def test_journal_file_store_holds_a_study(make_config, workdir, form):
     assert shown.exit_code == 0 and "complete" in shown.output
 
 
+def test_a_rerun_on_a_journal_store_names_the_trial_held_elsewhere_and_how_to_requeue_it(
+    make_config, workdir
+):
+    """A journal store has no heartbeat: a worker with nothing left to start cannot wait for a dead worker's
+    trial to turn stale, so it says which trial is held, by which worker, and the requeue command."""
+    path = workdir / "studies.log"
+    config = make_config(study={"n_trials": 1}, train={"n_epochs": 1})
+    assert CliRunner().invoke(cli, ["search", str(config), "--storage", str(path)]).exit_code == 0
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    study = optuna.load_study(study_name="t", storage=JournalStorage(JournalFileBackend(str(path))))
+    held = study.ask()  # a worker that started trial 1 and was killed
+    held.set_user_attr("worker", "gone-node:4242")
+    result = CliRunner().invoke(cli, ["search", str(config), "--storage", str(path), "--n-trials", "2"])
+    assert result.exit_code == 0, result.output
+    assert "trial(s) 1 (worker gone-node:4242) still marked running" in result.stderr
+    assert f"hpsearch requeue t 1 --storage {path}, then rerun" in result.stderr
+    assert "waiting in case" not in result.stderr  # it does not wait: nothing would ever end the wait
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.RUNNING]
+
+
 def test_reading_a_missing_journal_file_does_not_create_it(workdir):
     line = _one_line_error(CliRunner().invoke(cli, ["studies", "--storage", "nowhere/studies.log"]))
     assert "does not exist" in line
