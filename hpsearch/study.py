@@ -191,6 +191,11 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
         engine_kwargs = {"connect_args": {"timeout": 120}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
+        if not create and _has_no_optuna_tables(url):
+            raise ConfigError(
+                f"storage: {describe_storage(url)} holds no studies yet (no Optuna tables); check --storage"
+                " or run `hpsearch search` first"
+            )
     heartbeat: dict[str, Any] = {}
     if cfg is not None:
         retry = RetryTrial(max_retry=cfg.study.max_retries)
@@ -218,6 +223,23 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
                 continue
             raise ConfigError(f"storage: cannot open {describe_storage(url)}: {first}") from None
     raise AssertionError("unreachable")
+
+
+def _has_no_optuna_tables(url: str) -> bool:
+    """Is the database at ``url`` reachable and without Optuna's ``studies`` table? A read-only command must
+    not create Optuna's tables in it. Unreachable or unknown: False, and opening it says what is wrong."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url)
+    except Exception:
+        return False
+    try:
+        return not sqlalchemy.inspect(engine).has_table("studies")
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
 
 
 INTERRUPTED = "interrupted"  # how the fail_reason of a trial stopped by a signal (and re-queued) begins

@@ -96,6 +96,20 @@ def test_missing_postgresql_database_is_one_line_and_creates_nothing(make_config
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("command", [["show", "demo"], ["studies"], ["best", "demo"], ["export", "demo"]])
+def test_reading_an_empty_postgresql_database_creates_no_tables(postgres_url, command):
+    """A read-only command pointed at a database without Optuna's tables says so and leaves it as it was."""
+    import psycopg
+
+    line = _one_line_error(CliRunner().invoke(cli, [*command, "--storage", postgres_url]))
+    assert "holds no studies yet" in line and "hpsearch search" in line
+    libpq = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(libpq) as con:
+        tables = con.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    assert tables == []
+
+
+@pytest.mark.postgres
 def test_search_on_postgresql_lands_in_the_server(make_config, postgres_url):
     config = make_config(study={"n_trials": 2}, train={"n_epochs": 1})
     result = CliRunner().invoke(cli, ["search", str(config), "--storage", postgres_url])
