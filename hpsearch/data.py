@@ -139,8 +139,11 @@ def _load_file(path: str, where: str):
 def _load_hub(cfg: DataSection):
     import datasets
 
+    from hpsearch.models import quiet_hub
+
     try:
-        loaded = datasets.load_dataset(cfg.name, cfg.subset)
+        with quiet_hub():  # one error line, not two warning lines per retry of every file it asks for
+            loaded = datasets.load_dataset(cfg.name, cfg.subset)
     except Exception as exc:
         close = difflib.get_close_matches(cfg.name.lower(), BUILTIN_DATASETS, n=1, cutoff=0.6)
         hint = (

@@ -117,7 +117,7 @@ class ModelFactory:
                 " save_pretrained, a hub id such as bert-base-uncased, or `tiny`"
             )
         try:
-            with _quiet_hub():
+            with quiet_hub():
                 tokenizer = AutoTokenizer.from_pretrained(self.source, revision=self.cfg.revision)
                 # A fresh head is expected (its size is the label count): silence "newly initialized" chatter,
                 # and the weight-loading bar that would bury hpsearch's own lines on stderr.
@@ -209,7 +209,7 @@ def get_factory(
 
 
 @contextlib.contextmanager
-def _quiet_hub():
+def quiet_hub():
     """huggingface_hub logs every retry of a failed download twice (its handler and the root one): 45 lines
     before hpsearch's one-line error when the hub is unreachable. Only its errors are shown, unless --debug."""
     hub = logging.getLogger("huggingface_hub")

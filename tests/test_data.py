@@ -211,6 +211,30 @@ def test_hub_data_set_offline_is_one_line(monkeypatch, name, words):
         assert word in str(info.value)
 
 
+def test_hub_retries_are_not_printed_before_the_one_line(monkeypatch, capfd):
+    """Offline, huggingface_hub logs each retry of each file twice (22 lines for glue) before the error; a hub
+    download cannot happen here, so load_dataset is replaced by one that logs and fails as it does."""
+    import logging
+
+    import datasets
+
+    def unreachable(*args, **kwargs):
+        for attempt in range(1, 6):
+            logging.getLogger("huggingface_hub.utils._http").warning(
+                "'[Errno -2] Name or service not known' thrown while requesting HEAD ... [Retry %d/5]",
+                attempt,
+            )
+        raise ConnectionError("Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    level = logging.getLogger("huggingface_hub").level
+    with pytest.raises(ConfigError, match="could not load data set 'glue'"):
+        load_data(DataSection(name="glue", subset="sst2"))
+    out, err = capfd.readouterr()
+    assert "Retry" not in out + err
+    assert logging.getLogger("huggingface_hub").level == level  # put back as it was
+
+
 def test_rows_without_a_gold_label_are_refused_with_the_fix(tmp_path):
     """A ClassLabel column stores "no label" as -1 (hub test splits, SNLI's disputed pairs)."""
     import datasets
