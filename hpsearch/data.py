@@ -300,7 +300,26 @@ def load_data(cfg: DataSection, seed: int = 0) -> TextData:
     if cfg.max_validation_samples and cfg.max_validation_samples < len(validation):
         validation = validation.shuffle(seed=seed).select(range(cfg.max_validation_samples))
     names = _label_names(cfg, list(train[cfg.label_column]), train.features[cfg.label_column])
-    return TextData(_split(cfg, train, names, "train"), _split(cfg, validation, names, "validation"), names)
+    data = TextData(_split(cfg, train, names, "train"), _split(cfg, validation, names, "validation"), names)
+    _check_stray_classes(cfg, data)
+    return data
+
+
+STRAY_ROWS = 2  # a class with at most this many training rows and no validation row is taken for a typo
+
+
+def _check_stray_classes(cfg: DataSection, data: TextData) -> None:
+    """A label used by one or two training rows and no validation row (a typo such as `7` or `positve`
+    among 0/1) would silently add a class the model cannot learn and the validation error never scores."""
+    scored = set(data.validation.labels)
+    for label, name in enumerate(data.label_names):
+        rows = [i for i, y in enumerate(data.train.labels) if y == label]
+        if 0 < len(rows) <= STRAY_ROWS and label not in scored and len(data.train) > 20 * STRAY_ROWS:
+            raise ConfigError(
+                f"data.label_column: class {name!r} has only {len(rows)} training row(s) (train row"
+                f" {rows[0]}) and no validation row: a typo in the label? fix or drop the row"
+                + (", or raise data.max_train_samples" if cfg.max_train_samples else "")
+            )
 
 
 # --- tokenization, once per worker -------------------------------------------------------------------------

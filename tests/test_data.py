@@ -235,6 +235,29 @@ def test_hub_retries_are_not_printed_before_the_one_line(monkeypatch, capfd):
     assert logging.getLogger("huggingface_hub").level == level  # put back as it was
 
 
+@pytest.mark.parametrize("stray", ["7", "positve"])
+def test_a_stray_label_is_refused_not_made_a_class(tmp_path, stray):
+    """One row labelled `7` (or `positve`) among 0/1 labels would add a third class no validation row scores."""
+    lines = [f"w{i} text\t{i % 2}\n" for i in range(60)]
+    rows, scored = "".join(lines), "".join(lines[:20])
+    (tmp_path / "train.tsv").write_text(f"sentence\tlabel\n{rows}stray row\t{stray}\n")
+    (tmp_path / "validation.tsv").write_text("sentence\tlabel\n" + scored)
+    cfg = DataSection(
+        name=None,
+        train_file=str(tmp_path / "train.tsv"),
+        validation_file=str(tmp_path / "validation.tsv"),
+        text_column="sentence",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_data(cfg)
+    assert f"class {stray!r} has only 1 training row(s) (train row 60) and no validation row" in str(
+        info.value
+    )
+    # a rare class that validation rows also use is a real class
+    (tmp_path / "validation.tsv").write_text(f"sentence\tlabel\n{scored}other row\t{stray}\n")
+    assert len(load_data(cfg).label_names) == 3
+
+
 def test_rows_without_a_gold_label_are_refused_with_the_fix(tmp_path):
     """A ClassLabel column stores "no label" as -1 (hub test splits, SNLI's disputed pairs)."""
     import datasets
