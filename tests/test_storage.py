@@ -120,6 +120,16 @@ def test_search_on_postgresql_lands_in_the_server(make_config, postgres_url):
     assert listed.exit_code == 0 and "t: 2 complete" in listed.output
 
 
+@pytest.mark.postgres
+def test_a_password_in_the_url_is_masked_and_the_paste_lines_say_so(make_config, postgres_url):
+    url = postgres_url.replace("@", ":s3cret@", 1)  # the test server trusts loopback: any password works
+    config = make_config(study={"n_trials": 1}, train={"n_epochs": 1})
+    result = CliRunner().invoke(cli, ["search", str(config), "--storage", url])
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.output and ":***@" in result.stderr
+    assert "the password is masked above: give your own --storage URL" in result.stderr
+
+
 @pytest.mark.parametrize("form", ["path", "journal-url"])
 def test_journal_file_store_holds_a_study(make_config, workdir, form):
     path = workdir / "shared" / "studies.log"
