@@ -24,9 +24,10 @@ class Cost:
     device_hours: float  # training + validation time of every trial, in hours of one device
     device_hours_by_device: dict[str, float] = field(default_factory=dict)
     n_finished: int = 0  # complete + pruned trials
+    n_started: int = 0  # those and the running, queued or failed ones that trained something
     n_epochs: int | None = None  # maximum epochs per trial (train.n_epochs)
     epochs_trained: int = 0  # epochs trained to their end, all trials (failed ones included)
-    epochs_without_pruning: int | None = None  # n_finished * n_epochs: what the same trials cost unpruned
+    epochs_without_pruning: int | None = None  # n_started * n_epochs: what the same trials cost unpruned
     best_trial: int | None = None
     time_to_best_s: float | None = None  # study start -> completion of the best trial, wall time
     wall_s: float | None = None  # study start -> last trial finished (or now, while trials run)
@@ -59,7 +60,7 @@ class Cost:
         if self.epochs_without_pruning:
             parts.append(
                 f"{trained} epochs trained of {self.epochs_without_pruning} without pruning "
-                f"({self.n_finished} trials x {self.n_epochs}; {self.epochs_saved:.0%} saved)"
+                f"({self.n_started} trials x {self.n_epochs}; {self.epochs_saved:.0%} saved)"
             )
         else:
             parts.append(f"{trained} epochs trained")
@@ -116,6 +117,10 @@ def compute_cost(study: optuna.Study) -> Cost:
         if seconds:
             by_device[str(t.user_attrs.get("device", "unknown"))] += seconds / 3600
     n_finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
+    # a running or re-queued trial's epochs count as trained, so it counts in the unpruned baseline too
+    n_started = sum(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED) or trial_epochs(t) > 0 for t in counted
+    )
     stored = study.user_attrs.get(CONFIG_ATTR, {})
     n_epochs = stored.get("train", {}).get("n_epochs")
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
@@ -131,9 +136,10 @@ def compute_cost(study: optuna.Study) -> Cost:
         device_hours=round(sum(by_device.values()), 6),
         device_hours_by_device={d: round(h, 6) for d, h in by_device.items()},
         n_finished=n_finished,
+        n_started=n_started,
         n_epochs=n_epochs,
         epochs_trained=sum(int(t.user_attrs.get("epochs_run") or 0) for t in counted),
-        epochs_without_pruning=n_finished * n_epochs if n_epochs else None,
+        epochs_without_pruning=n_started * n_epochs if n_epochs else None,
         best_trial=best.number if best else None,
         time_to_best_s=None if to_best is None else round(to_best, 1),
         wall_s=None if start is None or end is None else round((end - start).total_seconds(), 1),

@@ -275,7 +275,7 @@ def study_note_text(
         if cost.epochs_without_pruning:
             lines.append(
                 f"- epochs trained: {cost.epochs_trained_text} of the {cost.epochs_without_pruning} a search"
-                f" without pruning would have trained ({cost.n_finished} finished trials x"
+                f" without pruning would have trained ({cost.n_started} trials x"
                 f" {cost.n_epochs}; {cost.epochs_saved:.0%} saved)"
             )
         if cost.time_to_best_s is not None:

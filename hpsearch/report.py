@@ -265,7 +265,7 @@ def _cost_html(cost) -> str:
             (
                 "epochs trained",
                 f"{cost.epochs_trained_text} of {cost.epochs_without_pruning} without pruning "
-                f"({cost.n_finished} trials x {cost.n_epochs}; {cost.epochs_saved:.0%} saved)",
+                f"({cost.n_started} trials x {cost.n_epochs}; {cost.epochs_saved:.0%} saved)",
             )
         )
     else:

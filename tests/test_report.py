@@ -213,6 +213,20 @@ def test_cost_counts_each_epoch_once_and_times_the_best_trial(costed_study):
     assert (cost.best_trial, cost.time_to_best_s, cost.wall_s) == (3, 240.0, 240.0)
 
 
+def test_a_running_trials_epochs_count_in_the_unpruned_baseline_too(costed_study):
+    """The epochs trained include a running (or re-queued) trial's; the unpruned baseline must include that
+    trial too, or a study just re-queued after a kill reads '4 epochs trained of 3 (-33% saved)'."""
+    study = optuna.load_study(study_name="c", storage=costed_study)
+    running = study.ask()
+    running.set_user_attr("epochs_run", 2)
+    cost = compute_cost(study)
+    assert (cost.n_finished, cost.n_started, cost.epochs_spent) == (3, 4, 9)
+    assert cost.epochs_without_pruning == 12 and cost.epochs_saved == pytest.approx(3 / 12)
+    assert "9 epochs trained of 12 without pruning (4 trials x 3; 25% saved)" in cost.summary()
+    study.ask()  # started, nothing trained yet: not in either figure
+    assert compute_cost(study).epochs_without_pruning == 12
+
+
 def test_epoch_budget_counts_cut_short_epochs_and_each_retried_epoch_once(costed_study):
     study = optuna.load_study(study_name="c", storage=costed_study)
     assert epochs_spent(study) == 7  # the seven whole epochs of compute_cost: trial 2 is inside its retry
