@@ -111,7 +111,10 @@ def _load_file(path: str, where: str):
 
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f"{where}: file not found: {path}")
+        relative = (
+            "" if Path(path).is_absolute() else f" (paths are relative to the current folder, {Path.cwd()})"
+        )
+        raise ConfigError(f"{where}: file not found: {path}{relative}")
     fmt = FILE_FORMATS.get(file.suffix.lower())
     if fmt is None:
         raise ConfigError(

@@ -95,7 +95,7 @@ BAD_INPUTS = [
         "missing data file",
         {"data": {"name": None, "train_file": "nope.csv"}},
         [],
-        ["data.train_file: file not found: nope.csv"],
+        ["data.train_file: file not found: nope.csv (paths are relative to the current folder, "],
     ),
     (
         "unsupported data file",
