@@ -309,7 +309,7 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
     )
     click.echo(
         f"study '{cfg.study.name}': {done}/{cfg.study.n_trials} trials finished by {len(plan)}"
-        f" workers ({counts})",
+        f" workers ({', '.join(f'{n} {state}' for state, n in counts.items())})",
         err=True,
     )
     if best is not None:
@@ -332,6 +332,10 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
         raise _Fail(f"a worker failed; see its [label] lines above and `hpsearch show {cfg.study.name}`", 1)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _best_json(best: dict | None) -> dict:
     """A search's closing JSON keys for results.best_summary: the best trial, and how far to trust it."""
     out = {
@@ -348,7 +352,7 @@ def _summary(cfg, result) -> None:
     lines = [
         f"study '{result.study_name}': {done}/{cfg.study.n_trials} trials finished "
         f"({result.counts.get('complete', 0)} complete, {result.counts.get('pruned', 0)} pruned, "
-        f"{result.counts.get('fail', 0)} failed); this run: {len(result.trials_run)} trials, stopped by "
+        f"{result.counts.get('fail', 0)} failed); this run: {_plural(len(result.trials_run), 'trial')}, stopped by "
         f"{result.stopped_by}",
     ]
     if result.best is not None:

@@ -184,7 +184,11 @@ def requeue_dead_trial(study: optuna.Study, number: int) -> int:
 
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is None or trial.state != TrialState.RUNNING:
-        state = "does not exist" if trial is None else f"is {trial.state.name.lower()}, not running"
+        state = (
+            "does not exist"
+            if trial is None
+            else f"is {_STATE_WORDS.get(trial.state, trial.state.name.lower())}, not running"
+        )
         raise ConfigError(
             f"study '{study.study_name}': trial {number} {state}; only a running trial can be"
             " re-queued (see `hpsearch show`)"
@@ -207,6 +211,9 @@ def requeue_dead_trial(study: optuna.Study, number: int) -> int:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     requeue(study, number, "re-queued by hand")
     return max(t.number for t in study.get_trials(deepcopy=False))
+
+
+_STATE_WORDS = {TrialState.FAIL: "failed", TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}
 
 
 def _held_elsewhere(study: optuna.Study, cfg: Config) -> str:

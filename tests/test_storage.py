@@ -128,6 +128,7 @@ def test_a_password_in_the_url_is_masked_and_the_paste_lines_say_so(make_config,
     assert result.exit_code == 0, result.output
     assert "s3cret" not in result.output and ":***@" in result.stderr
     assert "the password is masked above: give your own --storage URL" in result.stderr
+    assert "this run: 1 trial, stopped by budget" in result.stderr
 
 
 @pytest.mark.parametrize("form", ["path", "journal-url"])
@@ -269,6 +270,8 @@ def test_requeue_by_hand_resumes_a_dead_workers_trial_on_a_journal_store(workdir
     assert queued.params == old.params and queued.intermediate_values == {1: 0.4}
     assert queued.user_attrs["checkpoint_path"] == str(workdir / "trial-0.pt")
     assert queued.system_attrs["failed_trial"] == 0
+    again = _one_line_error(CliRunner().invoke(cli, ["requeue", "j", "0", "--storage", storage]))
+    assert "trial 0 is failed, not running" in again
 
 
 def test_requeue_refuses_a_trial_whose_worker_is_alive(workdir):
