@@ -202,19 +202,37 @@ def _check_columns(cfg: DataSection, dataset, which: str) -> None:
             )
 
 
+ROW = "__hpsearch_row__"  # a row's index in its file (or hub split) before sampling and splitting
+
+
+def _row(cfg: DataSection, dataset, which: str, i: int) -> str:
+    """Where row ``i`` of ``dataset`` (sampled, perhaps carved from the training file) came from: ``train row
+    49 (line 51 of train.tsv)``."""
+    row = dataset[ROW][i] if ROW in dataset.column_names else i
+    file = cfg.validation_file if which == "validation" and cfg.validation_file else cfg.train_file
+    suffix = Path(file).suffix.lower() if file else ""
+    if suffix in (".csv", ".tsv"):
+        return f"{which} row {row} (line {row + 2} of {file})"  # after the header line
+    if suffix == ".jsonl":
+        return f"{which} row {row} (line {row + 1} of {file})"
+    return f"{which} row {row}"
+
+
 def _texts(cfg: DataSection, dataset, column: str, which: str) -> list[str]:
     values = list(dataset[column])
     for i, value in enumerate(values):
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(
-                f"data.{'text_column' if column == cfg.text_column else 'text_pair_column'}: {which} row {i} of"
-                f" column {column!r} holds {value!r}, not text; remove or fill empty rows"
+                f"data.{'text_column' if column == cfg.text_column else 'text_pair_column'}:"
+                f" {_row(cfg, dataset, which, i)} of column {column!r} holds {value!r}, not text; remove or"
+                " fill empty rows"
             )
     return values
 
 
-def _label_names(cfg: DataSection, train_labels: list[Any], feature: Any) -> list[str]:
-    names = getattr(feature, "names", None)
+def _label_names(cfg: DataSection, train) -> list[str]:
+    train_labels = list(train[cfg.label_column])
+    names = getattr(train.features[cfg.label_column], "names", None)
     if names:  # a datasets ClassLabel already maps ids to names
         return list(names)
     for i, value in enumerate(train_labels):
@@ -227,7 +245,7 @@ def _label_names(cfg: DataSection, train_labels: list[Any], feature: Any) -> lis
             and not value.strip()
         ):
             raise ConfigError(
-                f"data.label_column: train row {i} has label {value!r}; labels must be classes"
+                f"data.label_column: {_row(cfg, train, 'train', i)} has label {value!r}; labels must be classes"
                 " (integers or strings), not continuous values or empty cells"
             )
     distinct = sorted(
@@ -255,7 +273,7 @@ def _labels(cfg: DataSection, dataset, names: list[str], which: str) -> list[int
         unlabelled = [i for i, y in enumerate(ids) if not 0 <= y < len(names)]
         if unlabelled:  # ClassLabel's -1: no gold label (hub test splits, SNLI's disputed pairs)
             raise ConfigError(
-                f"data.label_column: {which} row {unlabelled[0]} has label id {ids[unlabelled[0]]}"
+                f"data.label_column: {_row(cfg, dataset, which, unlabelled[0])} has label id {ids[unlabelled[0]]}"
                 f" ({len(unlabelled)} of {len(ids)} rows), outside the {len(names)} classes: rows without a"
                 " gold label (-1); drop them, or use a split that has labels"
             )
@@ -265,7 +283,8 @@ def _labels(cfg: DataSection, dataset, names: list[str], which: str) -> list[int
         key = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
         if key not in index:
             raise ConfigError(
-                f"data.label_column: {which} row {i} has label {value!r}, which the training data never uses"
+                f"data.label_column: {_row(cfg, dataset, which, i)} has label {value!r}, which the training data"
+                " never uses"
                 f" (classes: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
                 + (
                     "; raise data.max_train_samples so every class is sampled"
@@ -290,6 +309,9 @@ def load_data(cfg: DataSection, seed: int = 0) -> TextData:
     """
     train, validation = _raw_splits(cfg, seed)
     _check_columns(cfg, train, "train")
+    train = train.add_column(ROW, list(range(len(train))))  # for error messages: the row before sampling
+    if validation is not None:
+        validation = validation.add_column(ROW, list(range(len(validation))))
     if validation is None:
         if len(train) < 10:
             raise ConfigError(
@@ -302,16 +324,16 @@ def load_data(cfg: DataSection, seed: int = 0) -> TextData:
         train = train.shuffle(seed=seed).select(range(cfg.max_train_samples))
     if cfg.max_validation_samples and cfg.max_validation_samples < len(validation):
         validation = validation.shuffle(seed=seed).select(range(cfg.max_validation_samples))
-    names = _label_names(cfg, list(train[cfg.label_column]), train.features[cfg.label_column])
+    names = _label_names(cfg, train)
     data = TextData(_split(cfg, train, names, "train"), _split(cfg, validation, names, "validation"), names)
-    _check_stray_classes(cfg, data)
+    _check_stray_classes(cfg, data, train)
     return data
 
 
 STRAY_ROWS = 2  # a class with at most this many training rows and no validation row is taken for a typo
 
 
-def _check_stray_classes(cfg: DataSection, data: TextData) -> None:
+def _check_stray_classes(cfg: DataSection, data: TextData, train) -> None:
     """A label used by one or two training rows and no validation row (a typo such as `7` or `positve`
     among 0/1) would silently add a class the model cannot learn and the validation error never scores."""
     scored = set(data.validation.labels)
@@ -319,9 +341,9 @@ def _check_stray_classes(cfg: DataSection, data: TextData) -> None:
         rows = [i for i, y in enumerate(data.train.labels) if y == label]
         if 0 < len(rows) <= STRAY_ROWS and label not in scored and len(data.train) > 20 * STRAY_ROWS:
             raise ConfigError(
-                f"data.label_column: class {name!r} has only {len(rows)} training row(s) (train row"
-                f" {rows[0]}) and no validation row: a typo in the label? fix or drop the row"
-                + (", or raise data.max_train_samples" if cfg.max_train_samples else "")
+                f"data.label_column: class {name!r} has only {len(rows)} training row(s), such as"
+                f" {_row(cfg, train, 'train', rows[0])}, and no validation row: a typo in the label? fix or drop"
+                " the row" + (", or raise data.max_train_samples" if cfg.max_train_samples else "")
             )
 
 

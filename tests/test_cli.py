@@ -216,7 +216,11 @@ def test_invalid_yaml_names_the_line(workdir):
         (
             "validation label unseen in train",
             lambda w: file_data(w, ["pos", "neg"] * 20, ["pos", "neg", "meh"]),
-            ["data.label_column: validation row 2 has label 'meh'", "never uses", "classes: neg, pos"],
+            [
+                "data.label_column: validation row 2 (line 4 of validation.tsv) has label 'meh'",
+                "never uses",
+                "classes: neg, pos",
+            ],
         ),
     ],
 )

@@ -250,12 +250,24 @@ def test_a_stray_label_is_refused_not_made_a_class(tmp_path, stray):
     )
     with pytest.raises(ConfigError) as info:
         load_data(cfg)
-    assert f"class {stray!r} has only 1 training row(s) (train row 60) and no validation row" in str(
-        info.value
-    )
+    assert (
+        f"class {stray!r} has only 1 training row(s), such as train row 60 (line 62 of {tmp_path / 'train.tsv'}),"
+        " and no validation row"
+    ) in str(info.value)
     # a rare class that validation rows also use is a real class
     (tmp_path / "validation.tsv").write_text(f"sentence\tlabel\n{scored}other row\t{stray}\n")
     assert len(load_data(cfg).label_names) == 3
+
+
+def test_a_bad_row_is_named_by_its_line_in_the_file_after_sampling_and_splitting(tmp_path):
+    """The checks run on the sampled, shuffled rows (and the validation rows carved from the training file);
+    the message still names the row's line in the file, not its place in the shuffled sample."""
+    lines = [f"w{i} text\t{i % 2}\n" if i != 73 else "\t1\n" for i in range(100)]
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "".join(lines))
+    cfg = DataSection(name=None, train_file=str(tmp_path / "train.tsv"), text_column="sentence")
+    with pytest.raises(ConfigError) as info:
+        load_data(cfg)
+    assert f"row 73 (line 75 of {tmp_path / 'train.tsv'}) of column 'sentence'" in str(info.value)
 
 
 def test_rows_without_a_gold_label_are_refused_with_the_fix(tmp_path):
