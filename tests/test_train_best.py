@@ -268,3 +268,16 @@ def test_retraining_uses_the_values_the_study_held_fixed_not_the_train_defaults(
     )
     hp = trial_hyperparameters(cfg, _trial(TrialState.COMPLETE, {1: 0.3}, 0.3))
     assert (hp["batch_size"], hp["dropout"], hp["learning_rate"]) == (16, 0.2, 1e-4)
+
+
+def test_a_retrain_stops_after_the_epochs_it_is_given_not_the_schedules(searched):
+    """`--epochs best` trains fewer epochs than the schedule: it must stop there, not one epoch later."""
+    from hpsearch.best_model import _prepare, _train_one, trial_hyperparameters
+
+    study = optuna.load_study(study_name="t", storage=searched["url"])
+    cfg = config_from_dict(study.user_attrs["hpsearch_config"])
+    assert cfg.train.n_epochs == 3
+    data, factory, encoded, device = _prepare(cfg, "cpu")
+    hp = trial_hyperparameters(cfg, searched["trial"])
+    run, weights = _train_one(cfg, data, factory, encoded, hp, 1, device)
+    assert run.epochs == 1 and weights is not None
