@@ -346,8 +346,8 @@ class _StopOnSignal:
         self.signum, self.first_at = signum, time.monotonic()
         self.stop.set()
         self.reporter.line(
-            f"{signal.Signals(signum).name}: finishing this epoch, then checkpointing and "
-            "re-queueing the trial; press Ctrl-C again to stop at once"
+            f"{signal.Signals(signum).name}: stopping; a running trial finishes its epoch, checkpoints and is"
+            " re-queued; press Ctrl-C again to stop at once"
         )
 
     def __exit__(self, *exc):
