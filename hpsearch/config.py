@@ -426,6 +426,10 @@ def load_config(
         merged["study"].update({k: v for k, v in (overrides or {}).items() if v is not None})
         if "name" not in merged["study"] and path is not None:
             merged["study"]["name"] = Path(path).stem
+    for section, key in (("study", "sampler"), ("study", "pruner"), ("train", "device"), ("train", "precision")):
+        values = merged.get(section)
+        if isinstance(values, dict) and isinstance(values.get(key), str):
+            values[key] = values[key].lower()  # `--sampler TPE` means tpe
     data = merged["data"]
     if isinstance(data, dict) and data.get("train_file") and "name" not in data:
         data["name"] = None  # local files given: the default data set (`demo`) does not apply

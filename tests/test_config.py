@@ -376,3 +376,8 @@ def test_binary_file_is_a_config_error(tmp_path):
     path.write_bytes(b"\x80\x81\xff\x00")
     with pytest.raises(ConfigError, match="not a UTF-8 text file"):
         load_config(path)
+
+
+def test_choice_values_are_case_insensitive():
+    cfg = load_config(None, overrides={"sampler": "TPE", "pruner": "Hyperband"}, sets=["train.device=CPU"])
+    assert (cfg.study.sampler, cfg.study.pruner, cfg.train.device) == ("tpe", "hyperband", "cpu")
