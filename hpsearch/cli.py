@@ -94,7 +94,7 @@ storage_option = click.option(
     "--storage",
     metavar="URL",
     help=f"Study store: sqlite:///studies/NAME.db, postgresql+psycopg://USER:PASS@HOST/DB, or a journal file "
-    f"(*.log). Default: ${STORAGE_ENV}, else studies/STUDY.db.",
+    f"(*.log). Default: the config's study.storage (search), then ${STORAGE_ENV}, else studies/STUDY.db.",
 )
 
 
