@@ -426,7 +426,12 @@ def load_config(
         merged["study"].update({k: v for k, v in (overrides or {}).items() if v is not None})
         if "name" not in merged["study"] and path is not None:
             merged["study"]["name"] = Path(path).stem
-    for section, key in (("study", "sampler"), ("study", "pruner"), ("train", "device"), ("train", "precision")):
+    for section, key in (
+        ("study", "sampler"),
+        ("study", "pruner"),
+        ("train", "device"),
+        ("train", "precision"),
+    ):
         values = merged.get(section)
         if isinstance(values, dict) and isinstance(values.get(key), str):
             values[key] = values[key].lower()  # `--sampler TPE` means tpe
