@@ -1037,7 +1037,7 @@ def data_facts(data) -> dict[str, Any]:
     return {
         "n_train": len(data.train),
         "n_validation": len(data.validation),
-        "majority_val_error": round(data.majority_error(), 4),
+        "majority_val_error": data.majority_error(),  # rounded in the result file
     }
 
 
@@ -1322,6 +1322,7 @@ def run_all(
         for arm, retrained in runs[seed][1].items():
             summaries[seed][arm]["retrained_best"] = retrained
     agg = aggregate(summaries, arms)
+    rounded = {s: {**f, "majority_val_error": round(f["majority_val_error"], 4)} for s, f in facts.items()}
     return {
         "command": "python -m bench.run " + " ".join(sys.argv[1:] if args is not None else []),
         "config": str(args.config),
@@ -1329,8 +1330,8 @@ def run_all(
         "resolved_config": cfg.to_dict(),
         "machine": machine(),
         "total_seconds": round(time.monotonic() - started, 1),
-        **facts[seeds[0]],  # the first seed's; every seed's in per_seed_data
-        "per_seed_data": {str(s): facts[s] for s in seeds},
+        **rounded[seeds[0]],  # the first seed's; every seed's in per_seed_data
+        "per_seed_data": {str(s): rounded[s] for s in seeds},
         "seeds": seeds,
         "arms": {a: ARMS[a] for a in arms},
         "aggregate": agg,

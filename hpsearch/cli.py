@@ -361,7 +361,7 @@ def _summary(cfg, result) -> None:
         lines += describe_best(result.best, result.study_name, result.storage)
     lines.append(f"inspect: hpsearch show {result.study_name} --storage {result.storage}")
     lines.append(f"dashboard: hpsearch dashboard --storage {result.storage}")
-    if ":***@" in result.storage:
+    if result.storage != cfg.study.storage:  # describe_storage masked its password
         lines.append("(the password is masked above: give your own --storage URL, or set $HPSEARCH_STORAGE)")
     click.echo("\n".join(lines), err=True)
 

@@ -7,6 +7,7 @@ after the first pay nothing for it.
 
 from __future__ import annotations
 
+import collections
 import csv
 import difflib
 import random
@@ -208,7 +209,7 @@ ROW = "__hpsearch_row__"  # a row's index in its file (or hub split) before samp
 def _row(cfg: DataSection, dataset, which: str, i: int) -> str:
     """Where row ``i`` of ``dataset`` (sampled, perhaps carved from the training file) came from: ``train row
     49 (line 51 of train.tsv)``."""
-    row = dataset[ROW][i] if ROW in dataset.column_names else i
+    row = dataset[ROW][i]
     file = cfg.validation_file if which == "validation" and cfg.validation_file else cfg.train_file
     suffix = Path(file).suffix.lower() if file else ""
     if suffix in (".csv", ".tsv"):
@@ -336,14 +337,16 @@ STRAY_ROWS = 2  # a class with at most this many training rows and no validation
 def _check_stray_classes(cfg: DataSection, data: TextData, train) -> None:
     """A label used by one or two training rows and no validation row (a typo such as `7` or `positve`
     among 0/1) would silently add a class the model cannot learn and the validation error never scores."""
+    if len(data.train) <= 20 * STRAY_ROWS:
+        return
     scored = set(data.validation.labels)
-    for label, name in enumerate(data.label_names):
-        rows = [i for i, y in enumerate(data.train.labels) if y == label]
-        if 0 < len(rows) <= STRAY_ROWS and label not in scored and len(data.train) > 20 * STRAY_ROWS:
+    for label, n in collections.Counter(data.train.labels).items():
+        if n <= STRAY_ROWS and label not in scored:
             raise ConfigError(
-                f"data.label_column: class {name!r} has only {len(rows)} training row(s), such as"
-                f" {_row(cfg, train, 'train', rows[0])}, and no validation row: a typo in the label? fix or drop"
-                " the row" + (", or raise data.max_train_samples" if cfg.max_train_samples else "")
+                f"data.label_column: class {data.label_names[label]!r} has only {n} training row(s), such as"
+                f" {_row(cfg, train, 'train', data.train.labels.index(label))}, and no validation row: a typo in"
+                " the label? fix or drop the row"
+                + (", or raise data.max_train_samples" if cfg.max_train_samples else "")
             )
 
 

@@ -187,7 +187,7 @@ def requeue_dead_trial(study: optuna.Study, number: int) -> int:
         state = (
             "does not exist"
             if trial is None
-            else f"is {_STATE_WORDS.get(trial.state, trial.state.name.lower())}, not running"
+            else f"is {'failed' if trial.state == TrialState.FAIL else trial.state.name.lower()}, not running"
         )
         raise ConfigError(
             f"study '{study.study_name}': trial {number} {state}; only a running trial can be"
@@ -211,9 +211,6 @@ def requeue_dead_trial(study: optuna.Study, number: int) -> int:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     requeue(study, number, "re-queued by hand")
     return max(t.number for t in study.get_trials(deepcopy=False))
-
-
-_STATE_WORDS = {TrialState.FAIL: "failed", TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}
 
 
 def _held_elsewhere(study: optuna.Study, cfg: Config) -> str:
