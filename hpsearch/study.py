@@ -6,6 +6,8 @@ The study is built here and nowhere else.
 from __future__ import annotations
 
 import contextlib
+import copy
+import datetime
 import json
 import logging
 import random
@@ -14,6 +16,7 @@ import time
 import uuid
 import warnings
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,9 @@ PARTIAL_EPOCH_ATTR = "partial_epoch"  # user attribute: the share of an epoch tr
 # study user attribute: the sizes of the data every val_error was measured on, so a reader can tell a real
 # difference between two trials from the noise of a few hundred validation examples
 DATA_ATTR = "hpsearch_data"
+# system attribute of a trial on a database server: a token of the write that made it or took it from the queue,
+# which finds that write's outcome when its answer was lost with the connection (PatientRDBStorage)
+TOKEN_ATTR = "hpsearch_write_token"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that change what a trial measures: resuming a study with other values would mix incomparable trials.
 IDENTITY_KEYS = {
@@ -292,10 +298,8 @@ def queue_copy(study: optuna.Study, trial: FrozenTrial, user_attrs: dict, system
 
 # How long a worker waits for a database server that went away (a restart, a fail-over) before it gives up.
 OUTAGE_SECONDS = 120.0
-_PATIENT = (
-    "create_new_trial",
+_PATIENT = (  # besides create_new_trial and set_trial_state_values, which PatientRDBStorage defines
     "set_trial_param",
-    "set_trial_state_values",
     "set_trial_intermediate_value",
     "set_trial_user_attr",
     "set_trial_system_attr",
@@ -326,20 +330,22 @@ def _lost_connection(exc: BaseException) -> bool:
 class PatientRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage on a database server that rides out a restart: a call that finds the server gone is tried
     again (1 s, 2 s, ... up to 10 s apart) for up to ``OUTAGE_SECONDS``, with one warning, instead of
-    crashing a worker in the middle of a trial it has paid for."""
+    crashing a worker in the middle of a trial it has paid for.
+
+    A write whose commit landed but whose answer was lost with the connection is not done twice: a trial made
+    or taken from the queue carries a token (system attribute ``TOKEN_ATTR``) that the next try looks for
+    first, and a trial already finished in the state asked for counts as the answer that was lost."""
 
     outage_seconds = OUTAGE_SECONDS
     _warned_at = -float("inf")
 
-
-def _patient(name: str):
-    method = getattr(optuna.storages.RDBStorage, name)
-
-    def call(self, *args, **kwargs):
-        started, wait = time.monotonic(), 1.0
+    def _ride_out(self, attempt: Callable[[bool], Any]) -> Any:
+        """``attempt(again)`` until it does not fail for a lost connection; ``again`` is True on every try
+        after the first, when the first may have landed."""
+        started, wait, again = time.monotonic(), 1.0, False
         while True:
             try:
-                return method(self, *args, **kwargs)
+                return attempt(again)
             except Exception as exc:
                 if not _lost_connection(exc) or time.monotonic() - started > self.outage_seconds:
                     raise
@@ -353,6 +359,104 @@ def _patient(name: str):
                     )
                 time.sleep(wait)
                 wait = min(10.0, wait * 2)
+                again = True
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        """One try at a time (RDBStorage's own five quick tries would make a second trial when the first one's
+        commit landed), each after the first looking for the token of the trial the first may have made."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        if template_trial is None:  # what RDBStorage makes without a template: a bare running trial
+            template_trial = FrozenTrial(
+                number=-1,
+                state=TrialState.RUNNING,
+                value=None,
+                datetime_start=datetime.datetime.now(),
+                datetime_complete=None,
+                params={},
+                distributions={},
+                user_attrs={},
+                system_attrs={},
+                intermediate_values={},
+                trial_id=-1,
+            )
+        template = copy.deepcopy(template_trial)
+        template.system_attrs = {**template.system_attrs, TOKEN_ATTR: uuid.uuid4().hex}
+
+        def attempt(again: bool) -> FrozenTrial:
+            made, frozen = None, copy.deepcopy(template)
+            with _create_scoped_session(self.scoped_session) as session:
+                if again:
+                    made = (
+                        session.query(models.TrialSystemAttributeModel.trial_id)
+                        .join(models.TrialModel)
+                        .filter(models.TrialModel.study_id == study_id)
+                        .filter(models.TrialSystemAttributeModel.key == TOKEN_ATTR)
+                        .filter(
+                            models.TrialSystemAttributeModel.value_json
+                            == json.dumps(template.system_attrs[TOKEN_ATTR])
+                        )
+                        .scalar()
+                    )
+                if made is None:
+                    models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+                    trial = self._get_prepared_new_trial(study_id, template, session)
+                    frozen.number, frozen._trial_id = trial.number, trial.trial_id
+            return frozen if made is None else optuna.storages.RDBStorage.get_trial(self, made)
+
+        return self._ride_out(attempt)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        if state == TrialState.RUNNING:
+            return self._take_waiting_trial(trial_id)
+
+        def attempt(again: bool) -> bool:
+            try:
+                return optuna.storages.RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # the first try finished the trial, and its answer was lost: done, not an error
+                if again and state.is_finished():
+                    stored = optuna.storages.RDBStorage.get_trial(self, trial_id)
+                    if stored.state == state and (values is None or stored.values == list(values)):
+                        return True
+                raise
+
+        return self._ride_out(attempt)
+
+    def _take_waiting_trial(self, trial_id: int) -> bool:
+        """WAITING -> RUNNING, as RDBStorage does, with a token in the same commit: when the answer is lost, the
+        next try tells this worker's take (True) from another's (False), so the trial is never left running
+        with no worker on it (it has no heartbeat yet, so no other worker would ever take it for dead)."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        token, attrs = uuid.uuid4().hex, models.TrialSystemAttributeModel
+
+        def attempt(again: bool) -> bool:
+            with _create_scoped_session(self.scoped_session) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                if again:
+                    mark = attrs.find_by_trial_and_key(trial, TOKEN_ATTR, session)
+                    if mark is not None and mark.value_json == json.dumps(token):
+                        return True
+                self.check_trial_is_updatable(trial_id, trial.state)
+                if trial.state != TrialState.WAITING:
+                    return False
+                trial.state, trial.datetime_start = TrialState.RUNNING, datetime.datetime.now()
+                self._set_trial_attr_without_commit(session, attrs, trial_id, TOKEN_ATTR, token)
+            return True
+
+        return self._ride_out(attempt)
+
+
+def _patient(name: str):
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    def call(self, *args, **kwargs):
+        return self._ride_out(lambda again: getattr(optuna.storages.RDBStorage, name)(self, *args, **kwargs))
 
     call.__name__ = call.__qualname__ = name
     call.__doc__ = method.__doc__

@@ -429,6 +429,74 @@ def test_a_worker_rides_out_a_postgresql_restart(pg_server, postgres_url):
     assert stored.user_attrs["epochs_run"] == 1
 
 
+def _lose_answers(storage, monkeypatch, plan: list[str]) -> list[str]:
+    """The server commits a write, and the connection drops before the worker hears so: a moment no real
+    restart hits on cue, so the commit's answer is replaced by the error SQLAlchemy raises for a lost server,
+    for the writes in ``plan`` (a trial "made", "taken" from the queue, "finished"), in that order."""
+    import sqlalchemy.exc
+    from optuna.storages._rdb import models
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    lost: list[str] = []
+
+    @event.listens_for(storage.scoped_session.session_factory, "after_flush")
+    def look(session, _context):
+        for obj in [*session.new, *session.dirty]:
+            if isinstance(obj, models.TrialModel) and len(lost) < len(plan):
+                made, state = obj in session.new, obj.state
+                what = (
+                    "made"
+                    if made
+                    else "finished"
+                    if state.is_finished()
+                    else "taken"
+                    if state.name == "RUNNING"
+                    else ""
+                )
+                if what == plan[len(lost)]:
+                    session.info["lose"] = what
+
+    real_commit = Session.commit
+
+    def commit(session):  # the commit lands; its answer does not
+        real_commit(session)
+        if what := session.info.pop("lose", ""):
+            lost.append(what)
+            raise sqlalchemy.exc.OperationalError(
+                "COMMIT", {}, ConnectionError("server closed the connection")
+            )
+
+    monkeypatch.setattr(Session, "commit", commit)
+    return lost
+
+
+@pytest.mark.postgres
+def test_a_write_whose_answer_was_lost_is_not_done_twice(postgres_url, monkeypatch):
+    """Trying a write again after a lost connection must not make a second trial, leave a queued trial running
+    with no worker on it (both counted against the budget for ever: neither has a heartbeat to go stale), nor
+    fail the tell of a trial the first try already finished."""
+    storage = open_storage(postgres_url)
+    study = optuna.create_study(study_name="lost", storage=storage)
+    plan = ["made", "taken", "finished", "made", "finished"]
+    lost = _lose_answers(storage, monkeypatch, plan)
+    with quiet_optuna_warnings():
+        study.enqueue_trial({"learning_rate": 1e-3})  # a trial made from a template, as a retry or requeue is
+        queued = study.ask()
+        study.tell(queued, 0.3)
+        trial = study.ask()  # a bare trial
+        study.tell(trial, 0.2)
+    assert lost == plan
+    close_storages()
+    stored = optuna.load_study(study_name="lost", storage=open_storage(postgres_url)).trials
+    assert [(t.number, t.state, t.value) for t in stored] == [
+        (0, TrialState.COMPLETE, 0.3),
+        (1, TrialState.COMPLETE, 0.2),
+    ]
+    assert (queued.number, trial.number) == (0, 1)
+    assert stored[0].system_attrs["fixed_params"] == {"learning_rate": 1e-3}
+
+
 def test_requeue_by_hand_refuses_a_worker_alive_on_this_machine(workdir):
     """A journal store has no heartbeat; the worker's host and pid tell a live worker on this machine."""
     import socket
