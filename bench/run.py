@@ -881,7 +881,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--throughput-repeats", type=int, default=3, help="epochs timed per loop for throughput (0: skip)"
     )
-    p.add_argument("--out", type=Path, help="result JSON (default bench/results/<config>[-quick].json)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="result JSON (default bench/results/<config>.json; with --quick, <config>-quick.json, not tracked)",
+    )
     args = p.parse_args(argv)
     args.config_given = args.config is not None
     args.config = args.config or DEFAULT_CONFIG
