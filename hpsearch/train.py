@@ -155,12 +155,17 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
             "train.precision: fp16 needs a GPU (a CPU has no fast fp16 and would need a loss scaler);"
             " use `precision: bf16` or `fp32` on cpu"
         )
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    # Native bf16 only (compute capability 8.0+, or ROCm): torch.cuda.is_bf16_supported() also says yes on a V100
+    # or T4, where bf16 is emulated without tensor cores, far slower than fp16.
+    native = device.type == "cuda" and bool(
+        torch.version.hip or torch.cuda.get_device_capability(device)[0] >= 8
+    )
+    if name == "bf16" and device.type == "cuda" and not native:
         raise ConfigError(
             f"train.precision: bf16 is not supported by {torch.cuda.get_device_name()};"
             " use `precision: fp16` or `auto`"
         )
-    if name == "bf16" or (name == "auto" and torch.cuda.is_bf16_supported()):
+    if name == "bf16" or (name == "auto" and native):
         return torch.bfloat16
     return torch.float16
 
@@ -305,7 +310,8 @@ class FineTuning:
             "rng": {
                 "torch": torch.get_rng_state(),
                 "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                # the training GPU's only: a process resuming it may see fewer GPUs (CUDA_VISIBLE_DEVICES)
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             },
         }
 
@@ -313,7 +319,9 @@ class FineTuning:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        # empty when saved without a scaler (bf16, fp32, CPU): resumed on an fp16 GPU, the scaler starts anew
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
         self.micro_batch_size = state["micro_batch_size"]
         self.rule.loss_start = state["loss_start"]
@@ -322,8 +330,11 @@ class FineTuning:
         self.divergence = state.get("divergence", "")
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        cuda = state["rng"]["cuda"]
+        if isinstance(cuda, list):  # older checkpoints: every visible GPU's state; training ran on the first
+            cuda = cuda[0] if cuda else None
+        if cuda is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda, self.device)
 
     # --- the loop --------------------------------------------------------------------------------------------
 
@@ -398,8 +409,11 @@ class FineTuning:
                 " and AdamW state do not fit; micro-batches cannot help. Use a smaller model, train.precision:"
                 " bf16, or a device with more memory"
             )
+        scale = self.scaler.get_scale()  # 1.0 without a scaler
         self.scaler.update()
-        self.scheduler.step()
+        # A lowered scale: fp16 gradients overflowed and the optimizer step was skipped; so is the schedule's.
+        if self.scaler.get_scale() >= scale:
+            self.scheduler.step()
         return total
 
     def evaluate(self) -> tuple[float, float]:

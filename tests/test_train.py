@@ -347,6 +347,69 @@ def test_precision_on_cpu(precision, expected):
     assert resolve_precision(precision, torch.device("cpu")) == expected
 
 
+@pytest.mark.parametrize(
+    ("capability", "expected"), [((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16), ((7, 0), torch.float16)]
+)
+def test_auto_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch, capability, expected):
+    # torch.cuda.is_bf16_supported() says yes on a V100 or T4 too (7.x): bf16 tensors can be made there, but bf16
+    # is emulated without tensor cores. Those cards get fp16 and its loss scaler.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    assert resolve_precision("auto", torch.device("cuda")) == expected
+    if expected == torch.float16:
+        with pytest.raises(ConfigError, match="bf16 is not supported by Tesla V100"):
+            resolve_precision("bf16", torch.device("cuda"))
+
+
+def fp16_scaler(run: FineTuning) -> torch.amp.GradScaler:
+    """An enabled loss scaler, as on an fp16 GPU (the CPU's one does the same bookkeeping)."""
+    run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    return run.scaler
+
+
+def test_a_step_the_fp16_scaler_skips_does_not_advance_the_schedule(demo, monkeypatch):
+    """Overflowing fp16 gradients (the first steps at scale 2^16): the scaler skips the optimizer step and halves
+    its scale; the learning-rate schedule must not move either, or its warmup is spent on steps never taken."""
+    original = FineTuning._forward_backward
+    overflow = [True]
+
+    def forward_backward(self, batch, scale):
+        loss = original(self, batch, scale)
+        if overflow[0]:
+            next(self.model.parameters()).grad.view(-1)[0] = math.inf
+        return loss
+
+    monkeypatch.setattr(FineTuning, "_forward_backward", forward_backward)
+    run = fine_tuning(demo, n_epochs=2, warmup_ratio=0.5)
+    scaler = fp16_scaler(run)
+    before = [p.detach().clone() for p in run.model.parameters()]
+    lr = run.optimizer.param_groups[0]["lr"]
+    loss = run._step(list(range(16)))
+    assert math.isfinite(float(loss))  # the forward pass was fine: not a divergence
+    assert scaler.get_scale() == 2.0**15
+    assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters(), strict=True))
+    assert run.scheduler.last_epoch == 0 and run.optimizer.param_groups[0]["lr"] == lr
+    overflow[0] = False
+    run._step(list(range(16)))
+    assert scaler.get_scale() == 2.0**15 and run.scheduler.last_epoch == 1
+    assert not all(torch.equal(a, b) for a, b in zip(before, run.model.parameters(), strict=True))
+
+
+def test_a_checkpoint_without_a_scaler_resumes_on_an_fp16_gpu(demo):
+    """Written where no scaler runs (bf16, fp32: its state is empty), resumed by a worker on an fp16-only GPU."""
+    first = fine_tuning(demo, n_epochs=2)
+    next(first.epochs())
+    state = first.state_dict()
+    assert state["scaler"] == {}
+    resumed = fine_tuning(demo, n_epochs=2)
+    fp16_scaler(resumed)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 1 and resumed.scaler.get_scale() == 2.0**16
+    (again,) = list(resumed.epochs())
+    assert again.epoch == 2 and math.isfinite(again.train_loss)
+
+
 def test_fp16_on_cpu_is_refused_before_anything_is_written(make_config, workdir):
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         resolve_precision("fp16", torch.device("cpu"))
@@ -384,6 +447,34 @@ def test_resuming_after_epoch_one_gives_the_uninterrupted_epoch_two(demo):
     assert again.val_error == expected.val_error
     for a, b in zip(through.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_checkpoint_that_holds_every_gpus_rng_state_resumes_where_one_gpu_is_visible(demo, monkeypatch):
+    """Written by a process that saw 8 GPUs (older checkpoints kept every GPU's RNG state), resumed by a worker
+    that sees one (``--gpus``: CUDA_VISIBLE_DEVICES): only the training GPU's state is restored."""
+    first = fine_tuning(demo, n_epochs=2)
+    next(first.epochs())
+    state = first.state_dict()
+    assert state["rng"]["cuda"] is None  # trained on the CPU: no GPU state to keep
+    states = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]
+    state["rng"]["cuda"] = states
+    restored = {}
+
+    def set_rng_state(new_state, device="cuda"):
+        index = device if isinstance(device, int) else torch.device(device).index or 0
+        if index >= 1:  # as torch: one generator per visible GPU
+            raise IndexError("tuple index out of range")
+        restored[index] = new_state
+
+    resumed = fine_tuning(demo, n_epochs=2)
+    resumed.device = torch.device("cuda")  # as on a GPU; load_state_dict only reads it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state_all", lambda new: [set_rng_state(s, i) for i, s in enumerate(new)]
+    )
+    resumed.load_state_dict(state)
+    assert list(restored) == [0] and torch.equal(restored[0], states[0])
 
 
 # --- the early evaluation (train.early_eval) ---------------------------------------------------------------
