@@ -42,7 +42,22 @@ CHANCE_FACTOR = 1.15
 CHANCE_AFTER = 0.25
 CHANCE_MAX_STEPS = 100
 CHANCE_MIN_SAMPLES = 256
-OOM_ERRORS = (torch.OutOfMemoryError,)
+# Out of memory: torch.OutOfMemoryError, and the allocation failures some libraries report as a plain
+# RuntimeError (a cuBLAS or cuDNN workspace, the CPU allocator); accelerate's find_executable_batch_size reads
+# the same messages.
+OOM_MESSAGES = (
+    " out of memory.",
+    "MPS backend out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "DefaultCPUAllocator: can't allocate memory",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MESSAGES)
+    )
 
 
 @dataclass
@@ -383,7 +398,9 @@ class FineTuning:
             out_of_memory = False
             try:
                 total = self._accumulate(idx)
-            except OOM_ERRORS:
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc):
+                    raise
                 out_of_memory = True  # handled below, once the traceback (and the tensors it holds) is gone
             if not out_of_memory:
                 break
@@ -400,7 +417,9 @@ class FineTuning:
             nn.utils.clip_grad_norm_(self.model.parameters(), float(self.hp["max_grad_norm"]))
             # AdamW's state (2 x the parameters) is allocated at the first step
             self.scaler.step(self.optimizer)
-        except OOM_ERRORS:
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
             out_of_memory = True
         if out_of_memory:  # smaller micro-batches cannot help: the parameters, gradients and state do not fit
             self._free_after_oom()
@@ -422,7 +441,9 @@ class FineTuning:
             out_of_memory = False
             try:
                 return self._evaluate(self.eval_micro_batch_size)
-            except OOM_ERRORS:
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc):
+                    raise
                 out_of_memory = True
             if out_of_memory:
                 self._free_after_oom()

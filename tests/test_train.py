@@ -80,15 +80,16 @@ def fake_loss(monkeypatch, value_at):
     monkeypatch.setattr(FineTuning, "_forward_backward", forward_backward)
 
 
-def oom_above(monkeypatch, limit: int):
-    """Micro-batches larger than ``limit`` examples run out of memory, as they would on a small GPU."""
+def oom_above(monkeypatch, limit: int, error: Exception | None = None):
+    """Micro-batches larger than ``limit`` examples run out of memory, as they would on a small GPU (``error``:
+    the exception raised, by default torch's out-of-memory error)."""
     original = FineTuning._forward_backward
     seen = []
 
     def forward_backward(self, batch, scale):
         seen.append(batch["input_ids"].shape[0])
         if batch["input_ids"].shape[0] > limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            raise error or torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
         return original(self, batch, scale)
 
     monkeypatch.setattr(FineTuning, "_forward_backward", forward_backward)
@@ -219,6 +220,30 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_batch_size(demo, mon
     # optimizer steps: one per batch of 16, as without OOM
     assert run.scheduler.last_epoch == math.ceil(n / 16)
     assert max(s for s in seen[3:]) <= 4  # after the first batch found the size, nothing larger was tried
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: you tried to allocate 8",
+    ],
+)
+def test_allocation_failures_reported_as_runtime_errors_halve_the_micro_batch_too(demo, monkeypatch, message):
+    """cuBLAS, cuDNN and the CPU allocator report running out of memory as a plain RuntimeError."""
+    oom_above(monkeypatch, 5, RuntimeError(message))
+    run = fine_tuning(demo, batch_size=16)
+    run._step(list(range(16)))
+    assert run.micro_batch_size == 4 and run.scheduler.last_epoch == 1
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(demo, monkeypatch):
+    oom_above(monkeypatch, 5, RuntimeError("CUDA error: device-side assert triggered"))
+    run = fine_tuning(demo, batch_size=16)
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        run._step(list(range(16)))
+    assert run.micro_batch_size == 16
 
 
 def test_micro_batches_give_the_gradients_of_the_full_batch(demo, monkeypatch):
