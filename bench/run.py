@@ -418,6 +418,7 @@ def measure_throughput(
     """Training samples/second for one epoch: hpsearch's loop vs the Trainer, same model, data and batch size."""
     import statistics as st
 
+    import torch
     from transformers import DataCollatorWithPadding, Trainer
     from transformers.trainer_callback import PrinterCallback
 
@@ -437,6 +438,8 @@ def measure_throughput(
         started = time.perf_counter()
         for idx in run_plan(run):
             run._step(idx)
+        if run.device.type == "cuda":
+            torch.cuda.synchronize()  # the steps still queued on the GPU count, as Trainer.train() waits for them
         seconds = time.perf_counter() - started
         out["hpsearch"].append(len(data.train) / seconds)
         padding = padding_of(run)

@@ -118,9 +118,15 @@ class Objective:
         curve = dict(frozen.intermediate_values)  # inherited when this trial retries a dead one
         trial.set_user_attr("worker", worker_name())
         trial.set_user_attr("device", str(device) if device.type != "cuda" else _gpu_name())
-        model = self.factory.build(int(hp["seed"]), float(hp["dropout"]))
+        # the model goes straight into the run: no local reference keeps its weights alive past run.release()
         run = FineTuning.on(
-            model, self.data, self.encoded, hp, cfg.train, self.factory.tokenizer.pad_token_id, device
+            self.factory.build(int(hp["seed"]), float(hp["dropout"])),
+            self.data,
+            self.encoded,
+            hp,
+            cfg.train,
+            self.factory.tokenizer.pad_token_id,
+            device,
         )
         resumed = load_checkpoint(frozen.user_attrs.get(CHECKPOINT_ATTR, ""))
         if resumed is not None:
