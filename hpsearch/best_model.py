@@ -121,16 +121,28 @@ def _check_output(output: Path) -> None:
         )
 
 
-def _prepare(cfg: Config, device_name: str | None):
-    from hpsearch.data import load_data, tokenize
-    from hpsearch.models import get_factory
+def _on_device(cfg: Config, device_name: str | None, log: TextIO) -> tuple[Config, Any]:
+    """The study's config and the device to train on; a study that trained in fp16 on GPUs, retrained or exported
+    on a CPU (``--device cpu``, which has no fp16), runs in fp32 there, and says so."""
+    import dataclasses
+
     from hpsearch.train import resolve_device
 
     device = resolve_device(device_name or cfg.train.device)
+    if cfg.train.precision == "fp16" and device.type == "cpu":
+        log.write("train.precision: the study trained in fp16, which a CPU does not have; fp32 here\n")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="fp32"))
+    return cfg, device
+
+
+def _prepare(cfg: Config):
+    from hpsearch.data import load_data, tokenize
+    from hpsearch.models import get_factory
+
     data = load_data(cfg.data, seed=cfg.study.seed or 0)  # the same split and subsample as the search
     factory = get_factory(cfg.model, data.label_names, data.train.vocabulary_texts(), cfg.data)
     encoded = tokenize(data, factory.tokenizer, cfg.model.max_length, (cfg.data, factory.key))
-    return data, factory, encoded, device
+    return data, factory, encoded
 
 
 def _fine_tuning(cfg, data, factory, encoded, hp, device, model=None):
@@ -225,7 +237,8 @@ def train_best(
     cfg = study_config(study)
     trials = top_trials(study, top_k)
     _say_which(trials, top_k, log)
-    data, factory, encoded, device_ = _prepare(cfg, device)
+    cfg, device_ = _on_device(cfg, device, log)
+    data, factory, encoded = _prepare(cfg)
     candidates, kept = [], {}  # kept: trial -> (seed, val_error, weights) of its best seed, in CPU memory
     for t in trials:
         hp = trial_hyperparameters(cfg, t)
@@ -321,7 +334,8 @@ def export_checkpoint(
             " instead (drop --from-checkpoint)"
         )
     hp = trial_hyperparameters(cfg, best)
-    data, factory, encoded, device_ = _prepare(cfg, device)
+    cfg, device_ = _on_device(cfg, device, log)
+    data, factory, encoded = _prepare(cfg)
     model = factory.build(int(hp["seed"]), float(hp["dropout"]))
     model.load_state_dict(state["model"])
     run = _fine_tuning(cfg, data, factory, encoded, hp, device_, model)

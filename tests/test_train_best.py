@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import optuna
@@ -133,6 +134,29 @@ def test_from_checkpoint_exports_the_trials_own_weights(searched):
     assert report["warning"] == ""
     cfg = config_from_dict(json.loads((out / "results.json").read_text())["config"])
     assert validation_error(out, cfg) == pytest.approx(report["saved_val_error"], abs=0.01)
+
+
+@pytest.mark.parametrize("from_checkpoint", [False, True])
+def test_a_study_trained_in_fp16_on_gpus_is_retrained_and_exported_on_a_cpu_in_fp32(
+    searched, from_checkpoint
+):
+    """A CPU has no fp16, and train-best has no --precision: it trains in fp32 there and says so."""
+    import shutil
+
+    root = searched["root"]
+    db = root / f"fp16-{from_checkpoint}.db"
+    shutil.copy(root / "t.db", db)
+    url = f"sqlite:///{db}"
+    study = optuna.load_study(study_name="t", storage=url)
+    cfg = study.user_attrs["hpsearch_config"]
+    study.set_user_attr("hpsearch_config", {**cfg, "train": {**cfg["train"], "precision": "fp16"}})
+    out = root / f"fp16-model-{from_checkpoint}"
+    args = ["train-best", "t", "--storage", url, "--device", "cpu", "-o", str(out)]
+    args += ["--from-checkpoint"] if from_checkpoint else ["--seeds", "1", "--epochs", "best"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "the study trained in fp16, which a CPU does not have; fp32 here" in result.stderr
+    assert (out / "config.json").exists()
 
 
 def test_train_best_never_writes_into_a_folder_that_holds_files(searched):
@@ -272,12 +296,13 @@ def test_retraining_uses_the_values_the_study_held_fixed_not_the_train_defaults(
 
 def test_a_retrain_stops_after_the_epochs_it_is_given_not_the_schedules(searched):
     """`--epochs best` trains fewer epochs than the schedule: it must stop there, not one epoch later."""
-    from hpsearch.best_model import _prepare, _train_one, trial_hyperparameters
+    from hpsearch.best_model import _on_device, _prepare, _train_one, trial_hyperparameters
 
     study = optuna.load_study(study_name="t", storage=searched["url"])
     cfg = config_from_dict(study.user_attrs["hpsearch_config"])
     assert cfg.train.n_epochs == 3
-    data, factory, encoded, device = _prepare(cfg, "cpu")
+    cfg, device = _on_device(cfg, "cpu", io.StringIO())
+    data, factory, encoded = _prepare(cfg)
     hp = trial_hyperparameters(cfg, searched["trial"])
     run, weights = _train_one(cfg, data, factory, encoded, hp, 1, device)
     assert run.epochs == 1 and weights is not None
