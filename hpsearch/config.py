@@ -231,6 +231,12 @@ def _validate(cfg: Config) -> dict[str, Any]:
     src, s, m, d, t = cfg.source, cfg.study, cfg.model, cfg.data, cfg.train
     _check_choice(f"{src}: study.sampler", s.sampler, SAMPLERS)
     _check_choice(f"{src}: study.pruner", s.pruner, PRUNERS)
+    if re.fullmatch(r"cuda:\d+", t.device):  # a worker trains on one GPU: the first it sees
+        n = t.device.split(":")[1]
+        raise ConfigError(
+            f"{src}: train.device: {t.device!r}: a worker uses the first GPU it sees; give `device: cuda` and"
+            f" pick GPU {n} with CUDA_VISIBLE_DEVICES={n}, or `hpsearch search --gpus {n}`"
+        )
     _check_choice(f"{src}: train.device", t.device, DEVICES)
     _check_choice(f"{src}: train.precision", t.precision, PRECISIONS)
     positive = {

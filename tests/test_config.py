@@ -150,6 +150,11 @@ BAD_CONFIGS = [
     ),
     ("unknown device", "train: {device: gpu}", ["train.device", "unknown value 'gpu'"]),
     (
+        "one GPU by number",
+        "train: {device: 'cuda:1'}",
+        ["train.device: 'cuda:1'", "CUDA_VISIBLE_DEVICES=1", "hpsearch search --gpus 1"],
+    ),
+    (
         "grid with a continuous log range",
         "study: {sampler: grid}",
         ["search_space.learning_rate", "grid sampler needs finite values", "give `step`"],
