@@ -7,10 +7,14 @@ after the first pay nothing for it.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import csv
 import difflib
+import gc
 import random
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,20 +111,77 @@ def make_demo_dataset(n: int, seed: int = 0, noise: float = 0.05) -> dict[str, l
 # --- loading ----------------------------------------------------------------------------------------------
 
 
+def _check_utf8(file: Path, path: str, where: str) -> None:
+    """Text files must be UTF-8: a Latin-1/cp1252 CSV failed with the parser's "Invalid UTF8 sequence at string
+    index 0", and a cp1252 JSONL loaded and crashed later on its first accented text."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with file.open("rb") as f:
+        head = f.read(2)
+        if head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            raise ConfigError(f"{where}: {path} is UTF-16 text; save it as UTF-8 (Excel: CSV UTF-8)")
+        f.seek(0)
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                line += chunk.count(b"\n", 0, max(exc.start - (len(exc.object) - len(chunk)), 0))
+                raise ConfigError(
+                    f"{where}: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line});"
+                    " save it as UTF-8, e.g. `iconv -f cp1252 -t utf-8 IN > OUT` for a Windows/Latin-1 file"
+                ) from None
+            line += chunk.count(b"\n")
+
+
+# A field that CSV quoting wrapped, with a doubled quote inside: `"say ""hi"""` (pandas or the csv module
+# writing a TSV). SST-2's bare quotes (`"quoted start`) never look like this.
+_CSV_QUOTED = re.compile(r'"(?:[^"]|"")*""(?:[^"]|"")*"', re.DOTALL)
+
+
+def _csv_quoted(dataset) -> bool:
+    """Whether a TSV read without quoting was written with CSV quoting: a field wrapped and its quotes doubled,
+    or a column whose every value is wrapped in quotes (QUOTE_ALL)."""
+    for column, feature in dataset.features.items():
+        if getattr(feature, "dtype", None) not in ("string", "large_string"):
+            continue
+        values = [v for v in dataset[column] if v]
+        wrapped = [len(v) > 1 and v[0] == v[-1] == '"' for v in values]
+        if values and all(wrapped):
+            return True
+        if any(v[0] == '"' and _CSV_QUOTED.fullmatch(v) for v in values):
+            return True
+    return False
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The parser's own error under the ones datasets wraps it in."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
 def _load_file(path: str, where: str):
     import datasets
 
-    file = Path(path)
-    if not file.is_file():
-        relative = (
-            "" if Path(path).is_absolute() else f" (paths are relative to the current folder, {Path.cwd()})"
+    file = Path(path).expanduser()
+    if file.is_dir():
+        inside = sorted(f.name for f in file.iterdir() if f.suffix.lower() in FILE_FORMATS)[:3]
+        raise ConfigError(
+            f"{where}: {path} is a folder, not a file; name the data file"
+            + (f" in it ({', '.join(inside)})" if inside else "")
         )
+    if not file.is_file():
+        relative = "" if file.is_absolute() else f" (paths are relative to the current folder, {Path.cwd()})"
         raise ConfigError(f"{where}: file not found: {path}{relative}")
     fmt = FILE_FORMATS.get(file.suffix.lower())
     if fmt is None:
         raise ConfigError(
             f"{where}: unsupported file type '{file.suffix}' ({path}); use {', '.join(FILE_FORMATS)}"
         )
+    if file.stat().st_size == 0:
+        raise ConfigError(f"{where}: {path} is empty (0 bytes): there are no rows to read")
+    if fmt != "parquet":
+        _check_utf8(file, path, where)
     kwargs: dict[str, Any] = {}
     if fmt == "csv":
         # Text is text: keep "NA"/"null" as words; a TSV has no quoting (SST-2 has bare quotes).
@@ -128,16 +189,35 @@ def _load_file(path: str, where: str):
         if file.suffix.lower() == ".tsv":
             kwargs.update(delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
-        return datasets.load_dataset(fmt, data_files=str(file), split="train", **kwargs)
+        try:
+            loaded = datasets.load_dataset(fmt, data_files=str(file), split="train", **kwargs)
+        except Exception as exc:
+            if fmt != "csv" or "Failed to parse string" not in str(_root(exc)):
+                raise
+            loaded = None
+        if loaded is None:
+            # pandas typed a column from the first 10,000 rows (0/1 labels); a later row does not fit (an
+            # empty cell, a word): read the file in one piece so the checks below name that row. The failed
+            # read left its file open to the garbage collector: close it without a ResourceWarning.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                gc.collect()
+            kwargs["chunksize"] = max(file.stat().st_size, 10_000)
+            loaded = datasets.load_dataset(fmt, data_files=str(file), split="train", **kwargs)
+        if kwargs.get("quoting") == csv.QUOTE_NONE and _csv_quoted(loaded):  # written as CSV with tabs
+            del kwargs["quoting"]
+            loaded = datasets.load_dataset(fmt, data_files=str(file), split="train", **kwargs)
     except Exception as exc:  # datasets raises many types for a malformed file
-        root = exc
-        while root.__cause__ is not None or root.__context__ is not None:  # the parser's own words
-            root = root.__cause__ or root.__context__
+        root = _root(exc)
         why = " ".join(str(root).split())[:300] or type(root).__name__
         if "corresponds to no data" in why:
             why = "it has no data rows (only a header, or nothing)"
         hint = "" if root is exc else f" ({str(exc).splitlines()[0][:120]})"
         raise ConfigError(f"{where}: could not read {path}: {why}{hint}") from None
+    # A header written `text, label` or padded in a spreadsheet: the column is `label`, not ` label`.
+    names = loaded.column_names
+    padded = {c: c.strip() for c in names if c != c.strip() and c.strip() and c.strip() not in names}
+    return loaded.rename_columns(padded) if padded else loaded
 
 
 def _load_hub(cfg: DataSection):
@@ -223,12 +303,21 @@ def _texts(cfg: DataSection, dataset, column: str, which: str) -> list[str]:
     values = list(dataset[column])
     for i, value in enumerate(values):
         if not isinstance(value, str) or not value.strip():
+            key = "text_column" if column == cfg.text_column else "text_pair_column"
+            fix = (
+                "remove or fill empty rows"
+                if value is None or isinstance(value, str)
+                else f"is {column!r} the text column? check data.{key}"
+            )
             raise ConfigError(
-                f"data.{'text_column' if column == cfg.text_column else 'text_pair_column'}:"
-                f" {_row(cfg, dataset, which, i)} of column {column!r} holds {value!r}, not text; remove or"
-                " fill empty rows"
+                f"data.{key}: {_row(cfg, dataset, which, i)} of column {column!r} holds {value!r}, not text; {fix}"
             )
     return values
+
+
+def _label_key(value) -> str:
+    """A label's class name: `1.0` is class `1`, and `pos ` (a stray space in a hand-edited file) is `pos`."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
 
 
 def _label_names(cfg: DataSection, train) -> list[str]:
@@ -250,7 +339,7 @@ def _label_names(cfg: DataSection, train) -> list[str]:
                 " (integers or strings), not continuous values or empty cells"
             )
     distinct = sorted(
-        {str(int(v)) if isinstance(v, float) else str(v) for v in train_labels},
+        {_label_key(v) for v in train_labels},
         key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s),
     )
     if len(distinct) < 2:
@@ -263,6 +352,16 @@ def _label_names(cfg: DataSection, train) -> list[str]:
             " (e.g. " + ", ".join(repr(d) for d in distinct[:3]) + "); these are not class labels"
             "; check that the column holds classes"
         )
+    spellings = collections.defaultdict(list)
+    for name in distinct:
+        spellings[name.casefold()].append(name)
+    for names_of_one in spellings.values():
+        if len(names_of_one) > 1:  # `pos`, `Pos`, `POS`: one class in the file's eyes, three to a model
+            first = next(i for i, v in enumerate(train_labels) if _label_key(v) == names_of_one[1])
+            raise ConfigError(
+                f"data.label_column {cfg.label_column!r}: classes {', '.join(repr(n) for n in names_of_one)}"
+                f" differ only in case (e.g. {_row(cfg, train, 'train', first)}); write each class one way"
+            )
     return distinct
 
 
@@ -281,7 +380,7 @@ def _labels(cfg: DataSection, dataset, names: list[str], which: str) -> list[int
         return ids
     out = []
     for i, value in enumerate(list(dataset[cfg.label_column])):
-        key = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        key = _label_key(value)
         if key not in index:
             raise ConfigError(
                 f"data.label_column: {_row(cfg, dataset, which, i)} has label {value!r}, which the training data"

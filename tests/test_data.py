@@ -290,3 +290,103 @@ def test_rows_without_a_gold_label_are_refused_with_the_fix(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"validation row 7 has label id -1 \(3 of 10 rows\).*drop them"):
         load_data(cfg)
+
+
+def test_stray_spaces_in_labels_do_not_make_classes(tmp_path):
+    """`pos ` from a hand-edited file is `pos`: as its own class it split one class in two without a word."""
+    rows = [(f"text {i}", ["pos", "neg"][i % 2] + (" " if i % 7 == 0 else "")) for i in range(60)]
+    data = load_data(DataSection(name=None, train_file=str(write_table(tmp_path / "train.csv", rows))))
+    assert data.label_names == ["neg", "pos"]
+    assert Counter(data.train.labels + data.validation.labels) == {0: 30, 1: 30}
+
+
+def test_classes_that_differ_only_in_case_are_refused(tmp_path):
+    rows = [(f"text {i}", ["pos", "neg", "POS"][i % 3]) for i in range(60)]
+    path = write_table(tmp_path / "train.csv", rows)
+    with pytest.raises(
+        ConfigError, match=r"classes 'POS', 'pos' differ only in case \(e.g. train row \d+ \(line"
+    ):
+        load_data(DataSection(name=None, train_file=str(path)))
+
+
+@pytest.mark.parametrize(
+    "name,encoding,words",
+    [
+        ("train.csv", "latin-1", "is not UTF-8 text (byte 0xe9 on line 5); save it as UTF-8"),
+        (
+            "train.jsonl",
+            "cp1252",
+            "is not UTF-8 text (byte 0xe9 on line 4); save it as UTF-8",
+        ),  # loaded, then crashed
+        ("train.tsv", "utf-16", "is UTF-16 text; save it as UTF-8"),
+    ],
+)
+def test_a_file_that_is_not_utf8_is_refused_with_its_line(tmp_path, name, encoding, words):
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        lines = [
+            json.dumps({"text": f"café {i}" if i == 3 else f"w{i}", "label": i % 2}, ensure_ascii=False)
+            for i in range(40)
+        ]
+    else:
+        sep = "\t" if name.endswith(".tsv") else ","
+        lines = [f"text{sep}label"] + [f"{'café' if i == 3 else 'w'} {i}{sep}{i % 2}" for i in range(40)]
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    with pytest.raises(ConfigError) as info:
+        load_data(DataSection(name=None, train_file=str(path)))
+    assert words in str(info.value)
+
+
+def test_a_tsv_written_with_csv_quoting_is_read_unquoted(tmp_path):
+    """pandas and the csv module quote a TSV field holding a quote (`"she said ""hi"" 0"`); read bare, that
+    field kept its wrapping quotes and doubled ones. A file with every field quoted (QUOTE_ALL) too."""
+    import csv
+
+    import pandas as pd
+
+    texts = [f'she said "hi" {i}' if i % 4 == 0 else f"plain {i}" for i in range(40)]
+    frame = pd.DataFrame({"text": texts, "label": ["pos", "neg"] * 20})
+    frame.to_csv(tmp_path / "minimal.tsv", sep="\t", index=False)
+    frame.to_csv(tmp_path / "all.tsv", sep="\t", index=False, quoting=csv.QUOTE_ALL)
+    for name in ("minimal.tsv", "all.tsv"):
+        data = load_data(DataSection(name=None, train_file=str(tmp_path / name)))
+        assert sorted(data.train.texts + data.validation.texts) == sorted(texts)
+        assert data.label_names == ["neg", "pos"]
+
+
+def test_spaces_around_header_names_are_ignored(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text, label\n" + "".join(f"w{i} text,{i % 2}\n" for i in range(40)), encoding="utf-8")
+    data = load_data(DataSection(name=None, train_file=str(path)))
+    assert data.label_names == ["0", "1"] and len(data.train) + len(data.validation) == 40
+
+
+def test_a_late_row_that_does_not_fit_its_column_type_is_named(tmp_path):
+    """pandas types a column from its first 10,000 rows: an empty label after them was `Failed to parse string:
+    '' as a scalar of type int64`, with no row."""
+    lines = [f"w{i} text,{'' if i == 10_200 else i % 2}\n" for i in range(10_300)]
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(lines), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"train row 10200 \(line 10202 of .*\) has label ''"):
+        load_data(DataSection(name=None, train_file=str(tmp_path / "train.csv")))
+
+
+def test_paths_folders_and_empty_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_table(tmp_path / "train.csv", ROWS)
+    assert len(load_data(DataSection(name=None, train_file="~/train.csv")).label_names) == 3
+    with pytest.raises(
+        ConfigError,
+        match=r"data.train_file: .* is a folder, not a file; name the data file in it \(train.csv\)",
+    ):
+        load_data(DataSection(name=None, train_file=str(tmp_path)))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ConfigError, match=r"empty.jsonl is empty \(0 bytes\)"):  # was `StopIteration`
+        load_data(DataSection(name=None, train_file=str(tmp_path / "empty.jsonl")))
+
+
+def test_a_column_of_numbers_as_text_points_at_the_text_column(tmp_path):
+    path = write_table(tmp_path / "train.csv", [(i * 7, ["a", "b"][i % 2]) for i in range(40)])
+    with pytest.raises(
+        ConfigError, match="holds .*, not text; is 'text' the text column\\? check data.text_column"
+    ):
+        load_data(DataSection(name=None, train_file=str(path)))
