@@ -108,6 +108,97 @@ def test_best_within_epochs_follows_the_order_trials_ran():
     assert (by_arm["A"]["best_at_c_epochs"], by_arm["C"]["best_at_c_epochs"]) == (0.3, 0.3)
 
 
+def test_c_own_last_epoch_end_is_within_c_epochs_on_any_row_count():
+    """C's epochs are rounded to 3 decimals in its summary; a fractional stop (600 rows: 0.41333 epochs) rounds
+    them down, and C's own last epoch end must still count at C's compute."""
+    trials = [{"val_errors": [], "epochs": 248 / 600}, {"val_errors": [0.3], "epochs": 1.0}]
+    by_arm = {"C": {"trials": trials, "total_epochs": round(sum(t["epochs"] for t in trials), 3)}}
+    bench.at_c_compute(by_arm)
+    assert by_arm["C"]["best_at_c_epochs"] == 0.3  # C's best, as by definition
+
+
+def _seed_summary(epochs_to_target, total_epochs, n_diverging=0):
+    """An arm's figures of one seed, as summarise_arm writes them (a stand-in for what the aggregation reads)."""
+    diverging = {"n": n_diverging, "stopped_within_first_epoch": n_diverging, "share_of_budget": 0.0}
+    return {
+        "best_val_error": 0.3,
+        "total_epochs": total_epochs,
+        "wall_seconds": 10.0 * total_epochs,
+        "seconds_to_target": None if epochs_to_target is None else 10.0 * epochs_to_target,
+        "epochs_to_target": epochs_to_target,
+        "reached_target": epochs_to_target is not None,
+        "n_trials": 4,
+        "trials": [],
+        "diverging_by_learning_rate": diverging,
+        "diverging_by_outcome": diverging,
+        "rule_fired_but_not_stopped": {"n": 0, "went_on_to_learn": 0},
+        "per_trial_overhead": None,
+        "padding_efficiency": 0.95,
+    }
+
+
+def _target(agg, name):
+    return next(t for t in bench.check_targets(agg, None) if t["target"] == name)
+
+
+def test_a_seed_that_never_reached_the_target_counts_in_the_to_target_verdict():
+    """ "Never reached" is not left out of the medians the verdict compares: C reaching the target fast on one
+    seed of four is no pass, and A's misses count as at least the epochs it spent."""
+    name = "C epochs to target <= 1/3 of A's"
+    # C got there on seed 0 only (10 epochs), A on every seed (60): C's median seed never got there
+    per_seed = {
+        s: {"A": _seed_summary(60, 144), "C": _seed_summary(10 if s == 0 else None, 40)} for s in range(4)
+    }
+    target = _target(bench.aggregate(per_seed, ["A", "C"]), name)
+    assert (target["value"], target["met"]) == (None, False)
+    assert "C reached the target on 1/4 seeds, A on 4/4" in target["note"]
+    # C on every seed (30), A on two (60) and not in its 144 epochs on the other two: A's median is >= 102
+    per_seed = {
+        s: {"A": _seed_summary(60 if s < 2 else None, 144), "C": _seed_summary(30, 40)} for s in range(4)
+    }
+    target = _target(bench.aggregate(per_seed, ["A", "C"]), name)
+    assert (target["value"], target["met"]) == (round(30 / 102, 3), True)
+
+
+def test_no_diverging_trial_is_neither_met_nor_missed(capsys):
+    per_seed = {0: {"C": _seed_summary(10, 40)}}
+    result = {"aggregate": bench.aggregate(per_seed, ["C"]), "seeds": [0], "total_seconds": 1.0}
+    result.update(n_train=100, n_validation=50, majority_val_error=0.5, throughput=None)
+    result["targets"] = bench.check_targets(result["aggregate"], None)
+    stopped = [t for t in result["targets"] if t["target"].startswith(">= 95% of diverging trials")]
+    assert [t["met"] for t in stopped] == [None, None]  # 0 of 0: nothing to stop
+    bench.print_summary(result, sys.stdout)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| >= 95% of diverging")]
+    assert len(rows) == 2 and all(row.endswith("| n/a |") for row in rows)
+
+
+def test_merge_takes_a_run_whose_first_seed_differs(tmp_path):
+    """Each run records its first seed as study.seed (`--seeds 3,4` records 3): merging the two documented runs
+    must not be refused for it."""
+    paths = []
+    for seeds in ([0, 1], [3]):
+        result = {
+            "command": "python -m bench.run",
+            "config": "bench/configs/sst2.yaml",
+            "overrides": [],
+            "resolved_config": {"study": {"storage": f"sqlite:////tmp/s{seeds[0]}/w.db", "seed": seeds[0]}},
+            "arms": {"A": bench.ARMS["A"], "C": bench.ARMS["C"]},
+            "seeds": seeds,
+            "total_seconds": 1.0,
+            "throughput": None,
+            "per_seed": {str(s): {"A": _seed_summary(60, 144), "C": _seed_summary(10, 40)} for s in seeds},
+            "per_seed_data": {
+                str(s): {"n_train": 100, "n_validation": 50, "majority_val_error": 0.5} for s in seeds
+            },
+        }
+        paths.append(tmp_path / f"from-seed{seeds[0]}.json")
+        paths[-1].write_text(json.dumps(result))
+        paths[-1].with_suffix(".progress.txt").write_text(f"seeds {seeds}\n")
+    assert bench.merge_into(*paths) == 0
+    merged = json.loads(paths[0].read_text())
+    assert merged["seeds"] == [0, 1, 3] and merged["aggregate"]["C"]["reached_target"] == "3/3"
+
+
 @pytest.mark.slow
 def test_each_arm_best_configuration_is_retrained_with_fresh_seeds(result):
     _, r = result
