@@ -406,6 +406,14 @@ def run_trainer_arm(cfg, space, data, factory, encoded, seed: int, workdir: Path
         study_name=f"bench-D-seed{seed}",
     )
     recorder.wall = time.monotonic() - recorder.started
+    # The states its study stored: its pruner also decides after the last evaluation, so a trial that ran every
+    # epoch may be pruned, and hyperparameter_search never hands that one over. Trials run in number order.
+    stored = optuna.load_study(
+        study_name=f"bench-D-seed{seed}", storage=f"sqlite:///{workdir / f'D-seed{seed}.db'}"
+    )
+    for trial in stored.trials:
+        if trial.number in recorder.trials:
+            recorder.trials[trial.number]["state"] = trial.state.name
     return recorder
 
 
@@ -1134,7 +1142,8 @@ def handed_over(
     gets). hpsearch's arms rank by a trial's best epoch and retrain, as ``train-best --epochs``, for every
     epoch ("all") or to that best epoch ("best"); arm D's ``Trainer.hyperparameter_search`` ranks by the error
     after the last epoch (its objective is the final evaluation) and its best run trains every epoch. D's
-    records carry no state: its complete trials are the ones that ran every epoch. ``pick="settled"`` ranks
+    records carry the states its study stored since 12-07; in older results, its complete trials are taken to
+    be the ones that ran every epoch (a trial pruned after its last evaluation counted). ``pick="settled"`` ranks
     hpsearch's arms by ``settled_error`` instead, which no tool does: an alternative, measured.
     """
     complete = [

@@ -70,6 +70,10 @@ def test_every_arm_records_its_trials_and_budget(result):
     assert set(seed) == {"A", "C", "D", "E"}
     assert seed["A"]["total_epochs"] == N_TRIALS * N_EPOCHS  # no pruning, no stop: every epoch of every trial
     assert len(seed["A"]["trials"]) == len(seed["C"]["trials"]) == len(seed["D"]["trials"]) == N_TRIALS
+    # D's states are the ones its study stored (its pruner may prune after the last evaluation too)
+    assert {t["state"] for t in seed["D"]["trials"]} <= {"COMPLETE", "PRUNED"}
+    assert all(len(t["val_errors"]) == N_EPOCHS for t in seed["D"]["trials"] if t["state"] == "COMPLETE")
+    assert sum(seed["D"]["trial_states"].values()) == N_TRIALS and seed["D"]["trial_states"].get("COMPLETE")
     assert 0 < seed["C"]["total_epochs"] <= N_TRIALS * N_EPOCHS
     for arm in seed.values():
         assert 0.0 <= arm["best_val_error"] <= 1.0
