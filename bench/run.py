@@ -1338,13 +1338,9 @@ def run_all(
     summaries: dict[int, dict[str, Any]] = {}
     for seed, recs in per_seed.items():
         # the issue's target: 0.5 points above the best of its four arms; E, with many more trials, is not one
-        bests = [
-            e["val_error"]
-            for arm, r in recs.items()
-            if arm in ISSUE_ARMS
-            for e in r.events
-            if e["val_error"] is not None
-        ]
+        # (when none of the four ran, e.g. --arms E,F: the best of those that did)
+        issue = [a for a in recs if a in ISSUE_ARMS] or list(recs)
+        bests = [e["val_error"] for arm in issue for e in recs[arm].events if e["val_error"] is not None]
         target = min(bests) + TARGET_MARGIN if bests else math.nan
         majority = facts[seed]["majority_val_error"]
         summaries[seed] = {arm: summarise_arm(rec, target, majority) for arm, rec in recs.items()}

@@ -473,6 +473,24 @@ def test_arm_f_is_c_with_an_early_evaluation(tmp_path):
     )  # fmt: skip
 
 
+@pytest.mark.slow
+def test_without_the_issues_arms_the_target_is_set_by_the_arms_that_ran(tmp_path):
+    """`--arms F` alone: the target (and the JSON) had NaN, which a strict JSON reader refuses."""
+    out = tmp_path / "f.json"
+    argv = [
+        "--config", str(ROOT / "studies" / "demo.yaml"), "--arms", "F", "--seeds", "0", "--n-trials", "2",
+        "--n-epochs", "1", "--throughput-repeats", "0", "--retrain-seeds", "0", "--jobs", "1",
+        "--set", "data.demo_size=200", "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+
+    def no_nan(word):
+        raise AssertionError(f"{word} in the result JSON")
+
+    f = json.loads(out.read_text(), parse_constant=no_nan)["per_seed"]["0"]["F"]
+    assert f["target_val_error"] == pytest.approx(f["best_val_error"] + 0.005, abs=1e-4)
+
+
 def test_an_early_evaluation_is_not_counted_twice_in_its_epoch():
     rec = bench.Recorder(n_train=100)
     hp = {"learning_rate": 1e-3, "batch_size": 10}
