@@ -751,12 +751,17 @@ def check_targets(agg: dict[str, Any], throughput: dict[str, Any] | None) -> lis
         )
 
     def no_worse(name: str, figure: str, note: str) -> None:
-        """C's median ``figure`` minus the better of A's and D's, within the 0.5-point margin."""
+        """C's median ``figure`` minus the better of A's and D's, within the 0.5-point margin (n/a, not left
+        out, when C's or theirs was not measured: no retraining, or no complete trial)."""
+        if "A" not in agg and "D" not in agg:
+            return
         c = med("C", figure)
         others = [v for v in (med(a, figure) for a in ("A", "D")) if v is not None]
         if others and c is not None:
             gap = round(c - min(others), 4)
             add(name, gap, gap <= TARGET_MARGIN, note)
+        else:
+            add(name, None, None, "not measured (--retrain-seeds 0, or no complete trial to retrain)")
 
     if "C" in agg:
         no_worse(

@@ -176,6 +176,16 @@ def test_no_diverging_trial_is_neither_met_nor_missed(capsys):
     assert len(rows) == 2 and all(row.endswith("| n/a |") for row in rows)
 
 
+def test_a_figure_not_measured_is_an_n_a_row_not_a_missing_one():
+    """--retrain-seeds 0: the retrained-best target is still listed, as not measured."""
+    per_seed = {0: {"A": _seed_summary(60, 144), "C": _seed_summary(10, 40)}}
+    name = "C best configuration, retrained, no worse than A's and D's (within 0.5 points)"
+    target = _target(bench.aggregate(per_seed, ["A", "C"]), name)
+    assert (target["value"], target["met"]) == (None, None) and "--retrain-seeds 0" in target["note"]
+    per_seed[0]["A"]["retrained_best"] = per_seed[0]["C"]["retrained_best"] = {"mean": 0.3}
+    assert _target(bench.aggregate(per_seed, ["A", "C"]), name)["met"] is True
+
+
 def test_merge_takes_a_run_whose_first_seed_differs(tmp_path):
     """Each run records its first seed as study.seed (`--seeds 3,4` records 3): merging the two documented runs
     must not be refused for it."""
