@@ -1412,6 +1412,10 @@ def print_summary(result: dict[str, Any], stream) -> None:
             + f" | {fig['reached_target']} | {cell(fig['retrained_best_mean'])}"
             + f" | {cell(fig.get('best_at_c_epochs'))} |\n"
         )
+    w(
+        "\nMedian (min-max) over seeds; s and epochs to target over the seeds that reached it (reached: how"
+        " many); the targets below count every seed.\n"
+    )
     w("\n| target | value | met |\n|---|---|---|\n")
     for t in result["targets"]:
         verdict = "n/a" if t["met"] is None else "met" if t["met"] else "MISSED"
