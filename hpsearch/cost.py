@@ -27,7 +27,10 @@ class Cost:
     n_started: int = 0  # those and the running, queued or failed ones that trained something
     n_epochs: int | None = None  # maximum epochs per trial (train.n_epochs)
     epochs_trained: int = 0  # epochs trained to their end, all trials (failed ones included)
-    epochs_without_pruning: int | None = None  # n_started * n_epochs: what the same trials cost unpruned
+    # what the same trials cost unpruned: n_epochs for each finished trial, and what the unfinished ones
+    # (running, queued, failed) trained so far, which are neither saved nor spent in vain yet
+    epochs_without_pruning: float | None = None
+    epochs_unfinished: float = 0.0  # the epochs of the running, queued or failed trials
     best_trial: int | None = None
     time_to_best_s: float | None = None  # study start -> completion of the best trial, wall time
     wall_s: float | None = None  # study start -> last trial finished (or now, while trials run)
@@ -45,7 +48,18 @@ class Cost:
     @property
     def epochs_trained_text(self) -> str:
         """The epochs trained, with the parts of epochs cut short, as the summaries show them: ``13.5``, ``7``."""
-        return f"{self.epochs_spent:.1f}".removesuffix(".0")
+        return _epochs_text(self.epochs_spent)
+
+    @property
+    def baseline_text(self) -> str:
+        """``24 without pruning (8 trials x 3; 21% saved)``, as every summary gives the baseline."""
+        parts = f"{self.n_finished} trials x {self.n_epochs}"
+        if self.epochs_unfinished:
+            parts += f" + {_epochs_text(self.epochs_unfinished)} epochs of unfinished trials"
+        return (
+            f"{_epochs_text(self.epochs_without_pruning or 0.0)} without pruning ({parts};"
+            f" {self.epochs_saved:.0%} saved)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -58,10 +72,7 @@ class Cost:
         parts = [f"{self.device_hours:.3g} device-hours" + (f" ({devices})" if devices else "")]
         trained = self.epochs_trained_text
         if self.epochs_without_pruning:
-            parts.append(
-                f"{trained} epochs trained of {self.epochs_without_pruning} without pruning "
-                f"({self.n_started} trials x {self.n_epochs}; {self.epochs_saved:.0%} saved)"
-            )
+            parts.append(f"{trained} epochs trained of {self.baseline_text}")
         else:
             parts.append(f"{trained} epochs trained")
         if self.epoch_budget is not None:
@@ -103,6 +114,10 @@ def trial_epochs(t: FrozenTrial) -> float:
     return int(t.user_attrs.get("epochs_run") or 0) + float(t.user_attrs.get(PARTIAL_EPOCH_ATTR) or 0.0)
 
 
+def _epochs_text(epochs: float) -> str:
+    return f"{epochs:.1f}".removesuffix(".0")
+
+
 def _spent(counted: list[FrozenTrial]) -> float:
     return sum(trial_epochs(t) for t in counted)
 
@@ -117,10 +132,11 @@ def compute_cost(study: optuna.Study) -> Cost:
         if seconds:
             by_device[str(t.user_attrs.get("device", "unknown"))] += seconds / 3600
     n_finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
-    # a running or re-queued trial's epochs count as trained, so it counts in the unpruned baseline too
-    n_started = sum(
-        t.state in (TrialState.COMPLETE, TrialState.PRUNED) or trial_epochs(t) > 0 for t in counted
-    )
+    # a running, re-queued or failed trial's epochs count as trained, and in the unpruned baseline as they are:
+    # it has saved nothing yet (counted at n_epochs, a trial stopped half-way read as half saved)
+    unfinished = [t for t in counted if t.state not in (TrialState.COMPLETE, TrialState.PRUNED)]
+    n_started = n_finished + sum(trial_epochs(t) > 0 for t in unfinished)
+    epochs_unfinished = round(_spent(unfinished), 4)
     stored = study.user_attrs.get(CONFIG_ATTR, {})
     n_epochs = stored.get("train", {}).get("n_epochs")
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
@@ -139,7 +155,8 @@ def compute_cost(study: optuna.Study) -> Cost:
         n_started=n_started,
         n_epochs=n_epochs,
         epochs_trained=sum(int(t.user_attrs.get("epochs_run") or 0) for t in counted),
-        epochs_without_pruning=n_started * n_epochs if n_epochs else None,
+        epochs_without_pruning=n_finished * n_epochs + epochs_unfinished if n_epochs else None,
+        epochs_unfinished=epochs_unfinished,
         best_trial=best.number if best else None,
         time_to_best_s=None if to_best is None else round(to_best, 1),
         wall_s=None if start is None or end is None else round((end - start).total_seconds(), 1),

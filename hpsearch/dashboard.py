@@ -273,11 +273,7 @@ def study_note_text(
             + "".join(f"; {dev}: {h:.3g}" for dev, h in sorted(cost.device_hours_by_device.items())),
         ]
         if cost.epochs_without_pruning:
-            lines.append(
-                f"- epochs trained: {cost.epochs_trained_text} of the {cost.epochs_without_pruning} a search"
-                f" without pruning would have trained ({cost.n_started} trials x"
-                f" {cost.n_epochs}; {cost.epochs_saved:.0%} saved)"
-            )
+            lines.append(f"- epochs trained: {cost.epochs_trained_text} of {cost.baseline_text}")
         if cost.time_to_best_s is not None:
             from hpsearch.cost import format_seconds
 

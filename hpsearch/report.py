@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.pruners import replaced
 
 # (id, title, what it shows); the id is the figure's element id in the HTML and its PNG file name.
 FIGURES = (
@@ -162,7 +163,9 @@ def build_figures(study: optuna.Study) -> list[Figure]:
     _require_plotly()
     from optuna.visualization import plot_intermediate_values, plot_optimization_history
 
-    trials = [t for t in study.get_trials(deepcopy=False) if _kind(t) is not None]
+    everything = study.get_trials(deepcopy=False)
+    gone = replaced(everything)  # a paused trial another continued: the successor carries its curve
+    trials = [t for t in everything if _kind(t) is not None and t.number not in gone]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     figs = [Figure(*spec) for spec in FIGURES]
     by_id = {f.id: f for f in figs}
@@ -172,6 +175,7 @@ def build_figures(study: optuna.Study) -> list[Figure]:
         by_id["optimization-history"].missing = "no complete trial yet."
     if any(t.intermediate_values for t in trials):
         fig = plot_intermediate_values(study)
+        fig.data = [d for d in fig.data if d.name not in {f"Trial{n}" for n in gone}]  # one curve each
         fig.update_xaxes(title="epoch", dtick=1)
         fig.update_yaxes(title="val_error")
         by_id["intermediate-values"].figure = fig
@@ -264,8 +268,7 @@ def _cost_html(cost) -> str:
         rows.append(
             (
                 "epochs trained",
-                f"{cost.epochs_trained_text} of {cost.epochs_without_pruning} without pruning "
-                f"({cost.n_started} trials x {cost.n_epochs}; {cost.epochs_saved:.0%} saved)",
+                f"{cost.epochs_trained_text} of {cost.baseline_text}",
             )
         )
     else:
@@ -299,7 +302,7 @@ def _trials_html(study: optuna.Study) -> str:
             r["number"],
             r["state"].lower(),
             _fmt(r["value"]),
-            r["epochs_run"],
+            f"{r['epochs']:.2f}".removesuffix(".00"),  # as `show` gives it, cut-short epochs included
             _fmt(r["train_seconds"]),
             *(_fmt(r["params"].get(n)) for n in names),
             (r["reason"] or "")[:100],

@@ -29,6 +29,7 @@ from hpsearch.study import (
 STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
 # why a trial failed when its worker said nothing: the heartbeat stopped and another worker failed it
 DIED = "its worker died (no heartbeat for longer than study.grace_period: killed, out of memory, node lost)"
+RESUMED_AS = "; resumed as trial "  # ends the reason of a failed trial that a retry resumes
 MAX_SUGGESTED_TOP_K = 3  # train-best retrains each configuration with 3 seeds: 3 of them is 9 trainings
 
 
@@ -108,7 +109,7 @@ def _fail_reason(t: FrozenTrial, resumed_as: int | None) -> str | None:
     if t.state != TrialState.FAIL:
         return t.user_attrs.get("fail_reason")
     reason = t.user_attrs.get("fail_reason") or DIED
-    return reason if resumed_as is None else f"{reason}; resumed as trial {resumed_as}"
+    return reason if resumed_as is None else f"{reason}{RESUMED_AS}{resumed_as}"
 
 
 def learning_curve(t: FrozenTrial) -> list[tuple[int, str, float]]:
@@ -133,6 +134,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         params = " ".join(f"{k}={_fmt_value(v)}" for k, v in r["params"].items())
         note = r["reason"] or ""
+        reason, resumed, by = note.rpartition(RESUMED_AS)
+        if resumed and r["state"] == "FAIL":  # first, or the 80-character cut drops it after a long reason
+            note = f"{RESUMED_AS.removeprefix('; ')}{by}; {reason}"
         if r["continued_by"] is not None:
             note = f"paused after epoch {r['epochs_run']}; continued as trial {r['continued_by']}"
         if r["continues"] is not None:
@@ -356,6 +360,7 @@ def export(study: optuna.Study, fmt: str) -> str:
         "state",
         "value",
         "epochs_run",
+        "epochs",  # with the part of an epoch a divergence stop or the early evaluation cut short
         "best_epoch",
         "duration_s",
         "train_seconds",

@@ -112,7 +112,7 @@ class SearchResult:
     counts: dict[str, int]
     best: dict[str, Any] | None  # results.best_summary: the best trial, its params, noise and ties
     stopped_by: str  # budget | timeout | signal | failures
-    trials_run: list[int] = field(default_factory=list)
+    trials_run: list[int] = field(default_factory=list)  # less those a later trial of this run carries on
     signal: int | None = None  # SIGINT/SIGTERM that stopped this worker
 
 
@@ -562,11 +562,14 @@ def _run_and_tell(
 def _result(cfg: Config, study: optuna.Study, stopped_by: str, ran: list[int]) -> SearchResult:
     c = counts(study)
     best = best_summary(study)
+    # a paused trial continued, or a failed trial resumed, by another trial of this run is one trial, not two
+    trials = study.get_trials(deepcopy=False)
+    gone = replaced([t for t in trials if t.number in ran])
     return SearchResult(
         study_name=cfg.study.name,
         storage=describe_storage(cfg.study.storage),
         counts={state.name.lower(): n for state, n in c.items()},
         best=best,
         stopped_by=stopped_by,
-        trials_run=ran,
+        trials_run=[n for n in ran if n not in gone],
     )

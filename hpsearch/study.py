@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import HYPERPARAMETERS, Config, check_writable, mask_password
 from hpsearch.errors import ConfigError, StorageError
-from hpsearch.pruners import CONTINUES_ATTR, OVER_BUDGET_ATTR, SuccessiveHalvingPruner, continued, replaced
+from hpsearch.pruners import CONTINUES_ATTR, OVER_BUDGET_ATTR, SuccessiveHalvingPruner, replaced
 from hpsearch.space import SearchSpace
 
 _log = logging.getLogger("hpsearch")
@@ -192,7 +192,8 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
         if path.is_file():
             _check_optuna_file(path, allow_empty=create)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _enable_wal(path)
+        if create:  # the journal mode lives in the file: a read-only command must not rewrite it
+            _enable_wal(path)
         # Workers on one node wait for the write lock instead of failing with "database is locked".
         engine_kwargs = {"connect_args": {"timeout": 120}}
     else:
@@ -667,10 +668,10 @@ def visible_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def counts(study: optuna.Study) -> Counter:
-    """Visible trials by state, one per configuration: a paused trial that another continues counts as that
-    one (running, queued or finished)."""
+    """Visible trials by state, one per configuration: a paused trial that another continues, and a failed
+    trial that a retry resumes, count as that one (running, queued or finished)."""
     trials = visible_trials(study)
-    gone = continued(trials)
+    gone = replaced(trials)
     return Counter(t.state for t in trials if t.number not in gone)
 
 

@@ -337,6 +337,16 @@ def test_resuming_with_other_training_settings_is_refused_and_keeps_the_stored_r
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.parametrize("command", [["show", "t"], ["best", "t"], ["export", "t"], ["studies"]])
+def test_reading_a_store_leaves_its_file_byte_identical(workdir, existing_store, command):
+    """Optuna's own store keeps SQLite's rollback journal; reading it must not switch the file to WAL."""
+    path = workdir / "studies" / "t.db"
+    before = path.read_bytes()
+    result = invoke(*command, "--storage", existing_store)
+    assert result.exit_code == 0, result.output
+    assert path.read_bytes() == before and not list(workdir.glob("studies/t.db-*"))
+
+
 @pytest.mark.parametrize("content", ["users", "trials", "empty"])  # trials: one of Optuna's table names alone
 @pytest.mark.parametrize("command", [["show", "t"], ["studies"], ["best", "t"]])
 def test_reading_a_sqlite_file_that_is_not_a_study_store_leaves_it_untouched(workdir, command, content):

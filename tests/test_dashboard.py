@@ -126,7 +126,7 @@ def test_api_shows_the_study_note_and_why_a_trial_was_pruned(searched):
         f"hpsearch search {searched['config']}",
         "### Cost",
         "device-hours",
-        "epochs trained: 3 of the 4",
+        "epochs trained: 3 of 4 without pruning",
     ):
         assert expected in note, expected
     pruned = detail["trials"][1]["note"]["body"]

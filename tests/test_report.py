@@ -213,18 +213,24 @@ def test_cost_counts_each_epoch_once_and_times_the_best_trial(costed_study):
     assert (cost.best_trial, cost.time_to_best_s, cost.wall_s) == (3, 240.0, 240.0)
 
 
-def test_a_running_trials_epochs_count_in_the_unpruned_baseline_too(costed_study):
-    """The epochs trained include a running (or re-queued) trial's; the unpruned baseline must include that
-    trial too, or a study just re-queued after a kill reads '4 epochs trained of 3 (-33% saved)'."""
+def test_a_running_trials_epochs_count_in_the_unpruned_baseline_as_they_are(costed_study):
+    """The epochs trained include a running (or re-queued, or failed) trial's; the unpruned baseline must include
+    them too, or a study just re-queued after a kill reads '4 epochs trained of 3 (-33% saved)', and as they
+    are: counted at n_epochs, a trial half-way through read as half saved on a study with no pruner at all."""
     study = optuna.load_study(study_name="c", storage=costed_study)
     running = study.ask()
     running.set_user_attr("epochs_run", 2)
     cost = compute_cost(study)
-    assert (cost.n_finished, cost.n_started, cost.epochs_spent) == (3, 4, 9)
-    assert cost.epochs_without_pruning == 12 and cost.epochs_saved == pytest.approx(3 / 12)
-    assert "9 epochs trained of 12 without pruning (4 trials x 3; 25% saved)" in cost.summary()
+    assert (cost.n_finished, cost.n_started, cost.epochs_spent, cost.epochs_unfinished) == (3, 4, 9, 2)
+    assert cost.epochs_without_pruning == 11 and cost.epochs_saved == pytest.approx(2 / 11)
+    assert (
+        "9 epochs trained of 11 without pruning (3 trials x 3 + 2 epochs of unfinished trials; 18% saved)"
+        in cost.summary()
+    )
     study.ask()  # started, nothing trained yet: not in either figure
-    assert compute_cost(study).epochs_without_pruning == 12
+    assert compute_cost(study).epochs_without_pruning == 11
+    study.tell(running, state=TrialState.FAIL)  # a failure never retried saves nothing either
+    assert compute_cost(study).epochs_saved == pytest.approx(2 / 11)
 
 
 def test_epoch_budget_counts_cut_short_epochs_and_each_retried_epoch_once(costed_study):
@@ -257,3 +263,60 @@ def test_show_prints_the_cost_after_the_table_and_in_json(costed_study):
     result = CliRunner().invoke(cli, ["show", "c", "--storage", costed_study, "--json"])
     cost = json.loads(result.stdout)["cost"]
     assert cost["epochs_trained"] == 7 and cost["time_to_best_s"] == 240.0 and cost["epochs_saved"] == 0.2222
+
+
+def test_a_paused_trial_and_its_continuation_are_drawn_once(workdir):
+    """study.pause_at_rungs: the continuation carries the paused trial's curve, so the figures draw the
+    configuration once, as the continuation; the table gives the epochs a divergence stop cut short."""
+    from hpsearch.report import render_html
+
+    url = f"sqlite:///{workdir}/r.db"
+    study = optuna.create_study(study_name="r", storage=url, direction="minimize")
+    study.set_user_attr(CONFIG_ATTR, _config())
+    dists = {
+        "learning_rate": FloatDistribution(1e-5, 1e-1, log=True),
+        "batch_size": CategoricalDistribution([8, 16]),
+    }
+    make = optuna.trial.create_trial
+    study.add_trials(
+        [
+            make(
+                state=TrialState.PRUNED,
+                value=0.4,
+                params={"learning_rate": 1e-3, "batch_size": 8},
+                distributions=dists,
+                intermediate_values={1: 0.4},
+                user_attrs={
+                    "epochs_run": 1,
+                    "paused_at_epoch": 1,
+                    "prune_reason": "paused by successive-halving",
+                },
+            ),
+            make(
+                value=0.3,
+                params={"learning_rate": 1e-3, "batch_size": 8},
+                distributions=dists,
+                intermediate_values={1: 0.4, 2: 0.35, 3: 0.3},
+                user_attrs={"epochs_run": 3},
+                system_attrs={"continues_trial": 0},
+            ),
+            make(
+                state=TrialState.PRUNED,
+                params={"learning_rate": 9e-2, "batch_size": 16},
+                distributions=dists,
+                user_attrs={
+                    "epochs_run": 0,
+                    PARTIAL_EPOCH_ATTR: 0.5,
+                    "prune_reason": "diverged: loss is NaN",
+                },
+            ),
+        ]
+    )
+    figures = {f.id: f.figure for f in build_figures(study)}
+    assert [d.name for d in figures["intermediate-values"].data] == ["Trial1"]
+    for fid in ("learning-rate", "batch-size"):
+        drawn = [text.split(" (")[0] for d in figures[fid].data for text in d.text]
+        assert sorted(drawn) == ["trial 1", "trial 2"], fid
+    html = render_html(study)
+    table = html[html.index("id='trials'") :]
+    assert "<td>2</td><td>pruned</td><td></td><td>0.50</td>" in table

@@ -148,3 +148,55 @@ def test_best_pastes_the_studys_fixed_values_and_no_train_value_that_the_space_o
         "learning_rate": study.trials[1].params["learning_rate"],
     }
     assert pasted["train"]["weight_decay"] == 0.01 and "learning_rate" not in pasted["train"]
+
+
+def test_a_failed_trial_that_a_retry_resumes_counts_once(tmp_path):
+    """A dead worker's trial and the retry that resumes it are one configuration: `studies`, `show` and the
+    search's summary count the retry, not the failure too; the table says which trial resumed it."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = make_study(url, [0.30])
+    params, dists = {"learning_rate": 1e-3}, {"learning_rate": LR}
+    dead = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params=params, distributions=dists)
+    retry = optuna.trial.create_trial(
+        value=0.25,
+        params=params,
+        distributions=dists,
+        intermediate_values={1: 0.25},
+        system_attrs={"failed_trial": 1, "retry_history": [1]},
+    )
+    for_good = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL,
+        params=params,
+        distributions=dists,
+        user_attrs={"fail_reason": "CUDA out of memory even with micro-batch 1"},
+    )
+    study.add_trials([dead, retry, for_good])
+    expected = {"complete": 2, "pruned": 0, "running": 0, "waiting": 0, "fail": 1}
+    listed = CliRunner().invoke(cli, ["studies", "--storage", url, "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout)[0]["trials"] == expected
+    shown = CliRunner().invoke(cli, ["show", "s", "--storage", url, "--json"])
+    assert {k: v for k, v in json.loads(shown.stdout)["counts"].items() if k in expected} == expected
+    table = CliRunner().invoke(cli, ["show", "s", "--storage", url]).stdout.splitlines()
+    assert "  resumed as trial 2; its worker died" in table[2]  # first: the 80-character cut kept it
+    assert table[3].endswith("retry of 1")
+
+
+def test_export_csv_has_the_epochs_with_the_part_a_divergence_stop_cut_short(tmp_path):
+    import csv
+    import io
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = make_study(url, [0.30])
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.PRUNED,
+            params={"learning_rate": 0.09},
+            distributions={"learning_rate": LR},
+            user_attrs={"epochs_run": 0, "partial_epoch": 0.25, "prune_reason": "diverged: loss is NaN"},
+        )
+    )
+    result = CliRunner().invoke(cli, ["export", "s", "--storage", url, "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["epochs_run"], r["epochs"]) for r in rows] == [("1", "1"), ("0", "0.25")]

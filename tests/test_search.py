@@ -553,3 +553,36 @@ def test_a_trials_value_is_its_lowest_epoch_end_and_its_best_epoch_the_first_to_
     # the curves these rules are for: one that turns up after its best epoch, one that ties at its best
     assert any(c[3] > min(c.values()) for c in curves), curves
     assert any(sum(v == min(c.values()) for v in c.values()) > 1 for c in curves), curves
+
+
+def test_this_runs_trial_count_counts_a_paused_trial_and_its_continuation_once(workdir):
+    """The closing line's "this run: N trials": a paused trial continued in the same run, or a failed trial
+    resumed in it, is one trial; a trial whose retry runs later still counts here."""
+    from hpsearch.search import _result
+
+    url = f"sqlite:///{workdir}/t.db"
+    cfg = load_config(None, sets=["study.name=t", f"study.storage={url}"])
+    study = optuna.create_study(study_name="t", storage=url, direction="minimize")
+    dists = {"learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)}
+    make = optuna.trial.create_trial
+    study.add_trials(
+        [
+            make(state=TrialState.PRUNED, value=0.4, params={"learning_rate": 1e-3}, distributions=dists),
+            make(
+                value=0.3,
+                params={"learning_rate": 1e-3},
+                distributions=dists,
+                system_attrs={"continues_trial": 0},
+            ),
+            make(state=TrialState.FAIL, params={"learning_rate": 1e-4}, distributions=dists),
+            make(
+                value=0.35,
+                params={"learning_rate": 1e-4},
+                distributions=dists,
+                system_attrs={"failed_trial": 2},
+            ),
+        ]
+    )
+    assert _result(cfg, study, "budget", [0, 1, 2, 3]).trials_run == [1, 3]
+    assert _result(cfg, study, "budget", [0, 2]).trials_run == [0, 2]  # their successors ran in another run
+    assert _result(cfg, study, "budget", [1, 3]).trials_run == [1, 3]
