@@ -6,6 +6,7 @@ mistake costs no GPU time and writes nothing; the store is checked before trial 
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 import sys
@@ -137,7 +138,8 @@ def prepare(cfg: Config):
 def requeue(study: optuna.Study, number: int, reason: str) -> None:
     """Mark an interrupted trial failed and queue a copy with the same params, checkpoint and learning curve:
     the next worker resumes it where it stopped (the same mechanism as a dead worker's heartbeat retry)."""
-    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    frozen = copy.copy(next(t for t in study.get_trials(deepcopy=False) if t.number == number))
+    frozen.state = TrialState.FAIL  # as it is about to be: its note says which trial resumes it
     RetryTrial()(study, frozen)
 
 
@@ -530,8 +532,10 @@ def _run_and_tell(
                 trial.set_user_attr("fail_reason", str(exc))
             except Interrupted as exc:
                 trial.set_user_attr("fail_reason", f"{INTERRUPTED} ({exc}); re-queued")
-                study.tell(trial, state=TrialState.FAIL)
+                # Queue the retry before failing the trial: between the two, a failed trial holds no place in
+                # the budget and another worker could start a new trial past it.
                 requeue(study, trial.number, str(exc))
+                study.tell(trial, state=TrialState.FAIL)
                 reporter.line(
                     f"trial {trial.number} checkpointed and re-queued; rerun the command to resume it"
                 )
@@ -546,8 +550,8 @@ def _run_and_tell(
         trial.set_user_attr(
             "fail_reason", f"{INTERRUPTED} at once (second signal); re-queued from its last epoch"
         )
+        requeue(study, trial.number, "interrupted")  # first, as above
         study.tell(trial, state=TrialState.FAIL)
-        requeue(study, trial.number, "interrupted")
         raise
     try:
         frozen = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)

@@ -117,6 +117,8 @@ def _check_optuna_file(path: Path, allow_empty: bool = False) -> None:
             con.close()
     except sqlite3.Error as exc:
         raise ConfigError(f"storage: {path} is not a SQLite file ({exc}); check --storage") from None
+    if allow_empty and tables <= _optuna_tables():
+        return  # no tables yet, or another worker started at the same time is creating them
     if (tables or not allow_empty) and ("studies" not in tables or "trials" not in tables):
         what = (
             "an empty file"
@@ -126,6 +128,12 @@ def _check_optuna_file(path: Path, allow_empty: bool = False) -> None:
         raise ConfigError(
             f"storage: {path} is {what}, not a study store; check --storage or run `hpsearch search` first"
         )
+
+
+def _optuna_tables() -> set[str]:
+    from optuna.storages._rdb.models import BaseModel
+
+    return {*BaseModel.metadata.tables, "alembic_version"}
 
 
 def _normalise_url(url: str) -> str:
@@ -268,6 +276,8 @@ class RetryTrial:
                 t.number: t.user_attrs.get("fail_reason", "")
                 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
             }
+            # the trial itself may still be running: a stopped worker queues the retry before it fails it
+            reasons[trial.number] = trial.user_attrs.get("fail_reason", "")
             deaths = sum(1 for n in history if not reasons.get(n, "").startswith(INTERRUPTED))
             if deaths > self.max_retry:
                 return
@@ -471,7 +481,13 @@ for _name in _PATIENT:
 def _is_schema_race(message: str) -> bool:
     """Workers on several nodes started together on an empty database all create Optuna's tables at once; all
     but one fail with these. Trying again finds the tables there (seen with 6 workers on a fresh PostgreSQL)."""
-    signs = ("already exists", "duplicate key value", "UniqueViolation", "DuplicateTable")
+    signs = (
+        "already exists",
+        "duplicate key value",
+        "UniqueViolation",
+        "DuplicateTable",
+        "UNIQUE constraint failed",  # SQLite: two processes both stamping alembic_version in one new file
+    )
     return any(s in message for s in signs)
 
 
@@ -518,12 +534,19 @@ def check_storage(url: str) -> None:
 
 def _enable_wal(path: Path) -> None:
     """WAL lets readers (dashboard, `show`) work while workers write; the setting lives in the file."""
-    try:
-        with sqlite3.connect(path, timeout=60) as con:
-            con.execute("PRAGMA journal_mode=WAL")
-        con.close()
-    except sqlite3.Error as exc:
-        raise ConfigError(f"storage: cannot open SQLite file {path}: {exc}") from None
+    for attempt in range(1, 21):
+        try:
+            with sqlite3.connect(path, timeout=60) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+            con.close()
+            return
+        except sqlite3.Error as exc:
+            # workers started together: another one holds the file while it creates Optuna's tables, and
+            # switching the journal mode does not wait for it
+            if attempt < 20 and "locked" in str(exc):
+                time.sleep(0.1 + random.random() / 2)
+                continue
+            raise ConfigError(f"storage: cannot open SQLite file {path}: {exc}") from None
 
 
 class _GridSampler(optuna.samplers.GridSampler):

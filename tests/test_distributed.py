@@ -334,6 +334,49 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def test_a_trial_asked_while_a_stopped_trial_is_re_queued_is_over_the_budget(workdir, monkeypatch):
+    """SIGTERM on one node while the others go on: the stopped trial is failed and re-queued in two steps.
+    A worker that asks in between must not find its place in the budget free, or the retry (which always
+    runs) and the new trial together run one trial past n_trials."""
+    import io
+
+    from hpsearch import search
+    from hpsearch.config import load_config
+    from hpsearch.objective import Interrupted
+    from hpsearch.study import is_over_budget, quiet_optuna_warnings, remaining_budget
+
+    cfg = load_config(None, overrides={"storage": f"sqlite:///{workdir}/s.db", "name": "stop", "n_trials": 2})
+    study = optuna.create_study(study_name="stop", storage=open_storage(cfg.study.storage, cfg))
+    asked_meanwhile = []
+    real_requeue = search.requeue
+
+    def another_worker_asks_in_between(study, number, reason):
+        trial = study.ask()
+        asked_meanwhile.append(is_over_budget(study, trial, 2))
+        real_requeue(study, number, reason)
+
+    monkeypatch.setattr(search, "requeue", another_worker_asks_in_between)
+
+    def objective(trial):
+        trial.report(0.4, 1)
+        raise Interrupted("stopped after epoch 1")
+
+    with quiet_optuna_warnings():
+        study.ask()  # the other trial of the budget, running elsewhere
+        trial = study.ask()
+        assert search._run_one(study, trial, objective, search.Reporter(io.StringIO())) is None
+    assert asked_meanwhile == [True]
+    stopped, retry = study.trials[1], study.trials[3]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["fail_reason"].startswith("interrupted")
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == 1
+    assert retry.intermediate_values == {1: 0.4}
+    # the asked trial is given back (the search loop marks it over budget); the two others fill the budget
+    asked = study.trials[2]
+    study._storage.set_trial_user_attr(asked._trial_id, OVER_BUDGET_ATTR, "test")
+    study._storage.set_trial_state_values(asked._trial_id, TrialState.FAIL)
+    assert remaining_budget(study, 2) == 0
+
+
 def test_a_worker_whose_trial_another_worker_failed_as_stale_goes_on(workdir):
     """Heartbeats late under load: another worker fails and re-queues the trial while it still runs here.
     This worker must not crash; the retry resumes elsewhere and the budget still counts the trial once."""
