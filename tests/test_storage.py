@@ -286,6 +286,21 @@ def test_requeue_refuses_a_trial_whose_worker_is_alive(workdir):
     assert "trial 5 does not exist" in line
 
 
+def _open_together(url: str, n: int) -> list[str]:
+    """``n`` processes open the study at ``url`` in the same instant; what each saw ("ok" or its error)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_open_and_create, args=(url, barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    seen = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    return seen
+
+
 def _open_and_create(url: str, barrier, results) -> None:
     barrier.wait()
     try:
@@ -300,17 +315,7 @@ def _open_and_create(url: str, barrier, results) -> None:
 @pytest.mark.postgres
 def test_workers_started_together_on_an_empty_postgresql_database_all_open_it(postgres_url):
     """Nodes of one Slurm or Kubernetes job start at once: all create Optuna's tables in the same second."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(6), ctx.Queue()
-    procs = [ctx.Process(target=_open_and_create, args=(postgres_url, barrier, results)) for _ in range(6)]
-    for p in procs:
-        p.start()
-    seen = [results.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join()
-    assert seen == ["ok"] * 6
+    assert _open_together(postgres_url, 6) == ["ok"] * 6
     assert optuna.get_all_study_names(open_storage(postgres_url)) == ["together"]
 
 
@@ -319,24 +324,14 @@ def test_workers_started_together_on_a_new_sqlite_file_all_open_it(workdir, empt
     """Workers started at once on one node (separate commands, each its --worker-index) on a SQLite file that
     does not exist yet, or is empty: none takes another's half-made tables for a foreign file, and the losers
     of the race to stamp Optuna's schema version try again."""
-    import multiprocessing
-
     from hpsearch.study import _is_schema_race
 
     assert _is_schema_race("(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num")
-    ctx = multiprocessing.get_context("fork")
     for attempt in range(3):  # the race is lost in about 2 of 3 launches of 8 workers
         url = f"sqlite:///{workdir}/together{attempt}.db"
         if empty_file:
             (workdir / f"together{attempt}.db").touch()
-        barrier, results = ctx.Barrier(8), ctx.Queue()
-        procs = [ctx.Process(target=_open_and_create, args=(url, barrier, results)) for _ in range(8)]
-        for p in procs:
-            p.start()
-        seen = [results.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join()
-        assert seen == ["ok"] * 8
+        assert _open_together(url, 8) == ["ok"] * 8
         assert optuna.get_all_study_names(open_storage(url)) == ["together"]
 
 
