@@ -36,6 +36,7 @@ class Worker:
     env: dict[str, str] = field(default_factory=dict)  # added to the parent's environment
     process: subprocess.Popen | None = None
     ready: threading.Event = field(default_factory=threading.Event)
+    signalled: int = 0  # SIGINT/SIGTERM passed on to it
 
 
 def finished_trials(storage_url: str, study_name: str) -> int | None:
@@ -139,6 +140,7 @@ def send_signal(workers: list[Worker], signum: int) -> None:
         if w.process is not None and w.process.poll() is None:
             try:
                 w.process.send_signal(signum)
+                w.signalled += 1
             except ProcessLookupError:
                 pass
 
@@ -195,9 +197,12 @@ def run_workers(
             for t in threads:
                 t.join()
             return first.returncode, forward.received
-        if forward.received is None:
-            for w in workers[1:]:
-                threads += _start(w, command, out, lock)
+        for w in workers[1:]:
+            if forward.received is not None:
+                break  # stopping: start no more
+            threads += _start(w, command, out, lock)
+            if forward.received is not None and not w.signalled:  # it came while this one was starting
+                send_signal([w], forward.received)
         codes = {}
         for w in workers:
             if w.process is None:

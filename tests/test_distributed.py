@@ -466,6 +466,37 @@ def test_a_failed_trials_checkpoint_is_kept_until_its_retry_is_queued(workdir):
     assert not checkpoint.exists()
 
 
+def test_a_signal_that_lands_while_workers_start_reaches_the_one_starting_and_no_more_start(monkeypatch):
+    """Ctrl-C while `--workers 3` is starting its children: the one being started when it landed gets it too
+    (it was not yet in the list the handler signals), and the ones after it are not started."""
+    import io
+
+    from hpsearch import workers as w
+
+    # a worker: says it is ready, then waits for SIGTERM (exit 0) or gives up after 30 s (exit 3)
+    script = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0));"
+        " print(\"study 's' in x: 1 train / 1 validation\", flush=True); time.sleep(30); sys.exit(3)"
+    )
+    real_start = w._start
+
+    def start(worker, command, out, lock):
+        if worker.label == "w1":  # the signal lands as the second worker starts
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_start(worker, command, out, lock)
+
+    monkeypatch.setattr(w, "_start", start)
+    workers = plan_workers(n_workers=3)
+    started = time.monotonic()
+    log = io.StringIO()
+    code, received = w.run_workers(workers, [sys.executable, "-c", script], out=log)
+    assert received == signal.SIGTERM, log.getvalue()
+    assert [x.process is not None for x in workers] == [True, True, False]
+    # the second stopped on the signal (exit 0, or killed by it if it came before its handler), not at 30 s
+    assert workers[0].process.returncode == 0 and workers[1].process.returncode in (0, -signal.SIGTERM)
+    assert time.monotonic() - started < 25
+
+
 @pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_the_trial_resumes_from_its_last_epoch(make_config, workdir):
     """First SIGINT: finish the epoch. A second one, more than a second later: stop mid-epoch, keep the finished
