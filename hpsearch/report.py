@@ -139,6 +139,8 @@ def _importances(study: optuna.Study):
 
     from optuna.visualization import plot_param_importances
 
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None, "no complete trial yet."  # Optuna would log a warning line and draw nothing
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -128,6 +128,16 @@ def test_report_says_why_importances_are_missing_instead_of_crashing(workdir):
     assert figures["param-importances"].figure is None and figures["learning-rate"].figure is not None
 
 
+def test_report_of_a_study_with_no_complete_trial_says_so_without_optunas_warning(workdir):
+    url = f"sqlite:///{workdir}/r.db"
+    optuna.create_study(study_name="r", storage=url).set_user_attr(CONFIG_ATTR, _config())
+    result = CliRunner().invoke(cli, ["report", "r", "--storage", url, "-o", "r.html"])
+    assert result.exit_code == 0, result.output
+    assert [line.split(" (")[0] for line in result.output.splitlines()] == ["wrote r.html"]
+    html = (workdir / "r.html").read_text(encoding="utf-8")
+    assert "id='param-importances'>Not available: no complete trial yet." in html
+
+
 def test_report_of_a_missing_study_is_a_one_line_error(workdir):
     url = f"sqlite:///{workdir}/r.db"
     searched_study(url, n_trials=2)
