@@ -404,7 +404,9 @@ def studies(storage, as_json):
         best = "-" if r["best_value"] is None else f"{r['best_value']:.4f} (trial {r['best_trial']})"
         click.echo(
             f"{r['study']}: {t['complete']} complete, {t['pruned']} pruned, {t['running']} running, "
-            f"{t['waiting']} waiting, {t['fail']} failed of n_trials={r['n_trials']}; best val_error {best};"
+            f"{t['waiting']} waiting, {t['fail']} failed"
+            + ("" if r["n_trials"] is None else f" of n_trials={r['n_trials']}")  # None: not made by hpsearch
+            + f"; best val_error {best};"
             f" {r['storage']}"
         )
 

@@ -182,6 +182,16 @@ def test_a_failed_trial_that_a_retry_resumes_counts_once(tmp_path):
     assert table[3].endswith("retry of 1")
 
 
+def test_studies_lists_a_study_hpsearch_did_not_make_without_a_budget_it_never_had(tmp_path):
+    url = f"sqlite:///{tmp_path}/plain.db"
+    optuna.create_study(study_name="plain", storage=url)  # plain Optuna: no hpsearch config, no n_trials
+    listed = CliRunner().invoke(cli, ["studies", "--storage", url])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.startswith(
+        "plain: 0 complete, 0 pruned, 0 running, 0 waiting, 0 failed; best val_error -"
+    )
+
+
 def test_export_csv_has_the_epochs_with_the_part_a_divergence_stop_cut_short(tmp_path):
     import csv
     import io
