@@ -316,9 +316,11 @@ def write_study_note(
     write_note(study, body + _keep_user_text(read_note(study)))
 
 
-def trial_note_text(trial: FrozenTrial, resumed_as: int | None = None) -> str:
+def trial_note_text(
+    trial: FrozenTrial, resumed_as: int | None = None, continued_as: int | None = None
+) -> str:
     """Why a pruned, diverged or failed trial stopped, its learning curve and where it ran; for a failed
-    trial that was retried, ``resumed_as``, the retry's number."""
+    trial that was retried, ``resumed_as``, the retry's number; for a paused one continued, ``continued_as``."""
     attrs = trial.user_attrs
     prune, fail = attrs.get("prune_reason", ""), attrs.get("fail_reason", "")
     if trial.state == TrialState.PRUNED and prune.startswith("diverged"):
@@ -333,6 +335,9 @@ def trial_note_text(trial: FrozenTrial, resumed_as: int | None = None) -> str:
             "Its validation error was not yet among the best at this rung (or too few trials had reached it to"
             " tell), so it waits there with its checkpoint. Once enough later trials rank below it, a new trial"
             " continues it from that checkpoint (`hpsearch show` names it); otherwise it stays pruned."
+            if continued_as is None
+            else f"It paused there until enough later trials ranked below it; trial {continued_as} continues it"
+            " from its checkpoint, with its hyperparameters and curve."
         )
     elif trial.state == TrialState.PRUNED:
         title, reason = f"Trial {trial.number} pruned", prune or "pruned"
@@ -376,7 +381,9 @@ def trial_note_text(trial: FrozenTrial, resumed_as: int | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_trial_note(study: optuna.Study, trial: FrozenTrial, resumed_as: int | None = None) -> None:
+def write_trial_note(
+    study: optuna.Study, trial: FrozenTrial, resumed_as: int | None = None, continued_as: int | None = None
+) -> None:
     """Note why ``trial`` stopped early; complete trials need no note."""
     if trial.state in (TrialState.PRUNED, TrialState.FAIL):
-        write_note(study, trial_note_text(trial, resumed_as), trial)
+        write_note(study, trial_note_text(trial, resumed_as, continued_as), trial)

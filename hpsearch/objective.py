@@ -133,6 +133,11 @@ class Objective:
             run.load_state_dict(resumed)
             trial.set_user_attr("resumed_from_epoch", run.epoch)
             retry_of, paused = (frozen.system_attrs.get(k) for k in ("failed_trial", CONTINUES_ATTR))
+            if retry_of is None and paused is not None:
+                from hpsearch.dashboard import write_trial_note  # the paused trial's note names its successor
+
+                before = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == paused)
+                write_trial_note(trial.study, before, continued_as=trial.number)
             if self.reporter and retry_of is None and paused is not None:
                 self.reporter.continued(trial.number, run.epoch, paused)
             elif self.reporter:

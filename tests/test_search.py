@@ -430,6 +430,7 @@ def test_paused_trials_are_continued_from_their_checkpoints_and_count_once(make_
     """study.pause_at_rungs: a trial not yet among the best at a rung pauses there; a later
     trial continues it from its checkpoint with its learning curve, and the pair counts as one trial."""
     from hpsearch.cost import compute_cost, epochs_spent, trial_epochs
+    from hpsearch.dashboard import read_note
 
     config = make_config(study={"n_trials": 7, "pause_at_rungs": True}, train={"n_epochs": 4})
     result = invoke("search", config)
@@ -451,6 +452,7 @@ def test_paused_trials_are_continued_from_their_checkpoints_and_count_once(make_
         assert child.user_attrs["train_seconds"] > paused.user_attrs["train_seconds"]  # its time goes on
         assert len(child.user_attrs["val_losses"]) == child.user_attrs["epochs_run"]  # its curve goes on too
         assert f"trial {child.number} continues trial {paused.number} after epoch {epoch}" in result.output
+        assert f"trial {child.number} continues it from its checkpoint" in read_note(study, paused)
     configs = finished(study)
     assert len(configs) == 7 and len({tuple(t.params.values()) for t in configs}) == 7
     assert any(t.state == TrialState.COMPLETE for t in configs)
