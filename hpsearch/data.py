@@ -40,6 +40,10 @@ class Split:
         its WordPiece vocabulary from these; without them a hypothesis's own words were [UNK])."""
         return self.texts + (self.pairs or [])
 
+    def examples(self) -> list[tuple[str, str | None]]:
+        """(text, pair) per row; the pair is None for single texts."""
+        return list(zip(self.texts, self.pairs or [None] * len(self.texts), strict=True))
+
 
 @dataclass(frozen=True)
 class TextData:
@@ -50,6 +54,13 @@ class TextData:
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    def validation_seen_in_train(self) -> int:
+        """Validation examples that are also training examples (the same text, and pair): repeated rows in a file
+        the validation split was carved from, or two files that share rows. The model is scored on what it
+        trained on, so the validation error flatters memorising."""
+        seen = set(self.train.examples())
+        return sum(e in seen for e in self.validation.examples())
 
     def majority_error(self) -> float:
         """Validation error of always predicting the most common training class: the bar to beat."""
@@ -95,14 +106,17 @@ def make_demo_dataset(n: int, seed: int = 0, noise: float = 0.05) -> dict[str, l
         text = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {negation}{adverb}{word}{rng.choice(_FILLERS)}"
         return text, positive != negated
 
-    texts, labels = [], []
-    for _ in range(n):
+    texts, labels, seen = [], [], set()
+    while len(texts) < n:
         text, positive = clause()
         if rng.random() < 0.3:
             second, positive = clause()
             text = f"{text} , but {second}"
         if rng.random() < noise:
             positive = not positive
+        if text in seen:  # no repeated rows: the validation split would score sentences the model trained on
+            continue
+        seen.add(text)
         texts.append(text + " .")
         labels.append("positive" if positive else "negative")
     return {"text": texts, "label": labels}

@@ -373,6 +373,12 @@ def run_search(
         f" {len(data.validation)} validation examples, {data.num_labels} classes, model {cfg.model.name};"
         f" majority-class val_error {data.majority_error():.4f}"
     )
+    if seen := data.validation_seen_in_train():
+        reporter.line(
+            f"data: {seen} of {len(data.validation)} validation examples ({seen / len(data.validation):.1%}) are"
+            " also training examples (repeated rows), so val_error flatters memorising them; remove the"
+            " repeats, or give a data.validation_file that shares no rows with the training file"
+        )
     write_study_note(study, cfg, command, data)  # what the dashboard shows about this study
     objective = Objective(cfg, space, data, factory, encoded, reporter, stop)
     with _StopOnSignal(stop, reporter) as guard:

@@ -64,6 +64,7 @@ def demo(tmp_path_factory) -> SimpleNamespace:
 @pytest.mark.slow
 def test_demo_search_has_pruned_and_complete_trials_inside_the_space(demo):
     study = demo.study
+    assert "also training examples" not in demo.result.output  # the demo data repeats no row
     assert len(finished(study)) == 12 <= len(study.trials)  # + continuations of paused trials
     states = [t.state for t in study.trials]
     assert TrialState.COMPLETE in states and TrialState.PRUNED in states
@@ -298,6 +299,30 @@ def write_intents(path: Path, n: int, seed: int) -> Path:
             intent = rng.choice(sorted(INTENTS))
             writer.writerow([i, rng.choice(INTENTS[intent]).format(rng.choice(FILLERS[intent])), intent])
     return path
+
+
+def test_validation_rows_repeated_from_training_are_named_before_the_search(workdir):
+    """A file with repeated rows, its validation split carved from it: some validation sentences are training
+    sentences, and the search says how many before it spends anything."""
+    rows = [(f"sentence number {i % 20} here", "pos" if i % 20 < 10 else "neg") for i in range(60)]
+    (workdir / "rep.csv").write_text(
+        "text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8"
+    )
+    config = write_config(
+        workdir / "rep.yaml",
+        tiny_config(
+            study={"name": "rep", "n_trials": 1},
+            data={"name": None, "train_file": "rep.csv"},
+            train={"n_epochs": 1},
+        ),
+    )
+    result = invoke("search", config)
+    assert result.exit_code == 0, result.output
+    data = load_data(load_config(config).data)
+    seen = data.validation_seen_in_train()
+    assert 0 < seen <= len(data.validation)
+    assert f"data: {seen} of {len(data.validation)} validation examples (" in result.stderr
+    assert "are also training examples (repeated rows)" in result.stderr
 
 
 @pytest.mark.slow
