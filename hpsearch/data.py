@@ -480,6 +480,10 @@ def tokenize(data: TextData, tokenizer, max_length: int, key: Any) -> tuple[dict
         tuple(data.validation.pairs or ()),
     )
     cache_key = (key, max_length, id(tokenizer), hash(texts))
+    # Segment ids only where the tokenizer gives them to the model (BERT, ELECTRA, DeBERTa), as it will for the
+    # saved model: GPT-2 would add token embeddings for them, ALBERT and RoBERTa's tokenizers in transformers 5 leave
+    # them out, so a model trained with them would be read without.
+    segments = "token_type_ids" in tokenizer.model_input_names
     if cache_key not in _TOKENIZED:
 
         def encode(split: Split) -> dict[str, list]:
@@ -489,7 +493,7 @@ def tokenize(data: TextData, tokenizer, max_length: int, key: Any) -> tuple[dict
                 truncation=True,
                 max_length=max_length,
                 return_attention_mask=False,
-                return_token_type_ids=split.pairs is not None,
+                return_token_type_ids=split.pairs is not None and segments,
             )
             return {k: encoded[k] for k in ("input_ids", "token_type_ids") if k in encoded}
 

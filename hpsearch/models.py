@@ -107,6 +107,7 @@ class ModelFactory:
         }
 
     def _load_pretrained(self):
+        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -125,12 +126,16 @@ class ModelFactory:
                 hf_logging.set_verbosity_error()
                 hf_logging.disable_progress_bar()
                 try:
-                    model = AutoModelForSequenceClassification.from_pretrained(
-                        self.source,
-                        revision=self.cfg.revision,
-                        ignore_mismatched_sizes=True,
-                        **self._labels(),
-                    )
+                    # Weights the checkpoint lacks (DistilBERT's pre_classifier, a pooler) are drawn here: from a
+                    # fixed seed, so that every worker, and train-best, starts a trial from the same ones.
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(0)
+                        model = AutoModelForSequenceClassification.from_pretrained(
+                            self.source,
+                            revision=self.cfg.revision,
+                            ignore_mismatched_sizes=True,
+                            **self._labels(),
+                        )
                 finally:
                     hf_logging.set_verbosity(verbosity)
                     if bars:
@@ -139,7 +144,15 @@ class ModelFactory:
             hint = "check the folder" if local else "check the model id, your network or HF_HUB_OFFLINE"
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"model.name: could not load {self.cfg.name!r} ({first}); {hint}") from None
-        positions = getattr(model.config, "max_position_embeddings", None)
+        if not set(tokenizer.get_vocab().values()) - set(tokenizer.all_special_ids):
+            # transformers builds an empty tokenizer for a folder without tokenizer files: every word would be
+            # [UNK] (or nothing), and the search would train on special tokens alone.
+            raise ConfigError(
+                f"model.name: {self.cfg.name!r} has no tokenizer (it knows only its special tokens);"
+                " save the model's tokenizer beside it with tokenizer.save_pretrained(folder)"
+            )
+        _set_padding(self.cfg.name, tokenizer, model)
+        positions = _max_positions(model)
         if positions and self.cfg.max_length > positions:
             raise ConfigError(
                 f"model.max_length: {self.cfg.name!r} reads at most {positions} tokens,"
@@ -177,8 +190,42 @@ class ModelFactory:
             for layer in head.modules():
                 if isinstance(layer, nn.Linear):
                     nn.init.normal_(layer.weight, std=getattr(model.config, "initializer_range", 0.02))
-                    nn.init.zeros_(layer.bias)
+                    if layer.bias is not None:  # a decoder's `score` has none
+                        nn.init.zeros_(layer.bias)
         return model
+
+
+def _set_padding(name: str, tokenizer, model) -> None:
+    """Batches are padded with the tokenizer's pad token, and the model must read the same id as padding: a decoder
+    (GPT-2, Llama) classifies from the last token that is not ``config.pad_token_id``, so with another id it would
+    read a padded position. Without a pad token, the config's pad_token_id, else the eos token, pads."""
+    if tokenizer.pad_token_id is None:
+        pad = model.config.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id
+        if pad is None:
+            raise ConfigError(
+                f"model.name: {name!r} has no padding token (its tokenizer has no pad or eos token, its config"
+                " no pad_token_id); set pad_token_id in its config.json"
+            )
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
+        logging.getLogger("hpsearch").info(
+            "model.name: %s has no pad token; padding with %r (id %d)", name, tokenizer.pad_token, pad
+        )
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _max_positions(model) -> int | None:
+    """Tokens the model's position table holds: ``max_position_embeddings``, less the ids RoBERTa-style models
+    (XLM-R, CamemBERT, PhoBERT) skip: their positions start after the padding index (514 rows read 512 tokens)."""
+    from torch import nn
+
+    positions = getattr(model.config, "max_position_embeddings", None)
+    embeddings = getattr(model.base_model, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if positions and isinstance(table, nn.Embedding) and table.padding_idx is not None:
+        positions -= table.padding_idx + 1
+    return positions
 
 
 def _looks_like_path(name: str) -> bool:

@@ -134,3 +134,152 @@ def test_tiny_tokenizer_is_identical_in_every_process():
         for _ in range(3)
     }
     assert len(digests) == 1
+
+
+def _byte_bpe(specials: list[str]) -> tuple[dict, list]:
+    """A byte-level BPE vocabulary and merges learnt from TEXTS (GPT-2's and RoBERTa's kind of tokenizer)."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TEXTS, trainer)
+    saved = json.loads(tok.to_str())["model"]
+    return saved["vocab"], [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in saved["merges"]]
+
+
+@pytest.fixture(scope="module")
+def saved_gpt2(tmp_path_factory) -> Path:
+    """A small GPT-2 as shipped: no pad token in its tokenizer, no pad_token_id in its config."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+
+    folder = tmp_path_factory.mktemp("saved-gpt2")
+    vocab, merges = _byte_bpe(["<|endoftext|>"])
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        eos_token_id=0,
+        bos_token_id=0,
+    )
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _alone_and_padded(factory, model):
+    """Logits of a short text alone, and right-padded in a batch beside a longer one, as training batches it."""
+    import torch
+
+    from hpsearch.train import collate
+
+    texts = ["the movie was good", "a dull and tedious script , truly not bad at all"]
+    encoded = {"input_ids": factory.tokenizer(texts)["input_ids"]}
+    pad = factory.tokenizer.pad_token_id
+    with torch.no_grad():
+        alone = model(**collate(encoded, [0, 1], [0], pad)).logits[0]
+        padded = model(**collate(encoded, [0, 1], [0, 1], pad)).logits[0]
+    return alone, padded
+
+
+def test_decoder_without_a_pad_token_pads_with_eos_and_reads_the_last_real_token(saved_gpt2):
+    import torch
+
+    factory = ModelFactory(ModelSection(name=str(saved_gpt2), max_length=32), LABELS, TEXTS)
+    assert factory.tokenizer.pad_token_id == factory.tokenizer.eos_token_id == 0
+    model = factory.build(seed=0, dropout=0.1).eval()  # its `score` head has no bias
+    assert model.config.pad_token_id == 0
+    alone, padded = _alone_and_padded(factory, model)
+    assert torch.allclose(alone, padded, atol=1e-5)  # not the logits of a padded position
+
+
+def test_tokenizer_pad_token_wins_over_another_config_pad_token_id(saved_gpt2, tmp_path):
+    """A Llama recipe pads with <unk> while the config names eos: the model must skip what batches pad with."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(saved_gpt2)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    config = GPT2Config.from_pretrained(saved_gpt2, vocab_size=len(tokenizer), pad_token_id=0)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    factory = ModelFactory(ModelSection(name=str(tmp_path), max_length=32), LABELS, TEXTS)
+    model = factory.build(seed=0, dropout=0.1).eval()
+    assert model.config.pad_token_id == factory.tokenizer.pad_token_id != 0
+    alone, padded = _alone_and_padded(factory, model)
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_roberta_positions_start_after_the_padding_index(tmp_path):
+    """RoBERTa's 514-row table reads 512 tokens: its positions start at padding_idx + 1."""
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
+
+    vocab, merges = _byte_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tokenizer = RobertaTokenizer(vocab=vocab, merges=merges)
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=34,
+        pad_token_id=tokenizer.pad_token_id,  # 1
+        type_vocab_size=1,
+    )
+    RobertaForMaskedLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="reads at most 32 tokens, got max_length=33"):
+        ModelFactory(ModelSection(name=str(tmp_path), max_length=33), LABELS, TEXTS)
+    factory = ModelFactory(ModelSection(name=str(tmp_path), max_length=32), LABELS, TEXTS)
+    assert factory.build(seed=0, dropout=0.1).config.num_labels == 2
+
+
+def test_folder_without_a_tokenizer_is_a_config_error(saved_model, tmp_path):
+    """transformers 5 builds an empty tokenizer there, that reads every word as [UNK]."""
+    import shutil
+
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(saved_model / name, tmp_path / name)
+    with pytest.raises(ConfigError, match="has no tokenizer .* tokenizer.save_pretrained"):
+        ModelFactory(ModelSection(name=str(tmp_path), max_length=32), LABELS, TEXTS)
+
+
+def test_weights_the_checkpoint_lacks_are_the_same_in_every_process(tmp_path):
+    """DistilBERT's pre_classifier is not in a base checkpoint: a worker, or train-best, must draw the same one."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    tokenizer = train_tiny_tokenizer(TEXTS, vocab_size=200)
+    config = DistilBertConfig(
+        vocab_size=len(tokenizer), dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64
+    )
+    DistilBertForMaskedLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    weights = []
+    for state in (1, 2):  # two processes: the global RNG is wherever each one's work left it
+        torch.manual_seed(state)
+        factory = ModelFactory(ModelSection(name=str(tmp_path), max_length=32), LABELS, TEXTS)
+        weights.append(factory.build(seed=0, dropout=0.1).pre_classifier.weight)
+    assert torch.equal(*weights)
+
+
+def test_text_pairs_get_segment_ids_only_where_the_tokenizer_gives_them(saved_model, saved_gpt2):
+    """BERT reads segment ids; GPT-2 would add token embeddings for them, and the saved model would be read without."""
+    from hpsearch.data import Split, TextData, tokenize
+
+    split = Split(["the movie was good", "a dull script"], ["not bad", "truly wonderful"], [1, 0])
+    data = TextData(split, split, LABELS)
+    for folder, segments in ((saved_model, True), (saved_gpt2, False)):
+        factory = ModelFactory(ModelSection(name=str(folder), max_length=32), LABELS, TEXTS)
+        train, _ = tokenize(data, factory.tokenizer, 32, folder)
+        assert ("token_type_ids" in train) is segments
