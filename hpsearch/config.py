@@ -283,6 +283,22 @@ def _validate(cfg: Config) -> dict[str, Any]:
             f"{src}: train.early_eval: the share of epoch 1 after which to validate early must be in (0, 1),"
             f" e.g. 0.25; got {t.early_eval} (leave it out for no early evaluation)"
         )
+    if s.pause_at_rungs and s.pruner != "successive-halving":
+        raise ConfigError(
+            f"{src}: study.pause_at_rungs: true pauses trials at successive halving's rungs, but study.pruner"
+            f" is {s.pruner!r}, which would ignore it; use `pruner: successive-halving` or leave pause_at_rungs out"
+        )
+    if t.early_eval is not None and s.pruner in ("none", "hyperband"):
+        why = (
+            "prunes nothing, so it would only cost a validation"
+            if s.pruner == "none"
+            else "starts its rungs at epoch 1 and never prunes there"
+        )
+        raise ConfigError(
+            f"{src}: train.early_eval: {t.early_eval} validates part-way through epoch 1 for the pruner, but"
+            f" study.pruner {s.pruner!r} {why}; use successive-halving, median or percentile, or leave"
+            " early_eval out"
+        )
     if not 0 < d.validation_fraction < 1:
         raise ConfigError(f"{src}: data.validation_fraction: must be in (0, 1), got {d.validation_fraction}")
     if d.train_file and d.name:
@@ -301,6 +317,13 @@ def _validate(cfg: Config) -> dict[str, Any]:
     space = parse_space(cfg.search_space, source=src)
     if s.sampler == "grid":
         space.grid()  # a continuous range has no grid: say so now, not after the data loaded
+    if s.sampler == "cmaes" and all(p.type == "categorical" for p in space.params):
+        # Optuna's CMA-ES draws categorical parameters at random: with no range it would be a random search
+        names = ", ".join(p.name for p in space.params) or "nothing"
+        raise ConfigError(
+            f"{src}: study.sampler: cmaes models float and int ranges only, and search_space searches"
+            f" {names} (categorical), which CMA-ES would draw at random; use tpe, gp or random, or search a range"
+        )
     return space.to_dict()
 
 
@@ -480,7 +503,7 @@ def _blame_flag(message: str, source: str, origins: dict[str, str]) -> str:
         section, _, name = key.partition(".")
         if message.startswith(f"{source}: unknown key '{name}' in {section}"):
             return f"{flag} {key}: " + message[len(f"{source}: ") :]
-        for sep in (":", " "):
+        for sep in (":", " ", "."):  # `.`: a part of a search_space entry, e.g. search_space.seed.low
             if message.startswith(f"{source}: {key}{sep}"):
                 named = f"--set {key}" if flag == "--set" else f"{flag} ({key})"
                 return named + message[len(f"{source}: {key}") :]

@@ -41,6 +41,7 @@ from hpsearch.study import (
     quiet_optuna_warnings,
     record_data,
     remaining_budget,
+    sampler_notes,
 )
 
 MAX_CONSECUTIVE_FAILURES = 3
@@ -373,6 +374,8 @@ def run_search(
         f" {len(data.validation)} validation examples, {data.num_labels} classes, model {cfg.model.name};"
         f" majority-class val_error {data.majority_error():.4f}"
     )
+    for note in sampler_notes(cfg, space):
+        reporter.line(note)
     if seen := data.validation_seen_in_train():
         reporter.line(
             f"data: {seen} of {len(data.validation)} validation examples ({seen / len(data.validation):.1%}) are"
@@ -431,11 +434,19 @@ def _loop(
             )
             cleanup_checkpoints(study, keep_paused=False)  # the search is over: no one continues them
             return "budget", ran
-        if (out_of_epochs or remaining_budget(study, n_trials, c) <= 0) and not c[TrialState.WAITING]:
+        grid = study.sampler if isinstance(study.sampler, optuna.samplers.GridSampler) else None
+        if grid is not None and grid.is_exhausted(study) and not c[TrialState.WAITING]:
+            reporter.line(f"all {space.grid_size()} grid points tried; the grid search is complete")
+            return "grid", ran
+        grid_taken = grid is not None and hasattr(grid, "unstarted") and grid.unstarted(study) == 0
+        nothing_to_start = out_of_epochs or grid_taken or remaining_budget(study, n_trials, c) <= 0
+        if nothing_to_start and not c[TrialState.WAITING]:
             # Other workers hold the last trials. Wait: if one dies, its trial comes back here to be retried.
             spent_line = (
                 f"{spent:.1f} of {epoch_budget:g} epochs trained"
                 if out_of_epochs
+                else f"every one of the {space.grid_size()} grid points taken"
+                if grid_taken and remaining_budget(study, n_trials, c) > 0
                 else f"{finished}/{n_trials} trials finished"
             )
             if not _has_heartbeat(study):  # a journal store: nothing tells a dead worker's trial, so say how
@@ -448,13 +459,6 @@ def _loop(
                 waited = True
             stop.wait(min(5.0, cfg.study.heartbeat_interval))
             continue
-        if (
-            isinstance(study.sampler, optuna.samplers.GridSampler)
-            and study.sampler.is_exhausted(study)
-            and not c[TrialState.WAITING]
-        ):
-            reporter.line(f"all {space.grid_size()} grid points tried; the grid search is complete")
-            return "grid", ran
         with quiet_optuna_warnings():
             trial = study.ask()
         if is_over_budget(study, trial, n_trials):

@@ -140,9 +140,9 @@ def _parse_param(where: str, name: str, spec: dict[str, Any]) -> Param:
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: choices must be a non-empty list, got {choices!r}")
-        if len(set(map(repr, choices))) != len(choices):
-            raise ConfigError(f"{where}: choices must not repeat, got {choices!r}")
         checked = tuple(check_hyperparameter(f"{where}.choices", name, c) for c in choices)
+        if len(set(map(repr, checked))) != len(checked):  # after coercion: 0.001 and `1e-3` are one value
+            raise ConfigError(f"{where}: choices must not repeat, got {choices!r}")
         return Param(name, "categorical", choices=checked)
     for key in ("low", "high"):
         if key not in spec:

@@ -556,6 +556,18 @@ class _GridSampler(optuna.samplers.GridSampler):
     def after_trial(self, study, trial, state, values) -> None:
         pass
 
+    def unstarted(self, study) -> int:
+        """Grid points no trial has taken yet (running or finished). With none left, Optuna's sampler hands
+        the next trial a point another worker is still running: a repeat, so the search loop waits instead."""
+        taken = {
+            t.system_attrs["grid_id"]
+            for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
+            if "grid_id" in t.system_attrs
+            and t.state != TrialState.WAITING
+            and self._same_search_space(t.system_attrs["search_space"])
+        }
+        return len(set(range(len(self._all_grids))) - taken)
+
 
 def make_sampler(
     cfg: Config, space: SearchSpace, worker: int = 0, n_existing: int = 0
@@ -563,8 +575,14 @@ def make_sampler(
     """The configured sampler, seeded with ``study.seed`` + the worker's number, so workers do not repeat each
     other. ``n_existing`` (the study's trials so far) also moves the seed of a resumed study: with the seed alone
     a rerun would draw the same first hyperparameters as the first run did. 7919, a prime far above any number
-    of workers, keeps the two offsets apart; a new study keeps the plain seed, so a search is reproducible."""
-    seed = None if cfg.study.seed is None else cfg.study.seed + worker + 7919 * n_existing
+    of workers, keeps the two offsets apart; a new study keeps the plain seed, so a search is reproducible.
+
+    Grid and QMC keep the plain seed: every worker and rerun must walk the same sequence (the grid's shuffled
+    order, whose indices the trials record; the scrambled Sobol points), and the study's trials say which of its
+    points are taken. With another seed each worker would visit another order's points: repeats and gaps."""
+    shared = cfg.study.sampler in ("grid", "qmc")
+    offset = 0 if shared else worker + 7919 * n_existing
+    seed = None if cfg.study.seed is None else cfg.study.seed + offset
     n_startup = cfg.study.n_startup_trials
     name = cfg.study.sampler
     if name == "tpe":
@@ -579,7 +597,28 @@ def make_sampler(
         )
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
-    return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+    with quiet_optuna_warnings():  # "QMCSampler is experimental": a Python warning with a source line
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+
+
+def sampler_notes(cfg: Config, space: SearchSpace) -> list[str]:
+    """What the sampler will do with this space and pruner that its name does not say (Optuna's own warnings
+    about it are off: they would repeat every trial)."""
+    notes, s = [], cfg.study
+    drawn = [p.name for p in space.params if p.type == "categorical"]
+    if s.sampler == "cmaes" and drawn:
+        modelled = ", ".join(p.name for p in space.params if p.type != "categorical")
+        notes.append(
+            f"sampler cmaes: {', '.join(drawn)} (categorical) is drawn at random in every trial; CMA-ES models"
+            f" only the float and int ranges ({modelled})"
+        )
+    if s.sampler in ("cmaes", "gp") and s.pruner != "none":
+        notes.append(
+            f"sampler {s.sampler}: learns from complete trials only, so trials are drawn at random until"
+            f" {s.n_startup_trials} have completed (study.n_startup_trials), and pruned ones teach it nothing;"
+            f" with the {s.pruner} pruner that may be most of the study (tpe learns from pruned trials too)"
+        )
+    return notes
 
 
 def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:

@@ -178,6 +178,31 @@ BAD_CONFIGS = [
         ["data.validation_file needs data.train_file"],
     ),
     ("validation fraction", "data: {validation_fraction: 1.5}", ["data.validation_fraction", "(0, 1)"]),
+    (
+        "pausing with a pruner that has no rungs to pause at",
+        "study: {pruner: hyperband, pause_at_rungs: true}",
+        ["study.pause_at_rungs", "study.pruner is 'hyperband'", "`pruner: successive-halving`"],
+    ),
+    (
+        "early evaluation with no pruner",
+        "study: {pruner: none}\ntrain: {early_eval: 0.25}",
+        ["train.early_eval: 0.25", "'none' prunes nothing", "leave early_eval out"],
+    ),
+    (
+        "early evaluation with hyperband",
+        "study: {pruner: hyperband}\ntrain: {early_eval: 0.25}",
+        ["train.early_eval: 0.25", "'hyperband' starts its rungs at epoch 1"],
+    ),
+    (
+        "cma-es with no range to model",
+        "study: {sampler: cmaes}\nsearch_space: {learning_rate: 1.0e-3}",
+        ["study.sampler: cmaes models float and int ranges only", "batch_size (categorical)"],
+    ),
+    (
+        "a choice given twice in two spellings",
+        "search_space: {learning_rate: {type: categorical, choices: [0.001, 1e-3]}}",
+        ["search_space.learning_rate: choices must not repeat"],
+    ),
     ("empty study name", "study: {name: ' '}", ["study.name: must not be empty"]),
     ("study name of dots", "study: {name: '..'}", ["study.name", "has path parts"]),
     ("study name with a backslash", "study: {name: 'a\\b'}", ["study.name", "has path parts"]),
@@ -286,6 +311,24 @@ def test_set_edits_one_key_of_a_searched_range(tmp_path):
     assert cfg.search_space["dropout"] == 0.2
     with pytest.raises(ConfigError, match="not a searched range"):
         load_text(tmp_path, "", sets=["search_space.dropout.high=0.2"])
+
+
+def test_a_bad_part_of_a_set_search_space_entry_names_the_set(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--set search_space.lr_scheduler.choices: expected a string"):
+        load_text(tmp_path, "", sets=["search_space.lr_scheduler={type: categorical, choices: [true]}"])
+
+
+def test_pause_and_early_eval_go_with_the_pruners_that_use_them(tmp_path):
+    for sets in (
+        ["study.pause_at_rungs=true", "train.early_eval=0.25"],
+        ["study.pruner=median", "train.early_eval=0.25"],
+        ["study.pruner=percentile", "train.early_eval=0.25"],
+        ["study.pruner=hyperband", "study.pause_at_rungs=false"],
+        ["study.sampler=cmaes"],  # learning_rate is a range, batch_size drawn at random (search says so)
+    ):
+        load_text(tmp_path, "", sets=sets)
+    with pytest.raises(ConfigError, match=r"^--pruner \(study.pruner\)|^--set study.pause_at_rungs"):
+        load_text(tmp_path, "", sets=["study.pause_at_rungs=true"], overrides={"pruner": "median"})
 
 
 def test_set_typo_in_key_gets_did_you_mean(tmp_path):

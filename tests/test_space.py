@@ -98,6 +98,73 @@ def test_grid_sampler_visits_each_grid_point_once():
     assert sorted(seen) == sorted((b, w) for b in (16, 32) for w in (0.0, 0.1, 0.2))
 
 
+GRID = {
+    "learning_rate": {"type": "categorical", "choices": [1e-3, 1e-2]},
+    "batch_size": {"type": "categorical", "choices": [16, 32]},
+}
+
+
+def test_grid_workers_and_reruns_visit_each_point_once():
+    """A trial records its point as an index into the sampler's shuffled grid: every worker and every rerun
+    must shuffle alike, or one point is run twice and another never (with "all 4 grid points tried")."""
+    space = parse_space(GRID)
+    cfg = Config(study=StudySection(sampler="grid"), search_space=GRID)
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(study_name="g", storage=storage)
+    seen = []
+    for worker, n_existing in [(0, 0), (1, 0), (0, 2), (2, 3)]:  # two workers, then a rerun with a third
+        study = optuna.load_study(
+            study_name="g", storage=storage, sampler=make_sampler(cfg, space, worker, n_existing)
+        )
+        trial = study.ask()
+        seen.append(tuple(suggest(trial, space).values()))
+        study.tell(trial, 0.5)
+    assert sorted(seen) == sorted((lr, bs) for lr in (1e-3, 1e-2) for bs in (16, 32))
+    assert study.sampler.is_exhausted(study)
+
+
+def test_a_grid_point_running_elsewhere_is_taken():
+    """With every point running or finished, Optuna's grid sampler hands out a running point again (it is not
+    exhausted); ``unstarted`` tells the search loop to wait instead."""
+    space = parse_space(GRID)
+    cfg = Config(study=StudySection(sampler="grid"), search_space=GRID)
+    study = optuna.create_study(sampler=make_sampler(cfg, space))
+    trials = [study.ask() for _ in range(3)]
+    for trial in trials:
+        suggest(trial, space)
+    assert study.sampler.unstarted(study) == 1
+    last = study.ask()
+    suggest(last, space)
+    study.tell(trials[0], 0.5)
+    assert study.sampler.unstarted(study) == 0 and not study.sampler.is_exhausted(study)
+    for trial in [*trials[1:], last]:
+        study.tell(trial, 0.5)
+    assert study.sampler.is_exhausted(study)
+
+
+def test_qmc_workers_and_reruns_share_one_sequence():
+    """The scrambled Sobol sequence is the seed's; the study counts the points taken from it. Another seed per
+    worker or rerun would start another sequence from its first point, losing its even spread."""
+    cfg = Config(study=StudySection(sampler="qmc", seed=7), search_space=SPACE)
+    space = parse_space(SPACE)
+    assert {make_sampler(cfg, space, w, n)._seed for w, n in [(0, 0), (1, 0), (0, 5), (3, 9)]} == {7}
+
+
+def test_sampler_notes_say_what_cmaes_and_gp_leave_to_chance():
+    from hpsearch.study import sampler_notes
+
+    space = parse_space(DEFAULT_SEARCH_SPACE)
+    cmaes = Config(study=StudySection(sampler="cmaes"), search_space=DEFAULT_SEARCH_SPACE)
+    [categorical, complete] = sampler_notes(cmaes, space)
+    assert categorical.startswith("sampler cmaes: batch_size (categorical) is drawn at random in every trial")
+    assert "(learning_rate)" in categorical
+    assert "until 5 have completed" in complete and "successive-halving pruner" in complete
+    gp = Config(study=StudySection(sampler="gp", pruner="none"), search_space=DEFAULT_SEARCH_SPACE)
+    assert sampler_notes(gp, space) == []
+    tpe = Config(study=StudySection(sampler="tpe"), search_space=DEFAULT_SEARCH_SPACE)
+    assert sampler_notes(tpe, space) == []
+
+
 def test_grid_of_a_continuous_range_is_a_config_error_naming_the_file():
     space = parse_space(DEFAULT_SEARCH_SPACE, source="studies/x.yaml")
     with pytest.raises(
