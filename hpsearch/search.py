@@ -41,7 +41,7 @@ from hpsearch.study import (
     quiet_optuna_warnings,
     record_data,
     remaining_budget,
-    sampler_notes,
+    search_notes,
 )
 
 MAX_CONSECUTIVE_FAILURES = 3
@@ -374,7 +374,7 @@ def run_search(
         f" {len(data.validation)} validation examples, {data.num_labels} classes, model {cfg.model.name};"
         f" majority-class val_error {data.majority_error():.4f}"
     )
-    for note in sampler_notes(cfg, space):
+    for note in search_notes(cfg, space):
         reporter.line(note)
     if seen := data.validation_seen_in_train():
         reporter.line(

@@ -601,9 +601,9 @@ def make_sampler(
         return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
 
 
-def sampler_notes(cfg: Config, space: SearchSpace) -> list[str]:
-    """What the sampler will do with this space and pruner that its name does not say (Optuna's own warnings
-    about it are off: they would repeat every trial)."""
+def search_notes(cfg: Config, space: SearchSpace) -> list[str]:
+    """What the sampler and pruner will do with this space and these epochs that their names do not say
+    (Optuna's own warnings about it are off: they would repeat every trial)."""
     notes, s = [], cfg.study
     drawn = [p.name for p in space.params if p.type == "categorical"]
     if s.sampler == "cmaes" and drawn:
@@ -617,6 +617,12 @@ def sampler_notes(cfg: Config, space: SearchSpace) -> list[str]:
             f"sampler {s.sampler}: learns from complete trials only, so trials are drawn at random until"
             f" {s.n_startup_trials} have completed (study.n_startup_trials), and pruned ones teach it nothing;"
             f" with the {s.pruner} pruner that may be most of the study (tpe learns from pruned trials too)"
+        )
+    if s.pruner != "none" and cfg.train.n_epochs == 1 and cfg.train.early_eval is None:
+        notes.append(
+            f"pruner {s.pruner}: with train.n_epochs 1 a trial's only epoch is its last, so nothing is pruned"
+            " (the divergence stop still acts); train.early_eval (e.g. 0.25) gives successive-halving, median"
+            " and percentile a point part-way through it to prune at"
         )
     return notes
 

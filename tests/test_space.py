@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import optuna
 import pytest
 
-from hpsearch.config import DEFAULT_SEARCH_SPACE, Config, StudySection
+from hpsearch.config import DEFAULT_SEARCH_SPACE, Config, StudySection, TrainSection
 from hpsearch.errors import ConfigError
 from hpsearch.space import parse_space, suggest
 from hpsearch.study import make_sampler
@@ -150,19 +152,26 @@ def test_qmc_workers_and_reruns_share_one_sequence():
     assert {make_sampler(cfg, space, w, n)._seed for w, n in [(0, 0), (1, 0), (0, 5), (3, 9)]} == {7}
 
 
-def test_sampler_notes_say_what_cmaes_and_gp_leave_to_chance():
-    from hpsearch.study import sampler_notes
+def test_search_notes_say_what_cmaes_and_gp_leave_to_chance():
+    from hpsearch.study import search_notes
 
     space = parse_space(DEFAULT_SEARCH_SPACE)
     cmaes = Config(study=StudySection(sampler="cmaes"), search_space=DEFAULT_SEARCH_SPACE)
-    [categorical, complete] = sampler_notes(cmaes, space)
+    [categorical, complete] = search_notes(cmaes, space)
     assert categorical.startswith("sampler cmaes: batch_size (categorical) is drawn at random in every trial")
     assert "(learning_rate)" in categorical
     assert "until 5 have completed" in complete and "successive-halving pruner" in complete
     gp = Config(study=StudySection(sampler="gp", pruner="none"), search_space=DEFAULT_SEARCH_SPACE)
-    assert sampler_notes(gp, space) == []
+    assert search_notes(gp, space) == []
     tpe = Config(study=StudySection(sampler="tpe"), search_space=DEFAULT_SEARCH_SPACE)
-    assert sampler_notes(tpe, space) == []
+    assert search_notes(tpe, space) == []
+    one_epoch = dataclasses.replace(tpe, train=TrainSection(n_epochs=1))
+    [note] = search_notes(one_epoch, space)
+    assert note.startswith("pruner successive-halving: with train.n_epochs 1") and "train.early_eval" in note
+    assert (
+        search_notes(dataclasses.replace(one_epoch, train=TrainSection(n_epochs=1, early_eval=0.25)), space)
+        == []
+    )
 
 
 def test_grid_of_a_continuous_range_is_a_config_error_naming_the_file():
