@@ -471,9 +471,10 @@ def show(study, storage, as_json):
 def requeue(study, trial_number, storage):
     """Fail a running trial whose worker is gone and queue it to resume from its last checkpoint.
 
-    On SQLite and PostgreSQL the heartbeat does this by itself once the grace period has passed. A
-    journal-file store has no heartbeat: a killed worker's trial stays running there until you requeue it.
-    A trial whose heartbeat is recent is refused, since its worker is alive.
+    On a database store (SQLite, PostgreSQL, MySQL) the heartbeat does this by itself once the grace period has
+    passed. A journal-file store has no heartbeat: a killed worker's trial stays running there until you requeue
+    it. A trial whose heartbeat is recent, or whose worker (host:pid) is a live process on this machine, is
+    refused, since its worker is alive.
 
     \b
     Example:
