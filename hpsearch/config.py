@@ -157,7 +157,10 @@ def did_you_mean(word: str, options: typing.Iterable[str]) -> str:
 
 
 def mask_password(url: str | None) -> str | None:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``; a password in the query
+    (``?password=secret``, which libpq and SQLAlchemy accept) becomes ``?password=***``."""
+    if url:
+        url = re.sub(r"([?&](?:password|passwd|pwd)=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
     if not url or "@" not in url:
         return url
     if "://" not in url:  # a malformed URL may still hold a password: hide what lies between ':' and '@'

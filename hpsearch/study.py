@@ -130,6 +130,23 @@ def _check_optuna_file(path: Path, allow_empty: bool = False) -> None:
         )
 
 
+def _check_journal_file(path: Path) -> None:
+    """``path`` must be an Optuna journal: one JSON operation per line. Any other text file (a training log
+    ending in .log) would be read as a broken journal, or have Optuna's operations appended to it."""
+    with open(path, "rb") as f:
+        first = f.readline()
+    if not first.strip() or not first.endswith(b"\n"):
+        return  # a new, empty journal, or its first operation still being written
+    try:
+        op = json.loads(first)
+    except ValueError:
+        op = None
+    if not isinstance(op, dict) or "op_code" not in op:
+        raise ConfigError(
+            f"storage: {path} is not an Optuna journal file (one JSON operation a line); check --storage"
+        )
+
+
 def _optuna_tables() -> set[str]:
     from optuna.storages._rdb.models import BaseModel
 
@@ -179,6 +196,8 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
     if journal is not None:
         if not create and not Path(journal).is_file():
             raise ConfigError(f"storage: journal file {journal} does not exist; check --storage")
+        if Path(journal).is_file():
+            _check_journal_file(Path(journal))
         Path(journal).parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 

@@ -309,3 +309,33 @@ def test_a_host_or_port_the_dashboard_cannot_use_is_one_line_naming_the_flag(sea
         assert result.exit_code == 2, result.output
         [line] = result.stderr.strip().splitlines()
         assert line.startswith("hpsearch: error: cannot listen on") and fix in line
+
+
+@pytest.mark.parametrize("text", ["epoch 1 loss 0.3\nepoch 2 loss 0.2\n", "not json\n", '["op_code"]\n'])
+def test_a_log_file_that_is_not_an_optuna_journal_is_one_line(workdir, text):
+    log = workdir / "train.log"
+    log.write_text(text)
+    result = CliRunner().invoke(cli, ["dashboard", "--storage", str(log), "--port", "0"])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("hpsearch: error: storage:") and "not an Optuna journal" in line
+    assert log.read_text() == text
+
+
+def test_a_password_in_the_storage_query_never_reaches_the_dashboard(workdir):
+    secret_url = "postgresql+psycopg://hp@db.internal/hpsearch?sslmode=require&password=s3cr3t"
+    cfg = load_config(write_config(workdir / "c.yaml", tiny_config(study={"storage": secret_url})))
+    url = f"sqlite:///{workdir}/n.db"
+    study = optuna.create_study(study_name="n", storage=url)
+    study.set_user_attr("hpsearch_config", cfg.to_dict())
+    study.add_trial(optuna.trial.create_trial(value=0.2))
+    write_study_note(study, cfg, ["hpsearch", "search", "c.yaml", "--storage", secret_url])
+    with DashboardServer(url, port=0) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        study_id = study_detail(base, "n")["id"]
+        served = ""
+        for path in ("/dashboard", "/api/studies", f"/api/studies/{study_id}", f"/csv/{study_id}"):
+            with urllib.request.urlopen(base + path, timeout=30) as response:
+                served += response.read().decode()
+    assert "s3cr3t" not in served
+    assert "password=***" in served
