@@ -138,8 +138,8 @@ class Objective:
 
                 before = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == paused)
                 write_trial_note(trial.study, before, continued_as=trial.number)
-            if self.reporter and retry_of is None and paused is not None:
-                self.reporter.continued(trial.number, run.epoch, paused)
+                if self.reporter:
+                    self.reporter.continued(trial.number, run.epoch, paused)
             elif self.reporter:
                 self.reporter.resumed(trial.number, run.epoch, retry_of)
         val_losses = list(frozen.user_attrs.get("val_losses", []))

@@ -177,7 +177,8 @@ def build_figures(study: optuna.Study) -> list[Figure]:
         by_id["optimization-history"].missing = "no complete trial yet."
     if any(t.intermediate_values for t in trials):
         fig = plot_intermediate_values(study)
-        fig.data = [d for d in fig.data if d.name not in {f"Trial{n}" for n in gone}]  # one curve each
+        drawn_twice = {f"Trial{n}" for n in gone}
+        fig.data = [d for d in fig.data if d.name not in drawn_twice]  # one curve each
         fig.update_xaxes(title="epoch", dtick=1)
         fig.update_yaxes(title="val_error")
         by_id["intermediate-values"].figure = fig

@@ -31,6 +31,7 @@ from hpsearch.study import (
     INTERRUPTED,
     OVER_BUDGET_ATTR,
     RetryTrial,
+    _GridSampler,
     best_trial,
     check_storage,
     counts,
@@ -434,19 +435,20 @@ def _loop(
             )
             cleanup_checkpoints(study, keep_paused=False)  # the search is over: no one continues them
             return "budget", ran
-        grid = study.sampler if isinstance(study.sampler, optuna.samplers.GridSampler) else None
+        grid = study.sampler if isinstance(study.sampler, _GridSampler) else None
         if grid is not None and grid.is_exhausted(study) and not c[TrialState.WAITING]:
             reporter.line(f"all {space.grid_size()} grid points tried; the grid search is complete")
             return "grid", ran
-        grid_taken = grid is not None and hasattr(grid, "unstarted") and grid.unstarted(study) == 0
-        nothing_to_start = out_of_epochs or grid_taken or remaining_budget(study, n_trials, c) <= 0
+        grid_taken = grid is not None and grid.unstarted(study) == 0
+        left = remaining_budget(study, n_trials, c)
+        nothing_to_start = out_of_epochs or grid_taken or left <= 0
         if nothing_to_start and not c[TrialState.WAITING]:
             # Other workers hold the last trials. Wait: if one dies, its trial comes back here to be retried.
             spent_line = (
                 f"{spent:.1f} of {epoch_budget:g} epochs trained"
                 if out_of_epochs
                 else f"every one of the {space.grid_size()} grid points taken"
-                if grid_taken and remaining_budget(study, n_trials, c) > 0
+                if grid_taken and left > 0
                 else f"{finished}/{n_trials} trials finished"
             )
             if not _has_heartbeat(study):  # a journal store: nothing tells a dead worker's trial, so say how

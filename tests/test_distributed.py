@@ -487,14 +487,13 @@ def test_a_signal_that_lands_while_workers_start_reaches_the_one_starting_and_no
 
     monkeypatch.setattr(w, "_start", start)
     workers = plan_workers(n_workers=3)
-    started = time.monotonic()
     log = io.StringIO()
     code, received = w.run_workers(workers, [sys.executable, "-c", script], out=log)
     assert received == signal.SIGTERM, log.getvalue()
     assert [x.process is not None for x in workers] == [True, True, False]
-    # the second stopped on the signal (exit 0, or killed by it if it came before its handler), not at 30 s
+    # the second stopped on the signal (exit 0, or killed by it if it came before its handler), not after its
+    # 30 s wait (exit 3)
     assert workers[0].process.returncode == 0 and workers[1].process.returncode in (0, -signal.SIGTERM)
-    assert time.monotonic() - started < 25
 
 
 @pytest.mark.slow
