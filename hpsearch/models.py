@@ -217,9 +217,12 @@ def _set_padding(name: str, tokenizer, model) -> None:
 
 def _max_positions(model) -> int | None:
     """Tokens the model's position table holds: ``max_position_embeddings``, less the ids RoBERTa-style models
-    (XLM-R, CamemBERT, PhoBERT) skip: their positions start after the padding index (514 rows read 512 tokens)."""
+    (XLM-R, CamemBERT, PhoBERT) skip: their positions start after the padding index (514 rows read 512 tokens).
+    None where positions are only relative (DeBERTa-v2/v3): nothing to run past, longer inputs are read."""
     from torch import nn
 
+    if getattr(model.config, "position_biased_input", True) is False:
+        return None
     positions = getattr(model.config, "max_position_embeddings", None)
     embeddings = getattr(model.base_model, "embeddings", None)
     table = getattr(embeddings, "position_embeddings", None)

@@ -283,3 +283,32 @@ def test_text_pairs_get_segment_ids_only_where_the_tokenizer_gives_them(saved_mo
         factory = ModelFactory(ModelSection(name=str(folder), max_length=32), LABELS, TEXTS)
         train, _ = tokenize(data, factory.tokenizer, 32, folder)
         assert ("token_type_ids" in train) is segments
+
+
+def test_relative_positions_only_put_no_limit_on_max_length(tmp_path):
+    """DeBERTa-v3 reads longer inputs than max_position_embeddings: its positions are only relative."""
+    import torch
+    from transformers import DebertaV2Config, DebertaV2ForMaskedLM
+
+    tokenizer = train_tiny_tokenizer(TEXTS, vocab_size=200)
+    config = DebertaV2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        position_biased_input=False,
+        relative_attention=True,
+        position_buckets=8,
+        pos_att_type=["p2c", "c2p"],
+        type_vocab_size=0,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    DebertaV2ForMaskedLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    factory = ModelFactory(ModelSection(name=str(tmp_path), max_length=64), LABELS, TEXTS)
+    ids = factory.tokenizer(" ".join(TEXTS[:8]), truncation=True, max_length=64)["input_ids"]
+    assert len(ids) > 16
+    logits = factory.build(seed=0, dropout=0.1)(input_ids=torch.tensor([ids])).logits
+    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
