@@ -15,6 +15,7 @@ import sqlite3
 import time
 import uuid
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -598,10 +599,14 @@ def make_sampler(
 
     Grid and QMC keep the plain seed: every worker and rerun must walk the same sequence (the grid's shuffled
     order, whose indices the trials record; the scrambled Sobol points), and the study's trials say which of its
-    points are taken. With another seed each worker would visit another order's points: repeats and gaps."""
+    points are taken. With another seed each worker would visit another order's points: repeats and gaps.
+    With ``study.seed: null`` Optuna's grid shuffles with seed 0 in every process, and QMC takes its seed from
+    the study's name (Optuna's own choice would be another random one in each process)."""
     shared = cfg.study.sampler in ("grid", "qmc")
     offset = 0 if shared else worker + 7919 * n_existing
     seed = None if cfg.study.seed is None else cfg.study.seed + offset
+    if cfg.study.sampler == "qmc" and seed is None:
+        seed = zlib.crc32(cfg.study.name.encode())
     n_startup = cfg.study.n_startup_trials
     name = cfg.study.sampler
     if name == "tpe":

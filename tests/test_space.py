@@ -106,11 +106,13 @@ GRID = {
 }
 
 
-def test_grid_workers_and_reruns_visit_each_point_once():
+@pytest.mark.parametrize("seed", [0, None])
+def test_grid_workers_and_reruns_visit_each_point_once(seed):
     """A trial records its point as an index into the sampler's shuffled grid: every worker and every rerun
-    must shuffle alike, or one point is run twice and another never (with "all 4 grid points tried")."""
+    must shuffle alike, or one point is run twice and another never (with "all 4 grid points tried"); with
+    ``study.seed: null`` too."""
     space = parse_space(GRID)
-    cfg = Config(study=StudySection(sampler="grid"), search_space=GRID)
+    cfg = Config(study=StudySection(sampler="grid", seed=seed), search_space=GRID)
     storage = optuna.storages.InMemoryStorage()
     optuna.create_study(study_name="g", storage=storage)
     seen = []
@@ -150,6 +152,11 @@ def test_qmc_workers_and_reruns_share_one_sequence():
     cfg = Config(study=StudySection(sampler="qmc", seed=7), search_space=SPACE)
     space = parse_space(SPACE)
     assert {make_sampler(cfg, space, w, n)._seed for w, n in [(0, 0), (1, 0), (0, 5), (3, 9)]} == {7}
+    # seed: null: one sequence per study all the same, not one per process
+    unseeded = Config(study=StudySection(sampler="qmc", seed=None, name="s"), search_space=SPACE)
+    other = Config(study=StudySection(sampler="qmc", seed=None, name="t"), search_space=SPACE)
+    seeds = {make_sampler(unseeded, space, w, n)._seed for w, n in [(0, 0), (1, 0), (0, 5)]}
+    assert len(seeds) == 1 and None not in seeds and seeds != {make_sampler(other, space)._seed}
 
 
 def test_search_notes_say_what_cmaes_and_gp_leave_to_chance():
