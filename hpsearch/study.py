@@ -579,14 +579,27 @@ class _GridSampler(optuna.samplers.GridSampler):
     def unstarted(self, study) -> int:
         """Grid points no trial has taken yet (running or finished). With none left, Optuna's sampler hands
         the next trial a point another worker is still running: a repeat, so the search loop waits instead."""
-        taken = {
-            t.system_attrs["grid_id"]
+        taken = {t.system_attrs["grid_id"] for t in self._holders(study) if t.state != TrialState.WAITING}
+        return len(set(range(len(self._all_grids))) - taken)
+
+    def _get_unvisited_grid_ids(self, study) -> list[int]:
+        """Optuna's, less its one flaw here: a trial asked past the budget and given back (failed, never
+        run) counted its point as visited, so a later run with more trials never ran that point."""
+        holders = self._holders(study)
+        every = set(range(self._n_min_trials))
+        visited = {t.system_attrs["grid_id"] for t in holders if t.state.is_finished()}
+        running = {t.system_attrs["grid_id"] for t in holders if t.state == TrialState.RUNNING}
+        return sorted(every - visited - running) or sorted(every - visited)
+
+    def _holders(self, study) -> list[FrozenTrial]:
+        """The trials that hold a point of this grid; one given back holds none."""
+        return [
+            t
             for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
             if "grid_id" in t.system_attrs
-            and t.state != TrialState.WAITING
+            and OVER_BUDGET_ATTR not in t.user_attrs
             and self._same_search_space(t.system_attrs["search_space"])
-        }
-        return len(set(range(len(self._all_grids))) - taken)
+        ]
 
 
 def make_sampler(

@@ -146,6 +146,28 @@ def test_a_grid_point_running_elsewhere_is_taken():
     assert study.sampler.is_exhausted(study)
 
 
+def test_a_grid_point_given_back_is_not_visited():
+    """A worker that asks past the budget gives its trial back untouched (failed): a later run with more
+    trials must still run that point, and the grid is not complete without it."""
+    from hpsearch.study import OVER_BUDGET_ATTR
+
+    space = parse_space(GRID)
+    cfg = Config(study=StudySection(sampler="grid"), search_space=GRID)
+    study = optuna.create_study(sampler=make_sampler(cfg, space))
+    given_back = study.ask()
+    point = tuple(suggest(given_back, space).values())
+    given_back.set_user_attr(OVER_BUDGET_ATTR, "another worker took the last trial of the budget")
+    study.tell(given_back, state=optuna.trial.TrialState.FAIL)
+    ran = []
+    for _ in range(4):
+        assert not study.sampler.is_exhausted(study) and study.sampler.unstarted(study) > 0
+        trial = study.ask()
+        ran.append(tuple(suggest(trial, space).values()))
+        study.tell(trial, 0.5)
+    assert point in ran and len(set(ran)) == 4
+    assert study.sampler.is_exhausted(study)
+
+
 def test_qmc_workers_and_reruns_share_one_sequence():
     """The scrambled Sobol sequence is the seed's; the study counts the points taken from it. Another seed per
     worker or rerun would start another sequence from its first point, losing its even spread."""
