@@ -26,11 +26,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -220,7 +222,12 @@ def make_reporter(recorder: Recorder, log):
 
 
 def arm_config(cfg, arm: str, seed: int, workdir: Path):
-    """The study config for one hpsearch arm (A, B, C, E, F or G) and seed, with its own SQLite store."""
+    """The study config for one hpsearch arm (A, B, C, E, F or G) and seed, with its own SQLite store.
+
+    Every arm runs the config's ``study.n_trials`` trials, as arm D does: the config's ``study.timeout`` and
+    ``study.epoch_budget`` are dropped (a budget stopped A, B and C after its epochs while D ran every trial,
+    and the epoch ratios compared two equal budgets); only E has an epoch budget, A's epochs.
+    """
     from hpsearch.config import StudySection
 
     study = dataclasses.replace(
@@ -229,14 +236,14 @@ def arm_config(cfg, arm: str, seed: int, workdir: Path):
         seed=seed,
         storage=f"sqlite:///{workdir / f'{arm}-seed{seed}.db'}",
         timeout=None,
+        epoch_budget=None,
     )
     train = dataclasses.replace(cfg.train, seed=seed, checkpoint_dir=str(workdir / "checkpoints"))
-    if arm == "A":
-        study = dataclasses.replace(study, sampler="random", pruner="none")
-        train = dataclasses.replace(train, divergence_stop=False)
-    elif arm == "B":
-        study = dataclasses.replace(study, sampler="tpe", pruner="none")
-        train = dataclasses.replace(train, divergence_stop=False)
+    if arm in ("A", "B"):
+        # no pruner: an early evaluation (the config's train.early_eval) would only cost a validation, which
+        # `hpsearch search` refuses
+        study = dataclasses.replace(study, sampler="random" if arm == "A" else "tpe", pruner="none")
+        train = dataclasses.replace(train, divergence_stop=False, early_eval=None)
     else:  # hpsearch's defaults, whatever the benchmarked config says
         defaults = StudySection()
         study = dataclasses.replace(
@@ -262,7 +269,16 @@ def run_hpsearch_arm(cfg, arm: str, seed: int, workdir: Path, n_train: int, log)
     from hpsearch.search import run_search
 
     recorder = Recorder(n_train)
-    run_search(arm_config(cfg, arm, seed, workdir), reporter=make_reporter(recorder, log))
+    result = run_search(arm_config(cfg, arm, seed, workdir), reporter=make_reporter(recorder, log))
+    # run_search takes Ctrl-C (SIGINT, SIGTERM) as "stop this search": the benchmark went on to the next arm and
+    # wrote a result whose interrupted arm had only part of its trials
+    if result.stopped_by == "signal":
+        raise KeyboardInterrupt
+    if result.stopped_by == "failures":
+        raise ArmStopped(
+            f"seed {seed} arm {arm}: trials failed in a row after {len(recorder.trials)} trial(s); their"
+            " reasons are in the trial log"
+        )
     recorder.wall = time.monotonic() - recorder.started
     return recorder
 
@@ -514,8 +530,22 @@ def went_on_to_learn(val_errors: list[float], majority: float) -> bool:
     return bool(val_errors) and min(val_errors) < majority - LEARNED_MARGIN
 
 
-def summarise_arm(rec: Recorder, target: float, majority: float) -> dict[str, Any]:
-    """The figures of one arm and seed, from its timeline."""
+def seed_target(recs: dict[str, Recorder]) -> float | None:
+    """The issue's target for one seed: 0.5 points above the best error of its four arms (A-D); E, with many more
+    trials, is not one. When none of the four ran (``--arms E,F``) or none of them evaluated a trial (``--arms C``
+    with every trial stopped in its first epoch): the best of the arms that did; None when no arm did (a NaN here
+    made the result file invalid JSON)."""
+
+    def bests(arms):
+        return [e["val_error"] for arm in arms for e in recs[arm].events if e["val_error"] is not None]
+
+    found = bests([a for a in recs if a in ISSUE_ARMS]) or bests(list(recs))
+    return min(found) + TARGET_MARGIN if found else None
+
+
+def summarise_arm(rec: Recorder, target: float | None, majority: float) -> dict[str, Any]:
+    """The figures of one arm and seed, from its timeline; ``majority`` is the error a trial must beat by
+    LEARNED_MARGIN to have learned."""
     trials = list(rec.trials.values())
     total_epochs = sum(t["epochs"] for t in trials)
     best, reached, epochs_so_far = math.inf, None, 0.0
@@ -523,7 +553,7 @@ def summarise_arm(rec: Recorder, target: float, majority: float) -> dict[str, An
         epochs_so_far += e["epochs"]
         if e["val_error"] is not None:
             best = min(best, e["val_error"])
-        if reached is None and best <= target + 1e-12:
+        if reached is None and target is not None and best <= target + 1e-12:
             reached = {"seconds": round(e["t"], 2), "epochs": round(epochs_so_far, 3)}
 
     def learned(t):
@@ -570,7 +600,7 @@ def summarise_arm(rec: Recorder, target: float, majority: float) -> dict[str, An
         "n_trials": len(trials),
         "total_epochs": round(total_epochs, 3),
         "wall_seconds": round(rec.wall, 2),
-        "target_val_error": round(target, 4),
+        "target_val_error": None if target is None else round(target, 4),
         "reached_target": reached is not None,
         "seconds_to_target": reached["seconds"] if reached else None,
         "epochs_to_target": reached["epochs"] if reached else None,
@@ -851,7 +881,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--seeds", default="0,1,2", help="comma-separated study seeds, each arm runs once per seed"
     )
-    p.add_argument("--arms", default="A,B,C,D,E", help="comma-separated arms to run (A, B, C, D, E, F)")
+    p.add_argument("--arms", default="A,B,C,D,E", help=f"comma-separated arms to run ({', '.join(ARMS)})")
     p.add_argument("--model", help="override model.name, e.g. all-minilm-l6-v2 (slow on a CPU)")
     p.add_argument("--n-trials", type=int, help="override study.n_trials (the budget of every arm)")
     p.add_argument("--n-epochs", type=int, help="override train.n_epochs")
@@ -971,31 +1001,93 @@ def load_bench_config(args):
     return load_config(args.config, sets=sets), sets
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> [0, 1, 2]: integers a study seed takes, each once (a seed given twice ran its arms
+    into the store of the first and crashed after them)."""
+    from hpsearch.errors import ConfigError
+
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected integers, e.g. --seeds 0,1,2") from None
+    if any(not 0 <= s < 2**32 for s in seeds):
+        raise ConfigError(f"--seeds {text!r}: a study seed must be in 0..4294967295")
+    if len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--seeds {text!r}: a seed is given twice; each seed runs once")
+    return seeds
+
+
+def parse_arms(text: str) -> list[str]:
+    """``--arms A,c`` -> ["A", "C"]: known arms, each once (an arm given twice found its study done and
+    recorded no trial the second time)."""
+    from hpsearch.errors import ConfigError
+
+    arms = [a.strip().upper() for a in text.split(",")]
+    bad = [repr(a) if not a else a for a in arms if a not in ARMS]
+    if bad:
+        raise ConfigError(f"--arms: unknown arm(s) {', '.join(bad)}; choose from {', '.join(ARMS)}")
+    if len(set(arms)) < len(arms):
+        raise ConfigError(f"--arms {text!r}: an arm is given twice; each arm runs once per seed")
+    return arms
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Counts the flags take: a 0 that was silently ignored (the config's value ran) or crashed is refused."""
+    from hpsearch.errors import ConfigError
+
+    for flag, value in (
+        ("--n-trials", args.n_trials),
+        ("--n-epochs", args.n_epochs),
+        ("--max-train-samples", args.max_train_samples),
+    ):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag}: must be >= 1, got {value} (leave it out to keep the config's value)")
+    if args.threads < 0:
+        raise ConfigError(f"--threads: must be >= 0 (0: torch's choice), got {args.threads}")
+
+
+class ArmStopped(RuntimeError):
+    """An arm's search stopped before its budget (trials failing in a row): its figures would be a partial
+    arm's, compared as if whole."""
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """``bench/results/<config>[-<model>][-quick].json``; a folder or hub id given to --model (``/models/bert``,
+    ``org/name``) is one word of the name, not folders under bench/results."""
+    model = re.sub(r"[^\w.-]+", "-", args.model).strip("-.") if args.model else ""
+    suffix = ("-" + model if model else "") + ("-quick" if args.quick else "")
+    return RESULTS / f"{args.config.stem}{suffix}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
+    # No HF_HUB_OFFLINE here: a config naming a hub model or data set fetches it, as `hpsearch search` does.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse_args(argv)
     import torch
 
+    from hpsearch.config import check_writable
     from hpsearch.errors import ConfigError
     from hpsearch.search import prepare
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.jobs:  # one seed per core on a CPU; on a GPU, one at a time (they would share the one card)
-        args.jobs = 1 if torch.cuda.is_available() else os.cpu_count() or 1
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # arm D's per-trial lines; the log has them
-    seeds = [0] if args.quick and args.seeds == "0,1,2" else [int(s) for s in args.seeds.split(",")]
-    arms = [a.strip().upper() for a in args.arms.split(",")]
-    bad = [a for a in arms if a not in ARMS]
-    suffix = ("-" + args.model if args.model else "") + ("-quick" if args.quick else "")
-    out = args.out or RESULTS / f"{args.config.stem}{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out or default_out(args)
     try:
-        if bad:
-            raise ConfigError(f"--arms: unknown arm(s) {', '.join(bad)}; choose from {', '.join(ARMS)}")
+        check_flags(args)
+        seeds = [0] if args.quick and args.seeds == "0,1,2" else parse_seeds(args.seeds)
+        arms = parse_arms(args.arms)
+        # written after the whole run: a folder or an unwritable path is refused now, not after hours
+        check_writable(out, "--out")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out {out}: cannot make its folder ({exc.strerror})") from None
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        # one seed per core on a CPU; on a GPU, one at a time (they would share the one card)
+        if not args.jobs:
+            args.jobs = 1 if torch.cuda.is_available() else os.cpu_count() or 1
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # arm D's per-trial lines; the log has them
         cfg, sets = load_bench_config(args)
         if args.retrain_from:
             return retrain_from(args, args.retrain_from)
@@ -1014,6 +1106,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ArmStopped as exc:
+        print(f"error: {exc}; no result written", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C stops the benchmark, not only the arm that was running
+        print("interrupted: no result written", file=sys.stderr)
+        return 130
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print_summary(result, sys.stdout)
     print(f"\nfull results: {out} (trial log: {out.with_suffix('.progress.txt')})", file=sys.stderr)
@@ -1022,14 +1120,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_seeds_data(cfg, seeds: list[int]) -> None:
     """Each study seed also draws the data sample (and a carved validation split): check every seed's rows
-    before any arm runs, naming the seed."""
+    before any arm runs, naming the seed where its sample is what fails. A mistake in the data or config (a
+    column name, a file, a label the training file never uses) fails without sampling too, and is reported as
+    `hpsearch search` reports it: no other seed would help."""
     from hpsearch.data import load_data
     from hpsearch.errors import ConfigError
 
+    whole = dataclasses.replace(cfg.data, max_train_samples=None, max_validation_samples=None)
     for seed in seeds:
         try:
             load_data(cfg.data, seed=seed)
         except ConfigError as exc:
+            if whole == cfg.data:
+                raise
+            load_data(whole, seed=seed)  # the same mistake without sampling: raised as it is
             raise ConfigError(f"--seeds {seed}: {exc} (this seed's sample; try other --seeds)") from None
 
 
@@ -1070,7 +1174,17 @@ def data_facts(data) -> dict[str, Any]:
         "n_train": len(data.train),
         "n_validation": len(data.validation),
         "majority_val_error": data.majority_error(),  # rounded in the result file
+        "constant_val_error": constant_error(data),
     }
+
+
+def constant_error(data) -> float:
+    """The lowest validation error a constant prediction scores: 1 - the largest validation class's share. The
+    majority-class error predicts the training set's most common class; where the validation rows' most common
+    class is another (balanced classes, a small validation set), a model that collapsed onto that one scores
+    under it without learning anything."""
+    counts = collections.Counter(data.validation.labels)
+    return 1 - max(counts.values()) / len(data.validation)
 
 
 def in_process(threads: int, fn, *args):
@@ -1342,17 +1456,17 @@ def run_all(
         throughput = measure_throughput(cfg, data, factory, encoded, workdir, bs, args.throughput_repeats)
     summaries: dict[int, dict[str, Any]] = {}
     for seed, recs in per_seed.items():
-        # the issue's target: 0.5 points above the best of its four arms; E, with many more trials, is not one
-        # (when none of the four ran, e.g. --arms E,F: the best of those that did)
-        issue = [a for a in recs if a in ISSUE_ARMS] or list(recs)
-        bests = [e["val_error"] for arm in issue for e in recs[arm].events if e["val_error"] is not None]
-        target = min(bests) + TARGET_MARGIN if bests else math.nan
-        majority = facts[seed]["majority_val_error"]
-        summaries[seed] = {arm: summarise_arm(rec, target, majority) for arm, rec in recs.items()}
+        target = seed_target(recs)  # 0.5 points above the best of the issue's four arms
+        # "learned": better than any constant guess, not only than the training set's most common class
+        bar = facts[seed]["constant_val_error"]
+        summaries[seed] = {arm: summarise_arm(rec, target, bar) for arm, rec in recs.items()}
         for arm, retrained in runs[seed][1].items():
             summaries[seed][arm]["retrained_best"] = retrained
     agg = aggregate(summaries, arms)
-    rounded = {s: {**f, "majority_val_error": round(f["majority_val_error"], 4)} for s, f in facts.items()}
+    rounded = {
+        s: {**f, **{k: round(f[k], 4) for k in ("majority_val_error", "constant_val_error")}}
+        for s, f in facts.items()
+    }
     return {
         "command": "python -m bench.run " + " ".join(sys.argv[1:] if args is not None else []),
         "config": str(args.config),
@@ -1381,6 +1495,21 @@ def _batch_sizes(space) -> list[int]:
     return [int(space.fixed.get("batch_size", 32))]
 
 
+def nothing_learned(result: dict[str, Any]) -> list[str]:
+    """``seed (error)`` for each seed where no arm's best error got under a constant guess's by LEARNED_MARGIN (by
+    half of it where that is smaller: very imbalanced data), the lowest constant error where the result has it,
+    else the majority-class error: every arm sat on a constant prediction, and "reached the target" and "no
+    worse" held for all of them."""
+    quiet = []
+    for seed, by_arm in result.get("per_seed", {}).items():
+        facts = result.get("per_seed_data", {}).get(seed, result)
+        bar = facts.get("constant_val_error", facts.get("majority_val_error"))
+        bests = [f["best_val_error"] for f in by_arm.values() if f.get("best_val_error") is not None]
+        if bar is not None and not any(b < bar - min(LEARNED_MARGIN, bar / 2) for b in bests):
+            quiet.append(f"{seed} ({bar:g})")
+    return quiet
+
+
 def print_summary(result: dict[str, Any], stream) -> None:
     w = stream.write
     agg = result["aggregate"]
@@ -1394,6 +1523,12 @@ def print_summary(result: dict[str, Any], stream) -> None:
         f"{span('n_train')} train / {span('n_validation')} validation rows, majority-class error "
         f"{span('majority_val_error')}, seeds {result['seeds']}, {result['total_seconds']:.0f} s\n\n"
     )
+    if quiet := nothing_learned(result):
+        w(
+            f"warning: nothing learned on seed(s) {', '.join(quiet)}: no arm's best val error beat the error"
+            " of a constant guess (in brackets), so the to-target and no-worse rows below compare noise (check"
+            " the labels, the learning-rate range, the epochs)\n\n"
+        )
     w(
         "| arm | best val error | epochs | wall s | s to target | epochs to target | reached | best retrained |"
         " best within C's epochs |\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
@@ -58,6 +59,7 @@ def test_each_seed_is_judged_against_its_own_rows(result):
             "n_train": len(data.train),
             "n_validation": len(data.validation),
             "majority_val_error": round(data.majority_error(), 4),
+            "constant_val_error": round(bench.constant_error(data), 4),
         }
     assert r["per_seed_data"]["0"] != r["per_seed_data"]["1"]  # else this test proves nothing
     assert r["majority_val_error"] == r["per_seed_data"]["0"]["majority_val_error"]
@@ -649,3 +651,194 @@ def test_a_seed_whose_sample_breaks_the_data_is_refused_before_any_arm(tmp_path,
     assert bench.main(["--config", str(config), "--seeds", seeds, "--out", str(out)]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: --seeds ") and "this seed's sample" in line and not out.exists()
+
+
+# --- a study config and data the benchmark has not seen (the issue's "another real data set") ---------------
+
+SMALL = [
+    "--config", str(ROOT / "studies" / "demo.yaml"), "--arms", "C", "--seeds", "0", "--n-trials", "1",
+    "--n-epochs", "1", "--throughput-repeats", "0", "--retrain-seeds", "0", "--jobs", "1",
+    "--set", "data.demo_size=60",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--seeds", "a"],
+        ["--seeds", "0,1,"],
+        ["--seeds", "-1"],
+        ["--seeds", "0,0"],
+        ["--arms", "C,c"],
+        ["--arms", "A,,C"],
+        ["--n-trials", "0"],
+        ["--n-epochs", "0"],
+        ["--max-train-samples", "0"],
+        ["--threads", "-1"],
+    ],
+)
+def test_a_bad_flag_is_one_line_and_exit_2(tmp_path, capsys, flags):
+    """A seed that is not a number, or given twice, crashed (the second run of a seed after its arms); a 0 count
+    was silently ignored and the config's value ran."""
+    out = tmp_path / "r.json"
+    assert bench.main([*SMALL, *flags, "--out", str(out)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {flags[0]}") and not out.exists()
+
+
+def test_an_out_path_that_is_a_folder_is_refused_before_any_arm(tmp_path, capsys):
+    """The result is written after the whole run: a folder there crashed it at the end, the figures lost."""
+    assert bench.main([*SMALL, "--out", str(tmp_path)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --out {tmp_path}: is a folder")
+    assert not list(tmp_path.iterdir())  # no arm ran: no trial log
+
+
+def _files(tmp_path, train, validation):
+    for name, rows in (("train.csv", train), ("validation.csv", validation)):
+        (tmp_path / name).write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+
+
+@pytest.mark.parametrize(
+    "setting, blamed",
+    [
+        ("data.text_column=txt", "data.text_column: no column 'txt'"),
+        ("data.validation_file={tmp}/other.csv", "data.validation_file: file not found"),
+        ("data.label_column=label", "has label 'ham', which the training data never uses"),
+    ],
+)
+def test_a_mistake_in_the_data_is_not_blamed_on_a_seeds_sample(tmp_path, capsys, setting, blamed):
+    """Only a seed whose sample lacks a class is named; a column typo, a missing file or a label the training
+    file never uses was reported as "this seed's sample; try other --seeds", which no seed would fix."""
+    _files(tmp_path, [(f"words {i}", "a" if i % 2 else "b") for i in range(40)], [("more words", "ham")])
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "study: {n_trials: 1}\ntrain: {n_epochs: 1}\n"
+        f"data: {{train_file: {tmp_path}/train.csv, validation_file: {tmp_path}/validation.csv,"
+        " max_train_samples: 20}\n"
+    )
+    argv = ["--config", str(config), "--seeds", "0,1", "--set", setting.format(tmp=tmp_path)]
+    assert bench.main([*argv, "--out", str(tmp_path / "r.json")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert blamed in line and "--seeds" not in line
+
+
+def test_the_configs_epoch_budget_and_early_evaluation_do_not_change_the_arms(tmp_path):
+    """Every arm runs study.n_trials, as arm D (the Trainer) does: a config's epoch budget stopped A, B and C after
+    its epochs (and A's "epochs" were the budget); E alone has one, A's. A and B prune nothing, so an early
+    evaluation would only cost them a validation."""
+    from hpsearch.config import load_config
+
+    sets = ["study.epoch_budget=5", "study.n_trials=4", "train.n_epochs=3", "train.early_eval=0.3"]
+    cfg = load_config(ROOT / "studies" / "demo.yaml", sets=sets)
+    arms = {arm: bench.arm_config(cfg, arm, 0, tmp_path) for arm in "ABCEFG"}
+    assert {arm: c.study.epoch_budget for arm, c in arms.items()} == {**dict.fromkeys("ABCFG"), "E": 12.0}
+    assert {arm: c.train.early_eval for arm, c in arms.items()} == {
+        **dict.fromkeys("AB"),
+        **dict.fromkeys("CEFG", 0.3),
+    }
+
+
+def test_a_trial_stuck_on_a_constant_guess_has_not_learned(tmp_path):
+    """The training rows' most common class is not always the validation rows': a model that collapsed onto the
+    latter scores under the majority-class error without learning anything, and counted as having learned."""
+    from hpsearch.config import DataSection
+    from hpsearch.data import load_data
+
+    _files(tmp_path, [(f"w{i}", "a" if i < 12 else "b") for i in range(20)], [(f"v{i}", "b" if i < 7 else "a") for i in range(10)])  # fmt: skip
+    data = load_data(
+        DataSection(
+            name=None, train_file=f"{tmp_path}/train.csv", validation_file=f"{tmp_path}/validation.csv"
+        )
+    )
+    facts = bench.data_facts(data)
+    assert facts["majority_val_error"] == pytest.approx(0.7) and facts["constant_val_error"] == pytest.approx(
+        0.3
+    )
+    rec = bench.Recorder(n_train=20)
+    rec.epoch(0, {"learning_rate": 1e-2, "batch_size": 8}, 0.3, 1.0, 0.69, 1.0)  # every row called `b`
+    rec.wall = 1.0
+    summary = bench.summarise_arm(rec, 0.305, facts["constant_val_error"])
+    assert summary["trials_learned"] == 0 and summary["diverging_by_outcome"]["n"] == 1
+
+
+def test_no_evaluation_at_all_gives_no_target_and_valid_json():
+    """`--arms C` where every trial diverged in its first epoch: the target was NaN, which strict JSON refuses."""
+    rec = bench.Recorder(n_train=100)
+    rec.epoch(0, {"learning_rate": 5.0, "batch_size": 8}, None, 0.2, math.nan, 1.0)  # stopped: no evaluation
+    rec.wall = 1.0
+    assert bench.seed_target({"C": rec}) is None
+    summary = bench.summarise_arm(rec, bench.seed_target({"C": rec}), 0.5)
+    assert summary["target_val_error"] is None and not summary["reached_target"]
+    json.dumps(summary, allow_nan=False)
+    # arms that did evaluate set it when the issue's arms did not
+    other = bench.Recorder(n_train=100)
+    other.epoch(0, {"learning_rate": 1e-3, "batch_size": 8}, 0.25, 1.0, 0.5, 1.0)
+    assert bench.seed_target({"C": rec, "E": other}) == pytest.approx(0.255)
+
+
+@pytest.mark.parametrize(
+    "best, constant, warned", [(0.47, 0.47, True), (0.3, 0.47, False), (0.0, 0.0167, False)]
+)
+def test_a_seed_where_nothing_learned_is_said_above_the_table(capsys, best, constant, warned):
+    """Random labels, or a learning-rate range where nothing trains: every arm "reaches the target" at once and is
+    "no worse" than the others; the table alone reads as a pass. Very imbalanced data that did learn is no such
+    seed."""
+    per_seed = {0: {"A": _seed_summary(1, 12), "C": _seed_summary(1, 4)}}
+    for summary in per_seed[0].values():
+        summary["best_val_error"] = best
+    result = {"aggregate": bench.aggregate(per_seed, ["A", "C"]), "seeds": [0], "total_seconds": 1.0}
+    result.update(n_train=100, n_validation=60, majority_val_error=constant, throughput=None)
+    result["per_seed"] = {"0": per_seed[0]}
+    result["per_seed_data"] = {"0": {"n_train": 100, "n_validation": 60, "majority_val_error": 0.6, "constant_val_error": constant}}  # fmt: skip
+    result["targets"] = bench.check_targets(result["aggregate"], None)
+    bench.print_summary(result, sys.stdout)
+    out = capsys.readouterr().out
+    assert (f"warning: nothing learned on seed(s) 0 ({constant:g})" in out) is warned
+
+
+def test_ctrl_c_stops_the_benchmark_not_only_the_arm_it_interrupts(tmp_path):
+    """run_search takes SIGINT as "stop this search": the benchmark went on to the next arm and wrote a result,
+    exit 0, whose interrupted arm had a few of its trials."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "r.json"
+    argv = [*SMALL, "--arms", "A,C", "--n-trials", "40", "--set", "data.demo_size=200", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", *argv], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    log = tmp_path / "r.progress.seed0.txt"  # arm A's progress lines, as they come
+    try:
+        for _ in range(1200):  # at most 4 minutes to start: a guard, not a measure
+            if "trial 0 epoch 1/1" in (log.read_text() if log.exists() else ""):
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and not out.exists()
+    assert err.strip().splitlines()[-1] == "interrupted: no result written"
+
+
+def test_the_benchmark_does_not_turn_the_hub_off(monkeypatch, tmp_path):
+    """A config naming a hub model or data set fetches it under `hpsearch search`; bench.run set HF_HUB_OFFLINE=1
+    for itself and refused it ("OfflineModeIsEnabled") where the other command would download it."""
+    import os
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert bench.main([*SMALL, "--arms", "Z", "--out", str(tmp_path / "r.json")]) == 2
+    assert "HF_HUB_OFFLINE" not in os.environ
+
+
+@pytest.mark.parametrize(
+    "model, name", [("/models/my bert", "demo-models-my-bert.json"), ("org/name", "demo-org-name.json")]
+)
+def test_a_model_path_names_one_result_file_not_folders(model, name):
+    """`--model /models/bert` wrote bench/results/demo-/models/bert.json, folders and all."""
+    args = bench.parse_args(["--config", str(ROOT / "studies" / "demo.yaml"), "--model", model])
+    assert bench.default_out(args) == bench.RESULTS / name
