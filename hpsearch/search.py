@@ -383,6 +383,14 @@ def run_search(
             " also training examples (repeated rows), so val_error flatters memorising them; remove the"
             " repeats, or give a data.validation_file that shares no rows with the training file"
         )
+    from hpsearch.train import length_grouping_note
+
+    if cfg.train.group_by_length and (
+        note := length_grouping_note(
+            [len(x) for x in encoded[0]["input_ids"]], data.train.labels, _smallest_batch(cfg, space)
+        )
+    ):
+        reporter.line(note)
     write_study_note(study, cfg, command, data)  # what the dashboard shows about this study
     objective = Objective(cfg, space, data, factory, encoded, reporter, stop)
     with _StopOnSignal(stop, reporter) as guard:
@@ -391,6 +399,14 @@ def run_search(
     result = _result(cfg, study, stopped_by, ran)
     result.signal = guard.signum if stopped_by == "signal" else None
     return result
+
+
+def _smallest_batch(cfg: Config, space: SearchSpace) -> int:
+    """The smallest batch size the trials will train with: its batches are the most one-class."""
+    for p in space.params:
+        if p.name == "batch_size":
+            return int(min(p.choices) if p.choices else p.low)
+    return int(space.fixed.get("batch_size", cfg.train.batch_size))
 
 
 def _loop(

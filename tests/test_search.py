@@ -7,6 +7,7 @@ import io
 import json
 import math
 import random
+import re
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
@@ -613,3 +614,50 @@ def test_this_runs_trial_count_counts_a_paused_trial_and_its_continuation_once(w
     assert _result(cfg, study, "budget", [0, 1, 2, 3]).trials_run == [1, 3]
     assert _result(cfg, study, "budget", [0, 2]).trials_run == [0, 2]  # their successors ran in another run
     assert _result(cfg, study, "budget", [1, 3]).trials_run == [1, 3]
+
+
+def test_text_length_that_tells_the_classes_apart_is_named_before_the_search(workdir):
+    """Short texts one class, long ones the other: batches grouped by length are one class each, which trains
+    worse; the search says so, and not with train.group_by_length off or where length says nothing."""
+    rows = [
+        ("good " * (2 + i % 3), "pos") if i % 2 else (("a dull and tedious tale " * 4) + str(i), "neg")
+        for i in range(120)
+    ]
+    (workdir / "len.csv").write_text(
+        "text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8"
+    )
+    config = write_config(
+        workdir / "len.yaml",
+        tiny_config(
+            study={"name": "len", "n_trials": 1},
+            data={"name": None, "train_file": "len.csv"},
+            train={"n_epochs": 1},
+        ),
+    )
+    result = invoke("search", config)
+    assert result.exit_code == 0, result.output
+    [line] = [
+        x for x in result.stderr.splitlines() if x.startswith("data: text length tells the classes apart")
+    ]
+    grouped, shuffled = map(
+        int, re.search(r"hold (\d+)% of one class on average, random ones (\d+)%", line).groups()
+    )
+    assert grouped >= 90 and shuffled <= 75
+    assert "set train.group_by_length: false" in line
+    off = invoke("search", config, "--study-name", "len-off", "--set", "train.group_by_length=false")
+    assert off.exit_code == 0, off.output
+    assert "text length tells" not in off.stderr
+    demo = invoke(
+        "search",
+        config,
+        "--study-name",
+        "demo-len",
+        "--set",
+        "data.name=demo",
+        "--set",
+        "data.train_file=null",
+        "--set",
+        "data.demo_size=200",
+    )
+    assert demo.exit_code == 0, demo.output
+    assert "text length tells" not in demo.stderr
