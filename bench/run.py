@@ -306,6 +306,12 @@ def hf_datasets(data, encoded):
     return rows(encoded[0], data.train.labels), rows(encoded[1], data.validation.labels)
 
 
+def hf_warmup(ratio) -> float:
+    """hpsearch's ``warmup_ratio`` as the Trainer's ``warmup_steps``, which reads a value under 1 as a share of
+    the steps and 1 or more as a count: a ratio of 1 (warm up the whole run) would be one step."""
+    return min(float(ratio), 1 - 1e-9)
+
+
 def hf_training_args(cfg, hp: dict[str, Any], out: Path, epochs: int, **extra):
     from transformers import TrainingArguments
 
@@ -322,7 +328,7 @@ def hf_training_args(cfg, hp: dict[str, Any], out: Path, epochs: int, **extra):
         per_device_train_batch_size=int(hp["batch_size"]),
         per_device_eval_batch_size=cfg.train.eval_batch_size,
         weight_decay=float(hp["weight_decay"]),
-        warmup_steps=float(hp["warmup_ratio"]),
+        warmup_steps=hf_warmup(hp["warmup_ratio"]),
         lr_scheduler_type=hp["lr_scheduler"],
         max_grad_norm=float(hp["max_grad_norm"]),
         seed=int(hp["seed"]),
@@ -358,7 +364,7 @@ def run_trainer_arm(cfg, space, data, factory, encoded, seed: int, workdir: Path
             value = param.suggest(trial)
             state["hp"][name] = value
             if name in HF_ARGS:
-                values[HF_ARGS[name]] = value
+                values[HF_ARGS[name]] = hf_warmup(value) if name == "warmup_ratio" else value
         return values
 
     def model_init(trial=None):

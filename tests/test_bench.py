@@ -842,3 +842,15 @@ def test_a_model_path_names_one_result_file_not_folders(model, name):
     """`--model /models/bert` wrote bench/results/demo-/models/bert.json, folders and all."""
     args = bench.parse_args(["--config", str(ROOT / "studies" / "demo.yaml"), "--model", model])
     assert bench.default_out(args) == bench.RESULTS / name
+
+
+@pytest.mark.parametrize("ratio, steps", [(0.0, 0), (0.1, 10), (1.0, 100)])
+def test_arm_d_warms_up_over_the_same_share_of_steps(tmp_path, ratio, steps):
+    """The Trainer reads warmup_steps under 1 as a share and from 1 on as a count: a ratio of 1 was one step."""
+    from hpsearch.config import load_config
+
+    cfg = load_config(ROOT / "studies" / "demo.yaml")
+    hp = {"learning_rate": 1e-3, "batch_size": 8, "weight_decay": 0.0, "warmup_ratio": ratio}
+    hp.update(lr_scheduler="linear", max_grad_norm=1.0, seed=0)
+    args = bench.hf_training_args(cfg, hp, tmp_path, epochs=1)
+    assert args.get_warmup_steps(100) == steps
