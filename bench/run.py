@@ -1495,9 +1495,12 @@ def run_all(
 
 
 def _batch_sizes(space) -> list[int]:
+    """The batch sizes the trials can train with: the choices, 32 or the nearest end of a range, or the fixed."""
     for p in space.params:
         if p.name == "batch_size" and p.choices:
             return [int(c) for c in p.choices]
+        if p.name == "batch_size":
+            return [int(min(max(32, p.low), p.high))]
     return [int(space.fixed.get("batch_size", 32))]
 
 

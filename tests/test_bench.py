@@ -854,3 +854,13 @@ def test_arm_d_warms_up_over_the_same_share_of_steps(tmp_path, ratio, steps):
     hp.update(lr_scheduler="linear", max_grad_norm=1.0, seed=0)
     args = bench.hf_training_args(cfg, hp, tmp_path, epochs=1)
     assert args.get_warmup_steps(100) == steps
+
+
+def test_throughput_is_measured_at_a_batch_size_the_space_holds():
+    from hpsearch.space import parse_space
+
+    assert bench._batch_sizes(parse_space({"batch_size": {"type": "int", "low": 64, "high": 256}})) == [64]
+    assert bench._batch_sizes(parse_space({"batch_size": {"type": "int", "low": 4, "high": 16}})) == [16]
+    choices = {"batch_size": {"type": "categorical", "choices": [8, 16]}}
+    assert bench._batch_sizes(parse_space(choices)) == [8, 16]
+    assert bench._batch_sizes(parse_space({"batch_size": 12})) == [12]
