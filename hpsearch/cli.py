@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import yaml
 
-from hpsearch.config import STORAGE_ENV, check_writable, load_config
+from hpsearch.config import STORAGE_ENV, check_writable, load_config, sqlite_url
 from hpsearch.errors import ConfigError, HpsearchError, StorageError
 
 
@@ -30,6 +30,11 @@ class _Fail(click.ClickException):
 
 class HpsearchGroup(click.Group):
     """Every error leaves as one line on stderr: 2 for bad input, 1 for runtime failures."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        self.command_name = command.name if command else name  # for the message after a Ctrl-C
+        return name, command, rest
 
     def main(self, args=None, prog_name=None, **kwargs):
         debug = "--debug" in (sys.argv[1:] if args is None else list(args))
@@ -48,21 +53,51 @@ class HpsearchGroup(click.Group):
             sys.exit(exc.exit_code)
         except (click.exceptions.Abort, KeyboardInterrupt):
             # click turns Ctrl-C into Abort; the search has already re-queued its running trial by then.
+            command = getattr(self, "command_name", None)
             click.echo(
                 "hpsearch: interrupted; rerun the command to resume (a trial that was running is re-queued"
-                " from its last epoch)",
+                " from its last epoch)"
+                if command == "search"
+                else "hpsearch: interrupted; train-best does not resume: rerun it to start over, with an -o"
+                " folder that is new or empty"
+                if command == "train-best"
+                else "hpsearch: interrupted",
                 err=True,
             )
             sys.exit(130)
         except Exception as exc:  # a bug, not a user mistake: still one line unless --debug
             if debug:
                 traceback.print_exc()
+            full = _disk_full(exc)
+            if full is not None:
+                click.echo(
+                    f"hpsearch: error: the disk is full ({full}); free some space, then rerun the command (a"
+                    " search resumes where it stopped)",
+                    err=True,
+                )
+                sys.exit(1)
             click.echo(
                 f"hpsearch: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
                 "traceback)",
                 err=True,
             )
             sys.exit(1)
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """What ran out of space, when ``exc`` or an error behind it is a full disk (Optuna reports SQLite's as a
+    commit of invalid data, "e.g. exceeding max length"); None otherwise."""
+    import errno
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
+        if "database or disk is full" in str(exc):
+            return "SQLite: database or disk is full"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _translate(func):
@@ -105,8 +140,21 @@ def format_option(*choices: str, help: str = "Output format."):
     )
 
 
+def _check_not_a_store(output: str, ext: str) -> None:
+    """``-o`` of export and report is overwritten: refuse a file that holds a study store (a typo such as
+    ``-o studies/demo.db`` would replace every trial with a CSV or HTML file)."""
+    from hpsearch.study import store_kind
+
+    kind = store_kind(output)
+    if kind is not None:
+        raise ConfigError(
+            f"-o {output}: is {kind}, which writing the {ext.upper()} file would destroy with its trials; give"
+            f" another file name, e.g. -o {Path(output).with_suffix('.' + ext)}"
+        )
+
+
 def _storage_for(study: str | None, storage: str | None) -> str:
-    return storage or os.environ.get(STORAGE_ENV) or f"sqlite:///studies/{study}.db"
+    return storage or os.environ.get(STORAGE_ENV) or sqlite_url(f"studies/{study}.db")
 
 
 @click.group(cls=HpsearchGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -254,7 +302,7 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
     """--workers/--gpus: one `hpsearch search` process per worker, same arguments, then the study summary."""
     from hpsearch.cost import epochs_spent
     from hpsearch.results import best_summary, describe_best, state_counts
-    from hpsearch.study import check_storage, describe_storage, load_existing_study
+    from hpsearch.study import check_resumable, check_storage, describe_storage, load_existing_study
     from hpsearch.workers import finished_trials, parse_gpus, plan_workers, run_workers
 
     if n_workers is not None and gpus is not None:
@@ -262,6 +310,7 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
     check_storage(cfg.study.storage)
     done = finished_trials(cfg.study.storage, cfg.study.name)
     if done is not None and done >= cfg.study.n_trials:
+        check_resumable(cfg)  # settings the study was not made with are refused, as one worker refuses them
         click.echo(
             f"budget met: study '{cfg.study.name}' has {done}/{cfg.study.n_trials} finished trials;"
             " no worker started (raise --n-trials to run more)",
@@ -553,6 +602,7 @@ def export(study, storage, fmt, output):
 
     if output:
         check_writable(output, "-o")
+        _check_not_a_store(output, fmt)
     text = export_trials(load_existing_study(_storage_for(study, storage), study), fmt)
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -651,6 +701,8 @@ def report(study, storage, output, fmt):
     from hpsearch.study import load_existing_study
 
     check_writable(output, "-o", folder=fmt == "png")
+    if fmt == "html":
+        _check_not_a_store(output, "html")
     st = load_existing_study(_storage_for(study, storage), study)
     if fmt == "png":
         paths = write_pngs(st, output)

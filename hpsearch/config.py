@@ -142,6 +142,15 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     search_space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACE))
     source: str = "<defaults>"  # where the config came from, for messages
+    # keys a flag set rather than the file ("train.n_epochs": "--set", "study.seed": "--seed"), for messages
+    origins: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def named(self, key: str) -> str:
+        """How a message names ``key`` (``section.key``): the flag that set it, else the config file."""
+        flag = self.origins.get(key)
+        if flag == "--set":
+            return f"--set {key}"
+        return f"{flag} ({key})" if flag else f"{self.source}: {key}"
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data, as stored on the study (storage password masked)."""
@@ -149,6 +158,12 @@ class Config:
         out["study"]["storage"] = mask_password(out["study"]["storage"])
         out["search_space"] = dict(self.search_space)
         return out
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The SQLite URL of a file: SQLAlchemy decodes ``%XX`` in it and reads ``?`` as the start of options, so a
+    file (or study) name holding either is escaped, to open that very file."""
+    return "sqlite:///" + str(Path(path).as_posix()).replace("%", "%25").replace("?", "%3F")
 
 
 def did_you_mean(word: str, options: typing.Iterable[str]) -> str:
@@ -485,9 +500,9 @@ def load_config(
         space = {**DEFAULT_SEARCH_SPACE, **(space_raw or {})}
         study = sections["study"]
         if study.storage is None:
-            storage = os.environ.get(STORAGE_ENV) or f"sqlite:///studies/{study.name}.db"
+            storage = os.environ.get(STORAGE_ENV) or sqlite_url(f"studies/{study.name}.db")
             sections["study"] = dataclasses.replace(study, storage=storage)
-        cfg = Config(**sections, search_space=space, source=source)
+        cfg = Config(**sections, search_space=space, source=source, origins=origins)
         # `1e-5` (a string to YAML 1.1) is stored as the number it means, so resumed studies compare equal.
         return dataclasses.replace(cfg, search_space=_validate(cfg))
     except ConfigError as e:

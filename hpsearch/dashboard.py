@@ -26,7 +26,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.config import STORAGE_ENV, Config, mask_password
+from hpsearch.config import STORAGE_ENV, Config, mask_password, sqlite_url
 from hpsearch.errors import ConfigError
 from hpsearch.pruners import EARLY_STEP, PAUSED_ATTR
 from hpsearch.results import DIED, advice_line, best_summary, format_params
@@ -47,7 +47,7 @@ def default_storage(directory: str = "studies") -> str:
         return os.environ[STORAGE_ENV]
     stores = sorted(Path(directory).glob("*.db"))
     if len(stores) == 1:
-        return f"sqlite:///{stores[0].as_posix()}"
+        return sqlite_url(stores[0])
     if not stores:
         raise ConfigError(
             f"no study store under {directory}/; pass --storage URL (e.g. sqlite:///studies/demo.db)"
@@ -56,7 +56,7 @@ def default_storage(directory: str = "studies") -> str:
     names = ", ".join(p.name for p in stores)
     raise ConfigError(
         f"{len(stores)} study stores under {directory}/ ({names}); pick one with --storage,"
-        f" e.g. --storage sqlite:///{stores[0].as_posix()}"
+        f" e.g. --storage {sqlite_url(stores[0])}"
     )
 
 

@@ -35,7 +35,9 @@ MAX_SUGGESTED_TOP_K = 3  # train-best retrains each configuration with 3 seeds: 
 
 def default_stores(directory: str = "studies") -> list[str]:
     """The SQLite stores `hpsearch search` made under ``directory`` by default."""
-    return [f"sqlite:///{p.as_posix()}" for p in sorted(Path(directory).glob("*.db"))]
+    from hpsearch.config import sqlite_url
+
+    return [sqlite_url(p) for p in sorted(Path(directory).glob("*.db"))]
 
 
 def list_studies(storage_url: str) -> list[dict[str, Any]]:

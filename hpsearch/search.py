@@ -368,7 +368,7 @@ def run_search(
     reporter = reporter or Reporter()
     stop = stop or threading.Event()
     space, data, factory, encoded = prepare(cfg)
-    study = open_study(cfg, space, worker)
+    study = open_study(cfg, space, worker, data)
     record_data(study, data)
     reporter.line(
         f"study '{cfg.study.name}' in {describe_storage(cfg.study.storage)}: {len(data.train)} train /"

@@ -88,8 +88,11 @@ def _journal_path(url: str) -> str | None:
 
 
 def _sqlite_path(url: str) -> Path | None:
+    """The file a SQLite URL opens, as SQLAlchemy reads the URL: ``%XX`` decoded, options after ``?`` cut off."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url.removeprefix("sqlite:///"))
+        from urllib.parse import unquote
+
+        return Path(unquote(url.removeprefix("sqlite:///").split("?", 1)[0]))
     return None
 
 
@@ -110,13 +113,17 @@ def _check_sqlite_url(url: str) -> None:
 def _check_optuna_file(path: Path, allow_empty: bool = False) -> None:
     """``path`` must be an Optuna store (or, with ``allow_empty``, a database with no tables yet): opening any
     other SQLite file with Optuna would write its 13 tables (and WAL mode) into it."""
+    from urllib.parse import quote
+
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)  # `#`, `?`, `%` are the name's
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
             con.close()
-    except sqlite3.Error as exc:
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError):  # a SQLite file this process cannot open
+            raise ConfigError(f"storage: cannot open {path} ({exc}): {_why_unopenable(path)}") from None
         raise ConfigError(f"storage: {path} is not a SQLite file ({exc}); check --storage") from None
     if allow_empty and tables <= _optuna_tables():
         return  # no tables yet, or another worker started at the same time is creating them
@@ -129,6 +136,28 @@ def _check_optuna_file(path: Path, allow_empty: bool = False) -> None:
         raise ConfigError(
             f"storage: {path} is {what}, not a study store; check --storage or run `hpsearch search` first"
         )
+
+
+def _why_unopenable(path: Path) -> str:
+    """Why SQLite could not open an existing store, and the fix: a store in WAL mode (every store a search
+    made) needs to write its -shm file beside it even to be read."""
+    import os
+    import shutil
+
+    folder = path.resolve().parent
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
+        full = shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        read_only = full = False
+    if read_only:
+        return (
+            f"{folder} is read-only, and SQLite must write a store's -shm file beside it even to read it;"
+            " copy the store to a folder you can write and give that copy to --storage"
+        )
+    if full:
+        return f"the disk holding {folder} is full; free some space there"
+    return "check the file's permissions and its disk"
 
 
 def _check_journal_file(path: Path) -> None:
@@ -146,6 +175,92 @@ def _check_journal_file(path: Path) -> None:
         raise ConfigError(
             f"storage: {path} is not an Optuna journal file (one JSON operation a line); check --storage"
         )
+    damage = _journal_tail_damage(path)
+    if damage is not None:
+        try:  # a writer appends a whole operation under Optuna's lock: holding it, no write is half done
+            from optuna.storages.journal import JournalFileSymlinkLock
+            from optuna.storages.journal._file import get_lock_file
+
+            with get_lock_file(JournalFileSymlinkLock(str(path))):
+                damage = _journal_tail_damage(path)
+        except OSError:
+            pass  # a folder no one can write: no writer either, so what was read stands
+    if damage is not None:
+        line, offset, what = damage
+        raise ConfigError(
+            f"storage: the last operation in journal {path} (line {line}) {what}; Optuna would append after it"
+            f" and then refuse to read the whole journal. Keep a copy, then cut it off: truncate -s {offset}"
+            f" {path}"
+        )
+
+
+def _journal_tail_damage(path: Path) -> tuple[int, int, str] | None:
+    """The journal's last line when Optuna could not read it: (line number, its byte offset, what is wrong).
+    Optuna skips such a line while it is the last one (a write cut short by a full disk or a killed worker),
+    but it appends new operations right after it, and a broken line among others makes it refuse the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        start, tail = size, b""
+        while start > 0:  # back to the newline before the last line
+            step = min(1 << 16, start)
+            start -= step
+            f.seek(start)
+            tail = f.read(step) + tail
+            if tail.rfind(b"\n", 0, len(tail) - 1) >= 0:
+                break
+        cut = tail.rfind(b"\n", 0, len(tail) - 1) + 1
+        last, offset = tail[cut:], start + cut
+        if not last:
+            return None
+        if not last.endswith(b"\n"):
+            what = f"was cut short ({len(last)} bytes with no newline: a full disk or a killed worker)"
+        else:
+            try:
+                json.loads(last)
+                return None
+            except ValueError:
+                what = "is not a JSON operation"
+        f.seek(0)
+        line = f.read(offset).count(b"\n") + 1
+    return line, offset, what
+
+
+def _journal_damage(path: Path) -> str:
+    """Where a journal that Optuna refuses to read is broken, for the error message."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                json.loads(line)
+            except ValueError:
+                return (
+                    f"line {number} is not a whole JSON operation, so Optuna reads none of the journal; keep a"
+                    f" copy, then delete or repair that line (sed -i '{number}d' {path})"
+                )
+    return "Optuna cannot read it"
+
+
+def store_kind(path: str | Path) -> str | None:
+    """What study store the file at ``path`` holds ("a SQLite database", "an Optuna journal", or one of a SQLite
+    database's side files), or None: a command that writes a report or an export must never write over one."""
+    path = Path(path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        base = path.with_name(path.name.removesuffix(suffix))
+        if path.name.endswith(suffix) and base.is_file() and store_kind(base) == "a SQLite database":
+            return f"the {suffix.lstrip('-')} file of the SQLite database {base}"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(0)
+            first = f.readline(1 << 20)
+    except OSError:
+        return None  # missing, a folder or unreadable: the caller's own checks say so
+    if head == b"SQLite format 3\x00":
+        return "a SQLite database"
+    try:
+        op = json.loads(first)
+    except ValueError:
+        return None
+    return "an Optuna journal" if isinstance(op, dict) and "op_code" in op else None
 
 
 def _optuna_tables() -> set[str]:
@@ -202,7 +317,11 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
         Path(journal).parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        return JournalStorage(JournalFileBackend(journal))
+        try:
+            return JournalStorage(JournalFileBackend(journal))
+        except ValueError as exc:  # a broken line before others (json.JSONDecodeError is a ValueError)
+            _log.debug("journal %s unreadable: %s", journal, exc)
+            raise ConfigError(f"storage: journal {journal}: {_journal_damage(Path(journal))}") from None
     if "://" not in url:
         raise ConfigError(
             f"storage: {describe_storage(url)!r} is not a storage URL; use sqlite:///studies/NAME.db,"
@@ -527,9 +646,18 @@ def check_storage(url: str) -> None:
         if file.is_dir():
             raise ConfigError(f"storage: {file} is a folder; give a file, e.g. {file / 'NAME.db'}")
         if file.exists() and not os.access(file, os.W_OK):
-            raise ConfigError(f"storage: cannot write {file}: the file is read-only; check its permissions")
-        if file.is_file() and journal is None:
-            _check_optuna_file(file, allow_empty=True)
+            why = (
+                f"its file system ({file.resolve().parent}) is mounted read-only; copy the store to one you can"
+                " write and give that copy to --storage"
+                if os.statvfs(file).f_flag & os.ST_RDONLY
+                else "the file is read-only; check its permissions"
+            )
+            raise ConfigError(f"storage: cannot write {file}: {why}")
+        if file.is_file():
+            if journal is None:
+                _check_optuna_file(file, allow_empty=True)
+            else:
+                _check_journal_file(file)
         check_writable(file, "storage:")
         return
     import sqlalchemy
@@ -695,39 +823,54 @@ def _check_same_study(cfg: Config, stored: dict[str, Any], study_name: str) -> N
             old, new = stored.get(section, {}).get(key), current[section][key]
             if old != new:
                 raise ConfigError(
-                    f"{cfg.source}: {section}.{key} is {new!r} but study '{study_name}' was created with {old!r};"
-                    " trials would not be comparable. Use another --study-name, or set it back"
+                    f"{cfg.named(f'{section}.{key}')} is {new!r} but study '{study_name}' was created with"
+                    f" {old!r}; trials would not be comparable. Use another --study-name, or"
+                    f" {_set_back(cfg, f'{section}.{key}', old)}"
                 )
     old_seed, new_seed = stored.get("study", {}).get("seed"), current["study"]["seed"]
     if old_seed != new_seed:
         raise ConfigError(
-            f"{cfg.source}: study.seed is {new_seed!r} but study '{study_name}' was created with {old_seed!r};"
-            " the seed also carves and samples the data, so trials would not be comparable. Set it back"
-            " (workers of one study differ by --worker-index, not --seed), or use another --study-name"
+            f"{cfg.named('study.seed')} is {new_seed!r} but study '{study_name}' was created with {old_seed!r};"
+            f" the seed also carves and samples the data, so trials would not be comparable."
+            f" {_set_back(cfg, 'study.seed', old_seed).capitalize()} (workers of one study differ by"
+            " --worker-index, not --seed), or use another --study-name"
         )
     old_space, new_space = stored.get("search_space", {}), current["search_space"]
     if json.dumps(old_space, sort_keys=True) != json.dumps(new_space, sort_keys=True):
         changed = sorted(k for k in {*old_space, *new_space} if old_space.get(k) != new_space.get(k))
+        flagged = [f"search_space.{k}" for k in changed if cfg.origins.get(f"search_space.{k}")]
+        where = f"--set {', '.join(flagged)}" if len(flagged) == len(changed) else cfg.source
         raise ConfigError(
-            f"{cfg.source}: search_space differs from the one study '{study_name}' was created with"
+            f"{where}: search_space differs from the one study '{study_name}' was created with"
             f" (changed: {', '.join(changed)}); use another --study-name for a new space"
         )
 
 
-def open_study(cfg: Config, space: SearchSpace, worker: int = 0) -> optuna.Study:
+def _set_back(cfg: Config, key: str, old: Any) -> str:
+    """The fix for a value a resumed study was not created with: the study's value, where this one came from."""
+    import yaml
+
+    value = yaml.safe_dump(old, default_flow_style=True).strip().removesuffix("...").strip()
+    flag = cfg.origins.get(key)
+    if flag == "--set":
+        return f"give --set {key}={value}"
+    if flag:
+        return f"drop {flag}" if old is None else f"give {flag} {value}"
+    return f"set it back to {value} in {cfg.source}"
+
+
+def open_study(cfg: Config, space: SearchSpace, worker: int = 0, data: Any = None) -> optuna.Study:
     """Create or resume the study described by ``cfg`` (explicit name, ``load_if_exists``, direction,
-    heartbeat and retry), after checking that a resumed study measures the same thing."""
+    heartbeat and retry), after checking that a resumed study measures the same thing (with ``data``, the
+    loaded data too: a data file changed under the same name is other data)."""
+    check_resumable(cfg, data)  # before the store is opened to write
     storage = open_storage(cfg.study.storage, cfg)
     name = cfg.study.name
     existing = {s.study_name: s for s in _summaries(storage)}
     if name in existing:
         sampler = make_sampler(cfg, space, worker, n_existing=existing[name].n_trials)
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(cfg))
-        stored = study.user_attrs.get(CONFIG_ATTR)
-        if stored:
-            _check_same_study(cfg, stored, name)
-        if study.direction != optuna.study.StudyDirection.MINIMIZE:
-            raise ConfigError(f"storage: study '{name}' maximises; hpsearch studies minimise val_error")
+        _check_resumed(cfg, study, data)  # again: another worker may have made the study meanwhile
     else:
         try:
             study = optuna.create_study(
@@ -746,6 +889,33 @@ def open_study(cfg: Config, space: SearchSpace, worker: int = 0) -> optuna.Study
         # path it wrote, so a checkpoint written under the other key is still found and cleaned up.
         study.set_user_attr(CHECKPOINT_KEY_ATTR, uuid.uuid4().hex[:8])
     return study
+
+
+def check_resumable(cfg: Config, data: Any = None) -> None:
+    """Refuse the settings (and with ``data``, the data) an existing study was not created with, opening the
+    store read-only: a refused resume must not write to it (opening it to write switches a SQLite file made
+    by Optuna to WAL mode). Nothing to check when the store or the study does not exist yet."""
+    try:
+        storage = open_storage(cfg.study.storage, create=False)
+    except ConfigError:
+        return  # no store yet, or one open_storage(create=True) reports on
+    name = cfg.study.name
+    if name not in {s.study_name for s in _summaries(storage)}:
+        return
+    _check_resumed(cfg, optuna.load_study(study_name=name, storage=storage), data)
+
+
+def _check_resumed(cfg: Config, study: optuna.Study, data: Any = None) -> None:
+    """The checks before ``study`` takes more trials: same settings, same data (with ``data``), minimising."""
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored:
+        _check_same_study(cfg, stored, study.study_name)
+    if data is not None and study.user_attrs.get(DATA_ATTR):
+        _check_same_data(cfg, study.user_attrs[DATA_ATTR], data_sizes(data), study.study_name)
+    if study.direction != optuna.study.StudyDirection.MINIMIZE:
+        raise ConfigError(
+            f"storage: study '{study.study_name}' maximises; hpsearch studies minimise val_error"
+        )
 
 
 def _summaries(storage) -> list[optuna.study.StudySummary]:
@@ -821,14 +991,34 @@ def is_over_budget(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> b
     return ahead >= n_trials
 
 
-def record_data(study: optuna.Study, data: Any) -> None:
-    """Store the sizes behind the study's validation errors (``DATA_ATTR``); rewritten by every worker alike."""
-    sizes = {
+def data_sizes(data: Any) -> dict[str, Any]:
+    """The sizes behind a study's validation errors, as ``DATA_ATTR`` stores them."""
+    return {
         "n_train": len(data.train),
         "n_validation": len(data.validation),
         "n_classes": data.num_labels,
         "majority_val_error": round(data.majority_error(), 4),
     }
+
+
+def _check_same_data(cfg: Config, stored: dict[str, Any], sizes: dict[str, Any], study_name: str) -> None:
+    """Refuse to resume a study on data that differ from its own under the same config: a data file edited,
+    replaced or read from another folder (relative paths), which the config's keys cannot tell."""
+    changed = [k for k in sizes if k in stored and stored[k] != sizes[k]]
+    if changed:
+        what = ", ".join(f"{k} {sizes[k]} (study: {stored[k]})" for k in changed)
+        files = [f for f in (cfg.data.train_file, cfg.data.validation_file) if f]
+        source = f"the data files ({', '.join(files)})" if files else f"data set {cfg.data.name!r}"
+        where = " (relative paths are read from the current folder)" if files else ""
+        raise ConfigError(
+            f"data: {source} differ from those study '{study_name}' was measured on: {what}; trials would not"
+            f" be comparable. Restore the study's data{where}, or use another --study-name"
+        )
+
+
+def record_data(study: optuna.Study, data: Any) -> None:
+    """Store the sizes behind the study's validation errors (``DATA_ATTR``); rewritten by every worker alike."""
+    sizes = data_sizes(data)
     if study.user_attrs.get(DATA_ATTR) != sizes:
         study.set_user_attr(DATA_ATTR, sizes)
 

@@ -82,6 +82,10 @@ def parse_gpus(spec: str, visible: str | None = None, count: int | None = None) 
     if count is None:
         count = _count_gpus()
     bad = [p for p in parts if int(p) >= count]
+    if bad and count == 0:
+        raise ConfigError(
+            f"--gpus {spec!r}: no CUDA GPU is visible on this machine; use --workers N for CPU workers"
+        )
     if bad:
         via = f" via CUDA_VISIBLE_DEVICES={visible}" if listed else ""
         raise ConfigError(

@@ -300,7 +300,7 @@ def test_help_lists_the_commands():
     [
         (["--set", "train.dropout=0.5"], ["train.dropout is 0.5", "created with 0.1"]),
         (["--set", "train.warmup_ratio=0.1"], ["train.warmup_ratio is 0.1"]),
-        (["--seed", "1"], ["study.seed is 1", "created with 0", "--worker-index"]),
+        (["--seed", "1"], ["--seed (study.seed) is 1", "created with 0", "--worker-index"]),
         (["--set", "train.n_epochs=3"], ["train.n_epochs is 3", "created with 2"]),
         (["--set", "model.max_length=64"], ["model.max_length is 64", "created with 32"]),
         (["--set", "data.demo_size=200"], ["data.demo_size is 200", "created with 300"]),

@@ -299,6 +299,7 @@ def test_gpu_indices_follow_the_devices_slurm_made_visible():
     ("spec", "count", "message"),
     [
         ("all", 0, "no CUDA GPU is visible"),
+        ("0", 0, "--gpus '0': no CUDA GPU is visible on this machine; use --workers N"),  # not "use 0..-1"
         ("0,x", 2, "expected `all` or GPU indices"),
         ("0,0", 2, "listed twice"),
         ("0,3", 2, "no GPU 3 on this machine"),
