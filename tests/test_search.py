@@ -302,21 +302,26 @@ def write_intents(path: Path, n: int, seed: int) -> Path:
     return path
 
 
+def _one_trial_on_rows(workdir: Path, name: str, rows: list[tuple[str, str]]) -> Path:
+    """A config for one 1-epoch trial on ``rows`` (text, label), written as NAME.csv; validation carved from it."""
+    (workdir / f"{name}.csv").write_text(
+        "text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8"
+    )
+    return write_config(
+        workdir / f"{name}.yaml",
+        tiny_config(
+            study={"name": name, "n_trials": 1},
+            data={"name": None, "train_file": f"{name}.csv"},
+            train={"n_epochs": 1},
+        ),
+    )
+
+
 def test_validation_rows_repeated_from_training_are_named_before_the_search(workdir):
     """A file with repeated rows, its validation split carved from it: some validation sentences are training
     sentences, and the search says how many before it spends anything."""
     rows = [(f"sentence number {i % 20} here", "pos" if i % 20 < 10 else "neg") for i in range(60)]
-    (workdir / "rep.csv").write_text(
-        "text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8"
-    )
-    config = write_config(
-        workdir / "rep.yaml",
-        tiny_config(
-            study={"name": "rep", "n_trials": 1},
-            data={"name": None, "train_file": "rep.csv"},
-            train={"n_epochs": 1},
-        ),
-    )
+    config = _one_trial_on_rows(workdir, "rep", rows)
     result = invoke("search", config)
     assert result.exit_code == 0, result.output
     data = load_data(load_config(config).data)
@@ -623,17 +628,7 @@ def test_text_length_that_tells_the_classes_apart_is_named_before_the_search(wor
         ("good " * (2 + i % 3), "pos") if i % 2 else (("a dull and tedious tale " * 4) + str(i), "neg")
         for i in range(120)
     ]
-    (workdir / "len.csv").write_text(
-        "text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8"
-    )
-    config = write_config(
-        workdir / "len.yaml",
-        tiny_config(
-            study={"name": "len", "n_trials": 1},
-            data={"name": None, "train_file": "len.csv"},
-            train={"n_epochs": 1},
-        ),
-    )
+    config = _one_trial_on_rows(workdir, "len", rows)
     result = invoke("search", config)
     assert result.exit_code == 0, result.output
     [line] = [
