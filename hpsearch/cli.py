@@ -11,6 +11,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from shlex import quote
 
 import click
 import yaml
@@ -293,7 +294,7 @@ def search(
         )
     )
     if result.stopped_by == "failures":
-        raise _Fail("trials keep failing; see `hpsearch show " + result.study_name + "` for the reasons", 1)
+        raise _Fail(f"trials keep failing; see `hpsearch show {quote(result.study_name)}` for the reasons", 1)
     if result.signal is not None:
         sys.exit(128 + result.signal)  # stopped before the study finished: 130 (SIGINT) or 143 (SIGTERM)
 
@@ -378,7 +379,9 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
     if signum is not None:
         sys.exit(128 + signum)
     if code != 0:
-        raise _Fail(f"a worker failed; see its [label] lines above and `hpsearch show {cfg.study.name}`", 1)
+        raise _Fail(
+            f"a worker failed; see its [label] lines above and `hpsearch show {quote(cfg.study.name)}`", 1
+        )
 
 
 def _plural(n: int, word: str) -> str:
@@ -408,8 +411,8 @@ def _summary(cfg, result) -> None:
         from hpsearch.results import describe_best
 
         lines += describe_best(result.best, result.study_name, result.storage)
-    lines.append(f"inspect: hpsearch show {result.study_name} --storage {result.storage}")
-    lines.append(f"dashboard: hpsearch dashboard --storage {result.storage}")
+    lines.append(f"inspect: hpsearch show {quote(result.study_name)} --storage {quote(result.storage)}")
+    lines.append(f"dashboard: hpsearch dashboard --storage {quote(result.storage)}")
     if result.storage != cfg.study.storage:  # describe_storage masked its password
         lines.append("(the password is masked above: give your own --storage URL, or set $HPSEARCH_STORAGE)")
     click.echo("\n".join(lines), err=True)

@@ -8,6 +8,7 @@ import json
 import math
 from datetime import datetime
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import optuna
@@ -263,11 +264,11 @@ def tie_line(summary: dict[str, Any], study_name: str, storage: str = "") -> str
     if not tied:
         return ""
     k = min(len(tied) + 1, MAX_SUGGESTED_TOP_K)
-    where = f" --storage {storage}" if storage else ""
+    where = f" --storage {quote(storage)}" if storage else ""
     return (
         f"within one standard error of it: trial{'s' if len(tied) > 1 else ''} "
         f"{', '.join(map(str, tied))}; one measurement cannot rank them, so retrain the best {k} with"
-        f" several seeds before you choose: hpsearch train-best {study_name}{where} --top-k {k}"
+        f" several seeds before you choose: hpsearch train-best {quote(study_name)}{where} --top-k {k}"
         " -o models/best"
     )
 
@@ -279,11 +280,11 @@ def few_complete_line(summary: dict[str, Any], study_name: str, storage: str = "
     if n is None or n >= MAX_SUGGESTED_TOP_K or not pruned:
         return ""
     k = min(n + pruned, MAX_SUGGESTED_TOP_K)
-    where = f" --storage {storage}" if storage else ""
+    where = f" --storage {quote(storage)}" if storage else ""
     return (
         f"only {n} complete trial{'s' * (n != 1)}; the best pruned ones may retrain better (BENCHMARKS.md,"
         f' "Retraining the top k"), so compare the best {k} on several seeds before you choose:'
-        f" hpsearch train-best {study_name}{where} --top-k {k} -o models/best"
+        f" hpsearch train-best {quote(study_name)}{where} --top-k {k} -o models/best"
     )
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote
 from typing import Any, TextIO
 
 import optuna
@@ -225,8 +226,8 @@ def _held_elsewhere(study: optuna.Study, cfg: Config) -> str:
     first = running[0].number if running else "N"
     return (
         f"trial(s) {held} still marked running, and this store has no heartbeat to tell a dead worker. This"
-        f" worker stops; if a worker is gone: hpsearch requeue {cfg.study.name} {first} --storage"
-        f" {describe_storage(cfg.study.storage)}, then rerun"
+        f" worker stops; if a worker is gone: hpsearch requeue {quote(cfg.study.name)} {first} --storage"
+        f" {quote(describe_storage(cfg.study.storage))}, then rerun"
     )
 
 

@@ -656,3 +656,20 @@ def test_text_length_that_tells_the_classes_apart_is_named_before_the_search(wor
     )
     assert demo.exit_code == 0, demo.output
     assert "text length tells" not in demo.stderr
+
+
+def test_the_commands_a_search_prints_paste_into_a_shell_for_a_name_with_a_space(workdir):
+    """`inspect: hpsearch show a b --storage sqlite:///studies/a b.db` ran `show` on a study named `a`."""
+    import shlex
+
+    config = write_config(
+        workdir / "s.yaml", tiny_config(study={"name": "a b", "n_trials": 1}, train={"n_epochs": 1})
+    )
+    result = invoke("search", str(config))
+    assert result.exit_code == 0, result.output
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("inspect: ")]
+    argv = shlex.split(line.removeprefix("inspect: "))
+    assert argv[:3] == ["hpsearch", "show", "a b"] and argv[4] == "sqlite:///studies/a b.db"
+    shown = invoke(*argv[1:])
+    assert shown.exit_code == 0, shown.output
+    assert re.search(r"^0\s+complete\s", shown.output, re.M), shown.output
