@@ -703,6 +703,19 @@ def report(study, storage, output, fmt):
     from hpsearch.report import write_html, write_pngs
     from hpsearch.study import load_existing_study
 
+    if fmt == "png" and Path(output).suffix.lower() in (
+        ".html",
+        ".htm",
+        ".png",
+        ".pdf",
+        ".svg",
+        ".csv",
+        ".json",
+    ):
+        raise ConfigError(
+            f"-o {output}: --format png writes a folder of PNG files, not a {Path(output).suffix} file; give a"
+            f" folder (e.g. -o {Path(output).with_suffix('')}/), or --format html for one file"
+        )
     check_writable(output, "-o", folder=fmt == "png")
     if fmt == "html":
         _check_not_a_store(output, "html")

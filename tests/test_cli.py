@@ -373,6 +373,7 @@ def test_reading_a_sqlite_file_that_is_not_a_study_store_leaves_it_untouched(wor
         (["report", "t", "-o", "adir"], ["-o adir: is a folder"]),
         (["report", "t", "-o", "afile/r.html"], ["afile is a file"]),
         (["report", "t", "--format", "png", "-o", "afile/figures"], ["afile is a file"]),
+        (["report", "t", "--format", "png", "-o", "r.html"], ["writes a folder of PNG files", "-o r/"]),
         (["train-best", "t", "-o", "afile/model"], ["afile is a file"]),
         (["train-best", "t", "-o", "model", "--device", "mps"], ["train.device: mps requested"]),
     ],
@@ -381,6 +382,7 @@ def test_reading_a_sqlite_file_that_is_not_a_study_store_leaves_it_untouched(wor
         "report to a folder",
         "report under a file",
         "png under a file",
+        "png to a file name",
         "model",
         "mps",
     ],
@@ -390,6 +392,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(workdir, ex
     (workdir / "adir").mkdir()
     assert_one_line_error(invoke(*command, "--storage", existing_store), *words)
     assert snapshot(existing_store) == [("t", 1)] and not (workdir / "model").exists()
+    assert not (workdir / "r.html").exists()
 
 
 def test_a_key_given_twice_is_refused_with_its_line(workdir):
