@@ -432,6 +432,7 @@ def studies(storage, as_json):
       hpsearch studies --storage postgresql+psycopg://hp@db/hpsearch
     """
     from hpsearch.results import default_stores, list_studies
+    from hpsearch.study import describe_storage
 
     urls = (
         [storage or os.environ.get(STORAGE_ENV)]
@@ -451,6 +452,8 @@ def studies(storage, as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    if not rows:
+        click.echo(f"no studies in {', '.join(describe_storage(u) for u in urls)}", err=True)
     for r in rows:
         t = r["trials"]
         best = "-" if r["best_value"] is None else f"{r['best_value']:.4f} (trial {r['best_trial']})"

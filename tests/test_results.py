@@ -192,6 +192,16 @@ def test_studies_lists_a_study_hpsearch_did_not_make_without_a_budget_it_never_h
     )
 
 
+def test_studies_says_when_a_store_holds_none(tmp_path):
+    """A store whose only study was deleted listed nothing at all, exit 0: no hint the store was read."""
+    url = f"sqlite:///{tmp_path}/gone.db"
+    optuna.create_study(study_name="x", storage=url)
+    optuna.delete_study(study_name="x", storage=url)
+    listed = CliRunner().invoke(cli, ["studies", "--storage", url])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout == "" and listed.stderr.strip() == f"no studies in {url}"
+
+
 def test_export_csv_has_the_epochs_with_the_part_a_divergence_stop_cut_short(tmp_path):
     import csv
     import io
