@@ -390,3 +390,31 @@ def test_a_column_of_numbers_as_text_points_at_the_text_column(tmp_path):
         ConfigError, match="holds .*, not text; is 'text' the text column\\? check data.text_column"
     ):
         load_data(DataSection(name=None, train_file=str(path)))
+
+
+def test_a_data_set_by_name_loads_through_the_hub_path_from_a_local_folder(tmp_path):
+    """`data.name` goes through `datasets.load_dataset`, as a hub id does; a DatasetDict saved to a folder keeps
+    its ClassLabel names and its splits, and a missing split is named with the fix."""
+    import datasets
+
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["negative", "positive"])}
+    )
+
+    def split(n, prefix):
+        texts = [f"{'good' if i % 2 else 'bad'} {prefix}{i}" for i in range(n)]
+        return datasets.Dataset.from_dict(
+            {"sentence": texts, "label": [i % 2 for i in range(n)]}, features=features
+        )
+
+    datasets.DatasetDict(train=split(60, "t"), validation=split(20, "v")).save_to_disk(tmp_path / "sst")
+    data = load_data(DataSection(name=str(tmp_path / "sst"), text_column="sentence"))
+    assert data.label_names == ["negative", "positive"]
+    assert (len(data.train), len(data.validation)) == (60, 20)
+    assert data.validation.texts[1] == "good v1" and data.validation.labels[1] == 1
+    datasets.DatasetDict(train=split(60, "t"), heldout=split(20, "v")).save_to_disk(tmp_path / "other")
+    with pytest.raises(
+        ConfigError,
+        match=r"data.validation_split: no split 'validation'.*set it to null to carve one from train",
+    ):
+        load_data(DataSection(name=str(tmp_path / "other"), text_column="sentence"))
