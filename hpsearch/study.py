@@ -883,6 +883,8 @@ def open_study(cfg: Config, space: SearchSpace, worker: int = 0, data: Any = Non
             )
         except Exception as exc:
             raise StorageError(f"storage: could not create study '{name}': {exc}") from None
+        if study.user_attrs.get(CONFIG_ATTR):  # another worker made it since the listing: its settings hold
+            _check_resumed(cfg, study, data)
     study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
     if CHECKPOINT_KEY_ATTR not in study.user_attrs:
         # Two workers creating the study at once may both write one; the last wins, and a trial records the

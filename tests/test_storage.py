@@ -576,3 +576,24 @@ def test_the_grace_period_defaults_to_two_heartbeat_intervals(workdir):
     assert cfg.study.grace_period is None
     assert open_storage(cfg.study.storage, cfg).grace_period == 10
     assert grace_seconds(study) == 10
+
+
+def test_a_study_another_worker_made_since_the_listing_keeps_its_settings(workdir, monkeypatch):
+    """Two searches starting together on a new study: the one whose listing came before the other's create
+    found no study, 'created' it (Optuna loads it) and wrote its own settings over the other's."""
+    import hpsearch.study as study_module
+    from hpsearch.space import parse_space
+    from hpsearch.study import CONFIG_ATTR, open_study
+
+    url = f"sqlite:///{workdir}/race.db"
+    first = load_config(None, overrides={"storage": url, "name": "race"}, sets=["train.n_epochs=3"])
+    second = load_config(None, overrides={"storage": url, "name": "race"}, sets=["train.n_epochs=2"])
+    space = parse_space(first.search_space, first.source)
+    with quiet_optuna_warnings():
+        open_study(first, space)
+        monkeypatch.setattr(study_module, "check_resumable", lambda cfg, data=None: None)  # listed before
+        monkeypatch.setattr(study_module, "_summaries", lambda storage: [])  # the first one's create
+        with pytest.raises(ConfigError, match="train.n_epochs is 2 but study 'race' was created with 3"):
+            open_study(second, space)
+    stored = optuna.load_study(study_name="race", storage=url).user_attrs[CONFIG_ATTR]
+    assert stored["train"]["n_epochs"] == 3
