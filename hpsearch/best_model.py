@@ -15,8 +15,12 @@ one lowered 6 of 7 arm-task medians (by up to 2.3 points; the seventh rose 1.0).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import secrets
+import shutil
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
@@ -32,7 +36,7 @@ from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.objective import CHECKPOINT_ATTR, TUNABLE
 from hpsearch.results import epoch_curve, retrain_candidates
 from hpsearch.space import parse_space
-from hpsearch.study import CONFIG_ATTR, best_trial
+from hpsearch.study import CONFIG_ATTR, DATA_ATTR, best_trial
 
 # An exported checkpoint must measure what its trial reported; further apart than this, it is not that model.
 MISMATCH = 0.01
@@ -121,14 +125,60 @@ def _check_output(output: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def _staged(output: Path):
+    """A hidden folder beside ``output`` that the model is written into, renamed to ``output`` only once every
+    file is there: Ctrl-C, a full disk or a crash while training or saving leaves no folder that looks like a
+    finished model (or that a rerun's ``-o`` would refuse). Made before any training, so that an ``-o`` that
+    cannot be written is refused before the work, not after it."""
+    output = output.resolve()
+    staging = output.parent / f".{output.name}.partial-{secrets.token_hex(4)}"
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as exc:
+        raise ConfigError(
+            f"-o {output}: cannot write there ({exc.strerror or exc}); give a folder you can write"
+        ) from None
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone once renamed; else the partial files go
+
+
+def _publish(staging: Path, output: Path) -> None:
+    """Rename the complete ``staging`` folder to ``output`` (a missing or empty folder, as ``_check_output``
+    found it)."""
+    output = output.resolve()
+    try:
+        if output.is_dir() and not any(output.iterdir()):
+            output.rmdir()
+        os.rename(staging, output)
+    except OSError as exc:
+        raise HpsearchError(
+            f"-o {output}: could not put the model there ({exc.strerror or exc}); nothing was saved"
+        ) from None
+
+
+def check_device(device_name: str | None, study_device: str = "auto") -> Any:
+    """The device to retrain or export on: ``--device``, else the study's ``train.device``. One the machine lacks
+    is refused with the flag that fixes it (a study searched on GPUs is often exported on a laptop)."""
+    from hpsearch.train import resolve_device
+
+    try:
+        return resolve_device(device_name or study_device)
+    except ConfigError as exc:
+        given = f"--device {device_name}" if device_name else "by the study, whose search ran on it"
+        why = str(exc).split(";")[0].replace(" requested", f" requested ({given})", 1)
+        raise ConfigError(f"{why}; give --device cpu (or --device auto) to run here") from None
+
+
 def _on_device(cfg: Config, device_name: str | None, log: TextIO) -> tuple[Config, Any]:
     """The study's config and the device to train on; a study that trained in fp16 on GPUs, retrained or exported
     on a CPU (``--device cpu``, which has no fp16), runs in fp32 there, and says so."""
     import dataclasses
 
-    from hpsearch.train import resolve_device
-
-    device = resolve_device(device_name or cfg.train.device)
+    device = check_device(device_name, cfg.train.device)
     if cfg.train.precision == "fp16" and device.type == "cpu":
         log.write("train.precision: the study trained in fp16, which a CPU does not have; fp32 here\n")
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="fp32"))
@@ -170,7 +220,32 @@ def _train_one(cfg, data, factory, encoded, hp, n_epochs, device) -> tuple[SeedR
         run.release()
 
 
+def _data_changed(study: optuna.Study, data) -> str:
+    """A warning where the data here is not the data the study's trials measured ("" where it is, or the study
+    predates the stored sizes): a changed or moved file, read from another folder (relative paths)."""
+    stored = study.user_attrs.get(DATA_ATTR) or {}
+    here = {"n_train": len(data.train), "n_validation": len(data.validation), "n_classes": data.num_labels}
+    if not stored or all(stored.get(k) == v for k, v in here.items()):
+        return ""
+    said = ", ".join(f"{k} {stored.get(k)}" for k in here)
+    found = ", ".join(f"{k} {v}" for k, v in here.items())
+    return (
+        f"the study's trials were measured on {said}, the data here has {found}: the data files changed since"
+        " the search (relative paths are read from the current folder)"
+    )
+
+
 def _save(
+    output: Path, factory, weights: dict, cfg: Config, meta: dict[str, Any], results: dict[str, Any]
+) -> None:
+    """Write the model, its tokenizer, hyperparameters.yaml and results.json into ``output`` (a staging folder)."""
+    try:
+        _write(output, factory, weights, cfg, meta, results)
+    except Exception as exc:  # a full disk, a quota (safetensors has its own error); _staged removes the rest
+        raise HpsearchError(f"could not write the model ({_first_line(exc)}); nothing was saved") from exc
+
+
+def _write(
     output: Path, factory, weights: dict, cfg: Config, meta: dict[str, Any], results: dict[str, Any]
 ) -> None:
     model = factory.build(int(meta["seed"]), float(meta["hyperparameters"]["dropout"]))
@@ -236,9 +311,20 @@ def train_best(
     _check_output(output)
     cfg = study_config(study)
     trials = top_trials(study, top_k)
-    _say_which(trials, top_k, log)
     cfg, device_ = _on_device(cfg, device, log)
+    with _staged(output) as staging:
+        _say_which(trials, top_k, log)
+        results = _retrain(study, cfg, trials, n_seeds, device_, log, epochs, output, staging)
+        _publish(staging, output)
+    return results
+
+
+def _retrain(study, cfg, trials, n_seeds, device_, log, epochs, output, staging) -> dict[str, Any]:
     data, factory, encoded = _prepare(cfg)
+    warning = _data_changed(study, data)
+    if warning:
+        warning += ", so these runs do not repeat its trials"
+        log.write(f"warning: {warning}\n")
     candidates, kept = [], {}  # kept: trial -> (seed, val_error, weights) of its best seed, in CPU memory
     for t in trials:
         hp = trial_hyperparameters(cfg, t)
@@ -282,6 +368,7 @@ def train_best(
         "saved_val_error": val_error,
         "output": str(output),
         "epochs": epochs,
+        "warning": warning,
         "candidates": [
             {
                 "trial": c.trial,
@@ -298,7 +385,7 @@ def train_best(
         "config": cfg.to_dict(),
     }
     _save(
-        output,
+        staging,
         factory,
         weights,
         cfg,
@@ -327,7 +414,15 @@ def export_checkpoint(
             f"study '{study.study_name}' has no complete trial yet; run or resume the search first"
         )
     path = best.user_attrs.get(CHECKPOINT_ATTR, "")
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+        if state is not None and not (isinstance(state, dict) and {"model", "epoch"} <= state.keys()):
+            raise ValueError("it holds no model weights and epoch")
+    except Exception as exc:  # truncated (a crash or a full disk during the search), or not a checkpoint
+        raise ConfigError(
+            f"the checkpoint of best trial {best.number} ({path}) cannot be read ({_first_line(exc)}); retrain"
+            " instead (drop --from-checkpoint)"
+        ) from None
     if state is None:
         raise ConfigError(
             f"the checkpoint of best trial {best.number} ({path or 'none recorded'}) is gone; retrain"
@@ -335,9 +430,38 @@ def export_checkpoint(
         )
     hp = trial_hyperparameters(cfg, best)
     cfg, device_ = _on_device(cfg, device, log)
+    with _staged(output) as staging:
+        results = _export(study, cfg, best, path, state, hp, device_, log, output, staging)
+        _publish(staging, output)
+    return results
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0][:200] if text else type(exc).__name__
+
+
+def _mismatch(exc: BaseException) -> str:
+    """The first mismatch of a ``load_state_dict`` error, whose first line only names the model class."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return lines[1][:300].rstrip(".")
+    return _first_line(exc)
+
+
+def _export(study, cfg, best, path, state, hp, device_, log, output, staging) -> dict[str, Any]:
     data, factory, encoded = _prepare(cfg)
     model = factory.build(int(hp["seed"]), float(hp["dropout"]))
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:  # another vocabulary or label count: the tiny model's is built from the data
+        changed = _data_changed(study, data)
+        raise ConfigError(
+            f"the checkpoint of best trial {best.number} ({path}) does not fit the model built from the data"
+            f" here ({_mismatch(exc)}"
+            + (f"; {changed}" if changed else "; the data or model files changed since the search")
+            + "); restore them, or retrain (drop --from-checkpoint)"
+        ) from None
     run = _fine_tuning(cfg, data, factory, encoded, hp, device_, model)
     try:
         val_loss, val_error = run.evaluate()
@@ -390,7 +514,7 @@ def export_checkpoint(
         "config": cfg.to_dict(),
     }
     _save(
-        output,
+        staging,
         factory,
         weights,
         cfg,

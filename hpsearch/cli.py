@@ -808,9 +808,9 @@ def train_best(study, storage, output, n_seeds, top_k, epochs, from_checkpoint, 
             )
     check_writable(output, "-o", folder=True)
     if device:
-        from hpsearch.train import resolve_device
+        from hpsearch.best_model import check_device
 
-        resolve_device(device)  # a device this machine lacks: say so before any data is loaded
+        check_device(device)  # a device this machine lacks: say so before any data is loaded
     st = load_existing_study(_storage_for(study, storage), study)
     if from_checkpoint:
         result = export_checkpoint(st, output, device=device)

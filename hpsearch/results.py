@@ -253,7 +253,8 @@ def describe_best(summary: dict[str, Any], study_name: str, storage: str = "") -
     line = f"best: trial {summary['trial']}, val_error {summary['val_error']:.4f}"
     if "standard_error" in summary:
         line += f" ± {summary['standard_error']:.4f}"
-        params += f"; ± is one standard error on {summary['n_validation']} validation examples"
+        # a study that searched nothing (every value fixed) has no params to name before it
+        params += f"{'; ' if params else ''}± is one standard error on {summary['n_validation']} validation examples"
     advice = advice_line(summary, study_name, storage)
     return [f"{line} ({params})", *([advice] if advice else [])]
 

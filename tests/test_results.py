@@ -220,3 +220,15 @@ def test_export_csv_has_the_epochs_with_the_part_a_divergence_stop_cut_short(tmp
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(r["epochs_run"], r["epochs"]) for r in rows] == [("1", "1"), ("0", "0.25")]
+
+
+def test_a_study_that_searched_nothing_names_no_empty_params_before_the_noise():
+    """Every value fixed (params {}): the line read "(; ± is one standard error ...)"."""
+    from hpsearch.results import describe_best
+
+    summary = {"trial": 0, "val_error": 0.45, "params": {}, "standard_error": 0.0497, "n_validation": 100}
+    line = describe_best({**summary, "within_one_standard_error": [], "complete_trials": 1}, "s")[0]
+    assert (
+        line
+        == "best: trial 0, val_error 0.4500 ± 0.0497 (± is one standard error on 100 validation examples)"
+    )

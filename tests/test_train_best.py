@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -306,3 +307,148 @@ def test_a_retrain_stops_after_the_epochs_it_is_given_not_the_schedules(searched
     hp = trial_hyperparameters(cfg, searched["trial"])
     run, weights = _train_one(cfg, data, factory, encoded, hp, 1, device)
     assert run.epochs == 1 and weights is not None
+
+
+def _copy_study(searched, name: str, **changes) -> str:
+    """A copy of the searched store, with ``changes`` ({section: {key: value}}) made to the stored config."""
+    import shutil
+
+    db = searched["root"] / f"{name}.db"
+    shutil.copy(searched["root"] / "t.db", db)
+    url = f"sqlite:///{db}"
+    study = optuna.load_study(study_name="t", storage=url)
+    cfg = study.user_attrs["hpsearch_config"]
+    study.set_user_attr("hpsearch_config", {**cfg, **{k: {**cfg[k], **v} for k, v in changes.items()}})
+    return url
+
+
+def _train_best_process(searched, out, *args, **popen):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "hpsearch",
+        "train-best",
+        "t",
+        "--storage",
+        searched["url"],
+        "-o",
+        str(out),
+    ]
+    return subprocess.Popen(
+        [*command, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen
+    )
+
+
+def _no_model_beside(out) -> None:
+    assert not out.exists()
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]
+
+
+def test_a_save_that_fails_leaves_no_folder_that_looks_like_a_model(searched):
+    """A full disk while saving (here: a 200 kB limit on file size, which the model passes and nothing else
+    does): one line, exit 1, and no folder; one with config.json alone was left, and a rerun refused it."""
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = searched["root"] / "full-disk"
+    proc = _train_best_process(searched, out, "--seeds", "1", "--epochs", "best", preexec_fn=small_files)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1, err
+    assert err.strip().splitlines()[-1].startswith("hpsearch: error: could not write the model (")
+    assert "nothing was saved" in err and "internal error" not in err
+    _no_model_beside(out)
+
+
+@pytest.mark.parametrize("content", ["garbage", "truncated"])
+def test_from_checkpoint_with_an_unreadable_checkpoint_is_one_line(searched, content):
+    import sqlite3
+
+    url = _copy_study(searched, f"bad-{content}")
+    good = searched["trial"].user_attrs["checkpoint_path"]
+    bad = searched["root"] / f"{content}.pt"
+    with open(good, "rb") as f:
+        bad.write_bytes(b"garbage\n" if content == "garbage" else f.read()[:100_000])  # a crash mid-write
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as con:  # Optuna updates no finished trial
+        con.execute(
+            "update trial_user_attributes set value_json = ? where key = 'checkpoint_path'",
+            (json.dumps(str(bad)),),
+        )
+    con.close()
+    out = searched["root"] / f"from-{content}"
+    result = CliRunner().invoke(
+        cli, ["train-best", "t", "--storage", url, "--from-checkpoint", "-o", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"hpsearch: error: the checkpoint of best trial 0 ({bad}) cannot be read (")
+    assert line.endswith("; retrain instead (drop --from-checkpoint)") and not out.exists()
+
+
+def test_changed_data_is_named_by_from_checkpoint_and_by_a_retrain(searched):
+    """The tiny model's vocabulary is built from the training data: other data, another embedding table. The
+    export failed with "internal error: RuntimeError: Error(s) in loading state_dict"; a retrain said nothing
+    and reported a seed that no longer reproduced the trial."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    other = searched["root"] / "other.tsv"  # the data file, rewritten since the search
+    rows = [f"{words[i % 10]} {words[i * 3 % 10]} {i}\t{i % 2}" for i in range(300)]
+    other.write_text("text\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    url = _copy_study(searched, "changed", data={"name": None, "train_file": str(other)})
+    out = searched["root"] / "changed-export"
+    result = CliRunner().invoke(
+        cli, ["train-best", "t", "--storage", url, "--from-checkpoint", "-o", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "does not fit the model built from the data here (size mismatch for" in line
+    assert "measured on n_train 900, n_validation 100, n_classes 2, the data here has n_train 270" in line
+    assert line.endswith("restore them, or retrain (drop --from-checkpoint)") and not out.exists()
+
+    out = searched["root"] / "changed-retrain"
+    args = ["train-best", "t", "--storage", url, "--seeds", "1", "--epochs", "best", "-o", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("warning: the study's trials were measured on n_train 900")
+    assert "so these runs do not repeat its trials" in json.loads(result.stdout)["warning"]
+
+
+def test_a_study_searched_on_a_gpu_names_the_flag_that_runs_it_here(searched):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has the GPU the study names")
+    url = _copy_study(searched, "gpu", train={"device": "cuda"})
+    for extra in ([], ["--from-checkpoint"]):
+        result = CliRunner().invoke(
+            cli, ["train-best", "t", "--storage", url, "-o", str(searched["root"] / "never"), *extra]
+        )
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == (
+            "hpsearch: error: train.device: cuda requested (by the study, whose search ran on it) but no GPU is"
+            " visible; give --device cpu (or --device auto) to run here"
+        )
+    result = CliRunner().invoke(
+        cli, ["train-best", "t", "--storage", url, "-o", str(searched["root"] / "never"), "--device", "cuda"]
+    )
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        "hpsearch: error: train.device: cuda requested (--device cuda) but no GPU is visible; give --device cpu"
+        " (or --device auto) to run here"
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_that_cannot_be_made_is_refused_before_any_training(searched):
+    """/proc takes no new folder, though it looks writable to root (os.access): the runs trained, then the
+    save failed with "internal error: FileNotFoundError", the retrained model lost."""
+    result = CliRunner().invoke(
+        cli, ["train-best", "t", "--storage", searched["url"], "-o", "/proc/hpsearch-model"]
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("hpsearch: error: -o /proc/hpsearch-model: cannot write")
