@@ -150,7 +150,11 @@ def _publish(staging: Path, output: Path) -> None:
     """Rename the complete ``staging`` folder to ``output`` (a missing or empty folder, as ``_check_output``
     found it)."""
     output = output.resolve()
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        for file in staging.iterdir():  # safetensors writes the weights 0600: colleagues could not read them
+            file.chmod(0o666 & ~umask)
         if output.is_dir() and not any(output.iterdir()):
             output.rmdir()
         os.rename(staging, output)

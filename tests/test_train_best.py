@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import optuna
@@ -89,6 +90,12 @@ def test_train_best_saves_a_loadable_model_that_reproduces_its_validation_error(
     assert json.loads((out / "results.json").read_text())["saved_val_error"] == report["saved_val_error"]
     cfg = config_from_dict(json.loads((out / "results.json").read_text())["config"])
     assert validation_error(out, cfg) == pytest.approx(report["saved_val_error"], abs=0.01)
+    umask = os.umask(0)
+    os.umask(umask)
+    # readable as the user's other files are (safetensors wrote the weights 0600)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == dict.fromkeys(
+        [p.name for p in out.iterdir()], 0o666 & ~umask
+    )
     from transformers import AutoTokenizer
 
     # truncation=True alone cuts where the trials did
