@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.config import Config, config_from_dict
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.objective import CHECKPOINT_ATTR, TUNABLE
+from hpsearch.pruners import CONTINUES_ATTR, OVER_BUDGET_ATTR
 from hpsearch.results import epoch_curve, retrain_candidates
 from hpsearch.space import parse_space
 from hpsearch.study import CONFIG_ATTR, DATA_ATTR, best_trial
@@ -101,6 +102,33 @@ def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
             f"study '{study.study_name}' has no complete trial yet; run or resume the search first"
         )
     return ranked[:k]
+
+
+def chosen_trials(study: optuna.Study, numbers: list[int]) -> list[FrozenTrial]:
+    """The trials ``--trial`` names, in that order: complete ones, or pruned ones with an epoch to rank them
+    by (what ``--top-k`` may pick). Any other is refused with what became of it and the number to give."""
+    trials = study.get_trials(deepcopy=False)
+    allowed = {t.number: t for t in retrain_candidates(study)}
+    out = []
+    for n in dict.fromkeys(numbers):
+        if n in allowed:
+            out.append(allowed[n])
+            continue
+        t = next((t for t in trials if t.number == n and OVER_BUDGET_ATTR not in t.user_attrs), None)
+        after = [u.number for u in trials if n in (u.system_attrs.get("retry_history") or ())]
+        after += [u.number for u in trials if u.system_attrs.get(CONTINUES_ATTR) == n]
+        if t is None:
+            why = f"study '{study.study_name}' has no trial {n}; `hpsearch show` lists them"
+        elif after:
+            why = f"trial {after[-1]} took it over (its retry or continuation): give --trial {after[-1]}"
+        elif t.state in (TrialState.RUNNING, TrialState.WAITING):
+            why = f"it is still {t.state.name.lower()}; wait for it to finish"
+        elif t.state == TrialState.FAIL:
+            why = f"it failed ({t.user_attrs.get('fail_reason', 'no reason recorded')}); nothing to retrain"
+        else:  # pruned before its first epoch ended: diverged, or stopped early
+            why = f"it was stopped in its first epoch ({t.user_attrs.get('prune_reason', 'pruned')})"
+        raise ConfigError(f"--trial {n}: {why}")
+    return out
 
 
 def trial_hyperparameters(cfg: Config, trial: FrozenTrial) -> dict[str, Any]:
@@ -297,8 +325,10 @@ def train_best(
     device: str | None = None,
     log: TextIO | None = None,
     epochs: str = "all",
+    numbers: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Retrain the top-k trials' configurations with ``n_seeds`` seeds each; save the best in ``output``.
+    """Retrain the top-k trials' configurations (``numbers``: those trials instead) with ``n_seeds`` seeds
+    each; save the best in ``output``.
 
     Each run trains for ``retrain_epochs(cfg, trial, epochs)`` and is scored after its last epoch (no pick
     among epochs). The chosen configuration is the one with the lowest mean validation error over its seeds
@@ -314,10 +344,11 @@ def train_best(
     output = Path(output)
     _check_output(output)
     cfg = study_config(study)
-    trials = top_trials(study, top_k)
+    trials = chosen_trials(study, numbers) if numbers else top_trials(study, top_k)
     cfg, device_ = _on_device(cfg, device, log)
     with _staged(output) as staging:
-        _say_which(trials, top_k, log)
+        if not numbers:
+            _say_which(trials, top_k, log)
         results = _retrain(study, cfg, trials, n_seeds, device_, log, epochs, output, staging)
         _publish(staging, output)
     return results

@@ -758,6 +758,14 @@ def report(study, storage, output, fmt):
     " mean val_error is saved.",
 )
 @click.option(
+    "--trial",
+    "numbers",
+    type=click.IntRange(min=0),
+    multiple=True,
+    help="Retrain this trial instead of the best (repeat it to compare several, e.g. those the search names"
+    " within one standard error of the best); the one with the lowest mean val_error is saved.",
+)
+@click.option(
     "--epochs",
     type=click.Choice(["all", "best"]),
     default="all",
@@ -775,7 +783,7 @@ def report(study, storage, output, fmt):
     help="Device to train on (default: the study's train.device).",
 )
 @_translate
-def train_best(study, storage, output, n_seeds, top_k, epochs, from_checkpoint, device):
+def train_best(study, storage, output, n_seeds, top_k, numbers, epochs, from_checkpoint, device):
     """Turn the best trial into a model: retrain its configuration with several seeds for the study's
     n_epochs (--epochs best: the trial's best epoch), report the mean and spread of the validation error
     after the last epoch, and save the best model with save_pretrained.
@@ -788,14 +796,17 @@ def train_best(study, storage, output, n_seeds, top_k, epochs, from_checkpoint, 
       hpsearch train-best demo -o models/demo-best
       hpsearch train-best demo --seeds 5 --top-k 3 -o models/demo-top3
       hpsearch train-best demo --epochs best -o models/demo-best-epoch
+      hpsearch train-best demo --trial 3 --trial 7 -o models/demo-3-or-7
     """
     from hpsearch.best_model import export_checkpoint
     from hpsearch.best_model import train_best as retrain
     from hpsearch.study import load_existing_study
 
+    ctx = click.get_current_context()
+    if numbers and ctx.get_parameter_source("top_k") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--trial names the trials to retrain and --top-k picks the best k; give one")
     if from_checkpoint:
-        ctx = click.get_current_context()
-        flags = {"n_seeds": "--seeds", "top_k": "--top-k", "epochs": "--epochs"}
+        flags = {"n_seeds": "--seeds", "top_k": "--top-k", "numbers": "--trial", "epochs": "--epochs"}
         given = [
             flag
             for name, flag in flags.items()
@@ -815,7 +826,9 @@ def train_best(study, storage, output, n_seeds, top_k, epochs, from_checkpoint, 
     if from_checkpoint:
         result = export_checkpoint(st, output, device=device)
     else:
-        result = retrain(st, output, n_seeds=n_seeds, top_k=top_k, device=device, epochs=epochs)
+        result = retrain(
+            st, output, n_seeds=n_seeds, top_k=top_k, device=device, epochs=epochs, numbers=list(numbers)
+        )
     click.echo(
         f"saved trial {result['chosen_trial']} (seed {result['saved_seed']}, val_error "
         f"{result['saved_val_error']:.4f}) to {output}",

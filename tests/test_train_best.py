@@ -459,3 +459,61 @@ def test_an_output_that_cannot_be_made_is_refused_before_any_training(searched):
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("hpsearch: error: -o /proc/hpsearch-model: cannot write")
+
+
+def test_trial_retrains_the_trials_named_and_refuses_those_it_cannot(searched):
+    """`--trial N` (repeatable) for the trials the search names within one standard error of the best; a trial
+    with nothing to retrain is refused with what became of it."""
+    import shutil
+
+    from optuna.trial import TrialState, create_trial
+
+    root = searched["root"]
+    shutil.copy(root / "t.db", root / "pick.db")
+    url = f"sqlite:///{root}/pick.db"
+    study = optuna.load_study(study_name="t", storage=url)
+    best = searched["trial"]
+
+    def add(state, curve=None, number_attrs=None, **user_attrs):
+        params = {**best.params, "learning_rate": 1e-4}
+        study.add_trial(
+            create_trial(
+                state=state,
+                params=params,
+                distributions=best.distributions,
+                value=0.40 if state == TrialState.COMPLETE else None,
+                intermediate_values=curve or {},
+                user_attrs=user_attrs,
+                system_attrs=number_attrs or {},
+            )
+        )
+
+    add(
+        TrialState.PRUNED,
+        {1: 0.45},
+        best_epoch=1,
+        prune_reason="val_error 0.4500 at epoch 1: not in the top 1/3",
+    )
+    add(TrialState.FAIL, {1: 0.44}, fail_reason="worker died")  # 2
+    add(TrialState.COMPLETE, {1: 0.44, 2: 0.41, 3: 0.40}, {"retry_history": [2]})  # 3: resumed 2
+    add(TrialState.PRUNED, prune_reason="diverged: loss nan at epoch 1, step 3")  # 4
+    out = root / "picked"
+    args = ["train-best", "t", "--storage", url, "--seeds", "1", "--epochs", "best", "-o", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--trial", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [c["trial"] for c in report["candidates"]] == [1] and report["chosen_trial"] == 1
+    assert report["candidates"][0]["n_epochs"] == 1 and "--top-k" not in result.stderr
+    for trial, words in [
+        ("2", "--trial 2: trial 3 took it over (its retry or continuation): give --trial 3"),
+        ("4", "--trial 4: it was stopped in its first epoch (diverged: loss nan"),
+        ("9", "--trial 9: study 't' has no trial 9"),
+    ]:
+        refused = CliRunner().invoke(
+            cli, [*args[:-1], str(root / f"no-{trial}"), "--trial", "1", "--trial", trial]
+        )
+        assert refused.exit_code == 2 and words in refused.stderr, refused.output
+        assert not (root / f"no-{trial}").exists()
+    for flag in (["--top-k", "2"], ["--from-checkpoint"]):
+        refused = CliRunner().invoke(cli, [*args[:4], "--trial", "1", *flag, "-o", str(root / "no-flag")])
+        assert refused.exit_code == 2 and "--trial" in refused.stderr, refused.output
