@@ -1170,18 +1170,33 @@ def run_seed(
                 flush=True,
             )
     trials = {arm: list(rec.trials.values()) for arm, rec in recs.items()}
-    return recs, retrain_best(cfg, seed, trials, workdir, retrain), data_facts(data)
+    facts = data_facts(data, length_note(cfg, space, data, encoded))
+    return recs, retrain_best(cfg, seed, trials, workdir, retrain), facts
 
 
-def data_facts(data) -> dict[str, Any]:
+def data_facts(data, length: str | None = None) -> dict[str, Any]:
     """The rows a seed's arms trained and were scored on (each seed draws its own sample and, without a
-    validation file, its own validation split, so these differ by seed)."""
+    validation file, its own validation split, so these differ by seed); ``length``: the search's line on
+    length-grouped batches, where it has one."""
     return {
         "n_train": len(data.train),
         "n_validation": len(data.validation),
         "majority_val_error": data.majority_error(),  # rounded in the result file
         "constant_val_error": constant_error(data),
+        "length_note": length,
     }
+
+
+def length_note(cfg, space, data, encoded) -> str | None:
+    """What `hpsearch search` says when text length tells the classes apart (its arms batch by length, arm D
+    does not, so the C-against-D rows then compare batching as well as searching)."""
+    from hpsearch.search import smallest_batch
+    from hpsearch.train import length_grouping_note
+
+    if not cfg.train.group_by_length:
+        return None
+    lengths = [len(x) for x in encoded[0]["input_ids"]]
+    return length_grouping_note(lengths, data.train.labels, smallest_batch(cfg, space))
 
 
 def constant_error(data) -> float:
@@ -1532,6 +1547,16 @@ def print_summary(result: dict[str, Any], stream) -> None:
         f"{span('n_train')} train / {span('n_validation')} validation rows, majority-class error "
         f"{span('majority_val_error')}, seeds {result['seeds']}, {result['total_seconds']:.0f} s\n\n"
     )
+    notes: dict[str, list[str]] = {}
+    for seed, f in result.get("per_seed_data", {}).items():
+        if f.get("length_note"):
+            notes.setdefault(f["length_note"].split(": ", 1)[1].split(";")[0], []).append(seed)
+    for note, seeds in notes.items():
+        w(
+            f"warning: seed(s) {', '.join(seeds)}: {note}; hpsearch's arms batch by length and arm D does not,"
+            " so its rows compare batching too: rerun with --set train.group_by_length=false to compare searches"
+            " alone\n\n"
+        )
     if quiet := nothing_learned(result):
         w(
             f"warning: nothing learned on seed(s) {', '.join(quiet)}: no arm's best val error beat the error"

@@ -388,7 +388,7 @@ def run_search(
 
     if cfg.train.group_by_length and (
         note := length_grouping_note(
-            [len(x) for x in encoded[0]["input_ids"]], data.train.labels, _smallest_batch(cfg, space)
+            [len(x) for x in encoded[0]["input_ids"]], data.train.labels, smallest_batch(cfg, space)
         )
     ):
         reporter.line(note)
@@ -402,7 +402,7 @@ def run_search(
     return result
 
 
-def _smallest_batch(cfg: Config, space: SearchSpace) -> int:
+def smallest_batch(cfg: Config, space: SearchSpace) -> int:
     """The smallest batch size the trials will train with: its batches are the most one-class."""
     for p in space.params:
         if p.name == "batch_size":

@@ -60,6 +60,7 @@ def test_each_seed_is_judged_against_its_own_rows(result):
             "n_validation": len(data.validation),
             "majority_val_error": round(data.majority_error(), 4),
             "constant_val_error": round(bench.constant_error(data), 4),
+            "length_note": None,  # the demo's text length says nothing of its labels
         }
     assert r["per_seed_data"]["0"] != r["per_seed_data"]["1"]  # else this test proves nothing
     assert r["majority_val_error"] == r["per_seed_data"]["0"]["majority_val_error"]
@@ -795,6 +796,40 @@ def test_a_seed_where_nothing_learned_is_said_above_the_table(capsys, best, cons
     bench.print_summary(result, sys.stdout)
     out = capsys.readouterr().out
     assert (f"warning: nothing learned on seed(s) 0 ({constant:g})" in out) is warned
+
+
+def test_a_seed_whose_text_length_gives_the_class_away_is_said_above_the_table(tmp_path, capsys):
+    """hpsearch's arms batch by length, arm D (the Trainer) at random: where length tells the classes apart, the
+    C-against-D rows compare batching too, and the summary says so with the flag that compares searches alone."""
+    from hpsearch.config import load_config
+    from hpsearch.search import prepare
+
+    rows = [("good " * (2 + i % 3), "pos") if i % 2 else ("a dull and tedious tale " * 4 + str(i), "neg") for i in range(120)]  # fmt: skip
+    (tmp_path / "len.csv").write_text(
+        "text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{name: null, train_file: {tmp_path}/len.csv}}\nmodel: {{max_length: 64}}\n")
+    cfg = load_config(config)
+    space, data, _, encoded = prepare(cfg)
+    note = bench.length_note(cfg, space, data, encoded)
+    assert note.startswith("data: text length tells the classes apart: batches of 8 grouped by length")
+    per_seed = {0: {"C": _seed_summary(1, 4)}}
+    result = {
+        "aggregate": bench.aggregate(per_seed, ["C"]),
+        "seeds": [0],
+        "total_seconds": 1.0,
+        "throughput": None,
+    }
+    result.update(n_train=100, n_validation=20, majority_val_error=0.5, per_seed={"0": per_seed[0]})
+    result["per_seed_data"] = {"0": {**bench.data_facts(data, note), "majority_val_error": 0.5}}
+    result["targets"] = bench.check_targets(result["aggregate"], None)
+    bench.print_summary(result, sys.stdout)
+    out = capsys.readouterr().out
+    assert "warning: seed(s) 0: text length tells the classes apart" in out
+    assert "--set train.group_by_length=false" in out
+    off = load_config(config, sets=["train.group_by_length=false"])
+    assert bench.length_note(off, space, data, encoded) is None
 
 
 def test_ctrl_c_stops_the_benchmark_not_only_the_arm_it_interrupts(tmp_path):
