@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # CPU wheel for CI and laptops; GPU users install their CUDA torch first (see README).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench gpu-wheels clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,18 @@ lint: install
 # make bench BENCH_CONFIG=path.yaml BENCH_ARGS="--seeds 0,1 --jobs 2": any study config, any bench.run flags
 bench: install
 	$(PY) -m bench.run $(if $(BENCH_CONFIG),--config $(BENCH_CONFIG),) $(BENCH_ARGS)
+
+# For a lent GPU machine (bench/gpu_check.sh): its image has a CUDA torch and transformers for Python 3.12 but not
+# these; the same versions as this venv, as wheels into .whl/ (git-ignored), which the device call carries.
+GPU_WHEELS := optuna optuna-dashboard bottle alembic mako colorlog sqlalchemy greenlet datasets dill multiprocess \
+	cmaes fsspec xxhash
+gpu-wheels: install
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip freeze | grep -i -E '^($(subst $() ,|,$(strip $(GPU_WHEELS))))==' > .whl/requirements.txt
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl -r .whl/requirements.txt
+	du -sh .whl
 
 clean:
 	rm -rf $(VENV) build *.egg-info
