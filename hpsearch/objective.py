@@ -22,7 +22,14 @@ import optuna
 from hpsearch.config import HYPERPARAMETERS, Config
 from hpsearch.data import TextData
 from hpsearch.models import ModelFactory
-from hpsearch.pruners import CONTINUES_ATTR, EARLY_EVAL_ATTR, EARLY_STEP, PAUSED_ATTR, TRAIN_LOSS_ATTR
+from hpsearch.pruners import (
+    CONTINUES_ATTR,
+    EARLY_EVAL_ATTR,
+    EARLY_STEP,
+    PAUSED_ATTR,
+    TRAIN_LOSS_ATTR,
+    resumed_trial,
+)
 from hpsearch.space import SearchSpace, suggest
 from hpsearch.study import CHECKPOINT_KEY_ATTR, PARTIAL_EPOCH_ATTR
 
@@ -132,7 +139,7 @@ class Objective:
         if resumed is not None:
             run.load_state_dict(resumed)
             trial.set_user_attr("resumed_from_epoch", run.epoch)
-            retry_of, paused = (frozen.system_attrs.get(k) for k in ("failed_trial", CONTINUES_ATTR))
+            retry_of, paused = resumed_trial(frozen), frozen.system_attrs.get(CONTINUES_ATTR)
             if retry_of is None and paused is not None:
                 from hpsearch.dashboard import write_trial_note  # the paused trial's note names its successor
 

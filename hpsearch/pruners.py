@@ -25,6 +25,14 @@ def continued(trials: list[FrozenTrial]) -> set[int]:
     return {t.system_attrs[CONTINUES_ATTR] for t in trials if CONTINUES_ATTR in t.system_attrs}
 
 
+def resumed_trial(trial: FrozenTrial) -> int | None:
+    """The failed trial that ``trial``, a retry, takes over: the last one of its retry history. Optuna's
+    ``failed_trial`` names the first one, which a retry of a retry does not resume: trial 9, retrying trial 5
+    that retried trial 0, resumes trial 5's checkpoint, epochs trial 0 never reached."""
+    history = trial.system_attrs.get("retry_history")
+    return history[-1] if history else trial.system_attrs.get("failed_trial")
+
+
 def replaced(trials: list[FrozenTrial]) -> set[int]:
     """Numbers of trials whose work a later trial carries on, with their learning curve, epochs and seconds:
     every failed trial in a retry's history, and every paused trial that was continued. Counting both a

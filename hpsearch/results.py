@@ -15,7 +15,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cost import trial_epochs
-from hpsearch.pruners import CONTINUES_ATTR, EARLY_EVAL_ATTR, EARLY_STEP, TRAIN_LOSS_ATTR, replaced
+from hpsearch.pruners import (
+    CONTINUES_ATTR,
+    EARLY_EVAL_ATTR,
+    EARLY_STEP,
+    TRAIN_LOSS_ATTR,
+    replaced,
+    resumed_trial,
+)
 from hpsearch.study import (
     CONFIG_ATTR,
     DATA_ATTR,
@@ -96,7 +103,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "best_epoch": t.user_attrs.get("best_epoch"),
                 "duration_s": None if _duration(t) is None else round(_duration(t), 1),
                 "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-                "retry_of": t.system_attrs.get("failed_trial"),
+                "retry_of": resumed_trial(t),
                 "continues": t.system_attrs.get(CONTINUES_ATTR),  # the paused trial this one goes on with
                 "continued_by": continued_by.get(t.number),
                 "reason": t.user_attrs.get("prune_reason") or _fail_reason(t, resumed_by.get(t.number)),
@@ -433,7 +440,7 @@ def running_status(study: optuna.Study) -> list[dict[str, Any]]:
                 "device": t.user_attrs.get("device"),
                 "epoch": max(t.intermediate_values, default=0),
                 "n_epochs": n_epochs,
-                "retry_of": t.system_attrs.get("failed_trial"),
+                "retry_of": resumed_trial(t),
                 "resumed_from_epoch": t.user_attrs.get("resumed_from_epoch")
                 if "failed_trial" in t.system_attrs
                 else None,

@@ -7,6 +7,7 @@ mistake costs no GPU time and writes nothing; the store is checked before trial 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import signal
 import sys
@@ -261,9 +262,13 @@ def _heartbeat(study: optuna.Study, trial: optuna.Trial):
 
 def _record_heartbeat(trial_id: int, heartbeat, stop_event: threading.Event) -> None:
     interval = heartbeat.get_heartbeat_interval()
+    # one try each time on a database server: this loop tries again every second by itself
+    beat = getattr(
+        getattr(heartbeat, "_backend", heartbeat), "record_heartbeat_once", heartbeat.record_heartbeat
+    )
     while True:
         try:
-            heartbeat.record_heartbeat(trial_id)
+            beat(trial_id)
             wait = interval
         except Exception as exc:  # the store is away: try again soon, the trial goes on meanwhile
             log.debug("heartbeat of trial id %d not recorded: %s", trial_id, exc)
@@ -273,11 +278,24 @@ def _record_heartbeat(trial_id: int, heartbeat, stop_event: threading.Event) -> 
 
 
 def _fail_stale(study: optuna.Study) -> None:
+    """Fail the trials whose worker died, each with its retry queued in the same commit."""
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
-    if is_heartbeat_enabled(study._storage):
-        with quiet_optuna_warnings():
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        return
+    retry = storage.get_heartbeat_stale_trial_callback()
+    backend = getattr(storage, "_backend", storage)  # the RDBStorage under Optuna's cache
+    with quiet_optuna_warnings():
+        if not isinstance(retry, RetryTrial) or not hasattr(backend, "fail_stale_trial"):
             optuna.storages.fail_stale_trials(study)
+            return
+        for trial_id in storage._get_stale_trial_ids(study._study_id):
+            # read before the commit that fails the trial: a store call inside it would commit it early
+            template = functools.partial(retry.template, study, reasons=retry.fail_reasons(study))
+            done = backend.fail_stale_trial(trial_id, template)
+            if done is not None and done[1] is not None:
+                retry.note(study, *done)
 
 
 def cleanup_checkpoints(study: optuna.Study, keep_paused: bool = True, n_trials: int | None = None) -> None:

@@ -362,7 +362,7 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
     for attempt in range(1, 6):
         try:
             with quiet_optuna_warnings():
-                kind = optuna.storages.RDBStorage if path is not None else PatientRDBStorage
+                kind = BeatingRDBStorage if path is not None else PatientRDBStorage
                 storage = kind(url, engine_kwargs=engine_kwargs, **heartbeat)
             _ENGINES.append(storage.engine)
             return storage
@@ -409,20 +409,38 @@ class RetryTrial:
         self.max_retry = max_retry
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        template = self.template(study, trial)
+        if template is None:
+            return
+        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+        self.note(study, trial, study._storage.get_trial_number_from_id(trial_id))
+
+    def template(
+        self, study: optuna.Study, trial: FrozenTrial, reasons: dict[int, str] | None = None
+    ) -> FrozenTrial | None:
+        """The queued trial that resumes ``trial``, or None when its retries are used up. ``reasons``: the
+        study's failed trials' ``fail_reason`` by number (:meth:`fail_reasons`), read now when not given."""
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
         if self.max_retry is not None:
-            reasons = {
-                t.number: t.user_attrs.get("fail_reason", "")
-                for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            }
+            reasons = dict(self.fail_reasons(study) if reasons is None else reasons)
             # the trial itself may still be running: a stopped worker queues the retry before it fails it
             reasons[trial.number] = trial.user_attrs.get("fail_reason", "")
             deaths = sum(1 for n in history if not reasons.get(n, "").startswith(INTERRUPTED))
             if deaths > self.max_retry:
-                return
+                return None
         system_attrs = {"failed_trial": trial.number, **trial.system_attrs, "retry_history": history}
         user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
-        number = queue_copy(study, trial, user_attrs, system_attrs)
+        return copy_template(trial, user_attrs, system_attrs)
+
+    @staticmethod
+    def fail_reasons(study: optuna.Study) -> dict[int, str]:
+        return {
+            t.number: t.user_attrs.get("fail_reason", "")
+            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        }
+
+    @staticmethod
+    def note(study: optuna.Study, trial: FrozenTrial, number: int) -> None:
         try:  # the dashboard's note on the failed trial: why, and which trial resumes it
             from hpsearch.dashboard import write_trial_note
 
@@ -431,10 +449,9 @@ class RetryTrial:
             _log.debug("no note for failed trial %d", trial.number, exc_info=True)
 
 
-def queue_copy(study: optuna.Study, trial: FrozenTrial, user_attrs: dict, system_attrs: dict) -> int:
-    """Queue a trial that takes over ``trial``: its params and learning curve, these attributes; returns the
-    new trial's number (a retry of a failed trial, the continuation of a paused one)."""
-    template = optuna.trial.create_trial(
+def copy_template(trial: FrozenTrial, user_attrs: dict, system_attrs: dict) -> FrozenTrial:
+    """A queued trial with ``trial``'s params and learning curve and these attributes."""
+    return optuna.trial.create_trial(
         state=TrialState.WAITING,
         params=trial.params,
         distributions=trial.distributions,
@@ -442,13 +459,19 @@ def queue_copy(study: optuna.Study, trial: FrozenTrial, user_attrs: dict, system
         system_attrs=system_attrs,
         intermediate_values=trial.intermediate_values,
     )
+
+
+def queue_copy(study: optuna.Study, trial: FrozenTrial, user_attrs: dict, system_attrs: dict) -> int:
+    """Queue a trial that takes over ``trial``: its params and learning curve, these attributes; returns the
+    new trial's number (a retry of a failed trial, the continuation of a paused one)."""
+    template = copy_template(trial, user_attrs, system_attrs)
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     return study._storage.get_trial_number_from_id(trial_id)
 
 
 # How long a worker waits for a database server that went away (a restart, a fail-over) before it gives up.
 OUTAGE_SECONDS = 120.0
-_PATIENT = (  # besides create_new_trial and set_trial_state_values, which PatientRDBStorage defines
+_PATIENT = (  # besides the methods PatientRDBStorage defines itself
     "set_trial_param",
     "set_trial_intermediate_value",
     "set_trial_user_attr",
@@ -463,7 +486,6 @@ _PATIENT = (  # besides create_new_trial and set_trial_state_values, which Patie
     "get_trial_id_from_study_id_trial_number",
     "get_best_trial",
     "record_heartbeat",
-    "_get_stale_trial_ids",
 )
 
 
@@ -477,7 +499,95 @@ def _lost_connection(exc: BaseException) -> bool:
     )
 
 
-class PatientRDBStorage(optuna.storages.RDBStorage):
+class BeatingRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage whose trials have a heartbeat from the moment they run: the commit that makes a trial (or takes
+    one from the queue) running records its first heartbeat. Optuna's stale check skips a running trial with
+    no heartbeat at all, and its first one came only once the worker's heartbeat thread started; a worker
+    killed in between (during ``study.ask``, while the sampler draws) left a trial running for ever, counted
+    in the budget, that every other worker waited for."""
+
+    def _first_beat(self, session, trial_id: int) -> None:
+        if self.heartbeat_interval is not None:
+            from optuna.storages._rdb import models
+
+            session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+
+    def _get_prepared_new_trial(self, study_id: int, template_trial: FrozenTrial | None, session):
+        trial = super()._get_prepared_new_trial(study_id, template_trial, session)
+        if trial.state == TrialState.RUNNING:
+            self._first_beat(session, trial.trial_id)
+        return trial
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        if state == TrialState.RUNNING:
+            return self._take_waiting_trial(trial_id)
+        return super().set_trial_state_values(trial_id, state, values)
+
+    def _take_waiting_trial(self, trial_id: int) -> bool:
+        return self._take(trial_id)
+
+    def fail_stale_trial(
+        self, trial_id: int, retry: Callable[[FrozenTrial], FrozenTrial | None]
+    ) -> tuple[FrozenTrial, int | None] | None:
+        """Fail a stale running trial and queue ``retry(failed trial)`` in one commit (``retry`` must not call
+        the store: that would commit this session early); returns the failed trial and the retry's number, or
+        None when the trial is no longer running (another worker failed it first, or it finished). Optuna
+        fails every stale trial, then queues the retries: a worker killed, or a store call that failed, in
+        between left a failed trial that nothing would ever resume."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+            # the study's row, as a trial made at the same time takes it: the retry's number is its own
+            models.StudyModel.find_or_raise_by_id(trial.study_id, session, for_update=True)
+            # a conditional write, which takes the store's write lock: another worker may have failed it since
+            failed = (
+                session.query(models.TrialModel)
+                .filter(models.TrialModel.trial_id == trial_id)
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .update(
+                    {"state": TrialState.FAIL, "datetime_complete": datetime.datetime.now()},
+                    synchronize_session=False,
+                )
+            )
+            if not failed:
+                return None
+            session.expire_all()
+            frozen = self._build_frozen_trial_from_trial_model(
+                models.TrialModel.find_or_raise_by_id(trial_id, session)
+            )
+            template = retry(frozen)
+            number = None
+            if template is not None:
+                number = self._get_prepared_new_trial(trial.study_id, template, session).number
+        return frozen, number
+
+    def _take(self, trial_id: int, token: str | None = None, again: bool = False) -> bool:
+        """WAITING -> RUNNING, as RDBStorage does, with the first heartbeat (and ``token``) in the same commit."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        attrs = models.TrialSystemAttributeModel
+        with _create_scoped_session(self.scoped_session) as session:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+            if again and token is not None:
+                mark = attrs.find_by_trial_and_key(trial, TOKEN_ATTR, session)
+                if mark is not None and mark.value_json == json.dumps(token):
+                    return True
+            self.check_trial_is_updatable(trial_id, trial.state)
+            if trial.state != TrialState.WAITING:
+                return False
+            trial.state, trial.datetime_start = TrialState.RUNNING, datetime.datetime.now()
+            if token is not None:
+                self._set_trial_attr_without_commit(session, attrs, trial_id, TOKEN_ATTR, token)
+            self._first_beat(session, trial_id)
+        return True
+
+
+class PatientRDBStorage(BeatingRDBStorage):
     """RDBStorage on a database server that rides out a restart: a call that finds the server gone is tried
     again (1 s, 2 s, ... up to 10 s apart) for up to ``OUTAGE_SECONDS``, with one warning, instead of
     crashing a worker in the middle of a trial it has paid for.
@@ -488,6 +598,7 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
 
     outage_seconds = OUTAGE_SECONDS
     _warned_at = -float("inf")
+    _down_seen_at = -float("inf")  # when a call last found the database away
 
     def _ride_out(self, attempt: Callable[[bool], Any]) -> Any:
         """``attempt(again)`` until it does not fail for a lost connection; ``again`` is True on every try
@@ -499,6 +610,7 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
             except Exception as exc:
                 if not _lost_connection(exc) or time.monotonic() - started > self.outage_seconds:
                     raise
+                self._down_seen_at = time.monotonic()
                 if time.monotonic() - self._warned_at > self.outage_seconds:
                     self._warned_at = time.monotonic()  # once per outage, not once per thread
                     first = str(getattr(exc.__cause__, "orig", exc.__cause__) or exc).strip().splitlines()
@@ -577,29 +689,61 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
         return self._ride_out(attempt)
 
     def _take_waiting_trial(self, trial_id: int) -> bool:
-        """WAITING -> RUNNING, as RDBStorage does, with a token in the same commit: when the answer is lost, the
-        next try tells this worker's take (True) from another's (False), so the trial is never left running
-        with no worker on it (it has no heartbeat yet, so no other worker would ever take it for dead)."""
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
+        """WAITING -> RUNNING with a token in the same commit: when the answer is lost, the next try tells this
+        worker's take (True) from another's (False), so the trial is never left running with no worker on it."""
+        token = uuid.uuid4().hex
+        return self._ride_out(lambda again: self._take(trial_id, token, again))
 
-        token, attrs = uuid.uuid4().hex, models.TrialSystemAttributeModel
+    def fail_stale_trial(
+        self, trial_id: int, retry: Callable[[FrozenTrial], FrozenTrial | None]
+    ) -> tuple[FrozenTrial, int | None] | None:
+        # a try after a lost answer finds the trial failed (and its retry made): None, as for another's
+        return self._ride_out(lambda again: BeatingRDBStorage.fail_stale_trial(self, trial_id, retry))
 
-        def attempt(again: bool) -> bool:
-            with _create_scoped_session(self.scoped_session) as session:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-                if again:
-                    mark = attrs.find_by_trial_and_key(trial, TOKEN_ATTR, session)
-                    if mark is not None and mark.value_json == json.dumps(token):
-                        return True
-                self.check_trial_is_updatable(trial_id, trial.state)
-                if trial.state != TrialState.WAITING:
-                    return False
-                trial.state, trial.datetime_start = TrialState.RUNNING, datetime.datetime.now()
-                self._set_trial_attr_without_commit(session, attrs, trial_id, TOKEN_ATTR, token)
-            return True
+    def record_heartbeat_once(self, trial_id: int) -> None:
+        """One try at the heartbeat, for the heartbeat thread, which tries again every second by itself: the
+        patient call's growing waits (up to 10 s) would leave the heartbeat older than the outage was."""
+        try:
+            optuna.storages.RDBStorage.record_heartbeat(self, trial_id)
+        except Exception as exc:
+            if _lost_connection(exc):
+                self._down_seen_at = time.monotonic()
+            raise
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials, or none while the database has been back for less than the grace period: no
+        worker could record a heartbeat while it was away, so every running trial would look dead to the first
+        worker that reaches it again, before the trial's own worker has been able to record one."""
+
+        def attempt(again: bool) -> list[int]:
+            if self._back_lately():
+                return []
+            return optuna.storages.RDBStorage._get_stale_trial_ids(self, study_id)
 
         return self._ride_out(attempt)
+
+    def _back_lately(self) -> bool:
+        """Was the database away (as this process saw it, or a server restart) within the grace period?"""
+        import sqlalchemy
+
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        if time.monotonic() - self._down_seen_at < grace:
+            return True
+        uptime = {
+            "postgresql": "SELECT EXTRACT(EPOCH FROM (now() - pg_postmaster_start_time()))",
+            "mysql": "SELECT VARIABLE_VALUE FROM performance_schema.global_status WHERE VARIABLE_NAME = 'Uptime'",
+        }.get(self.engine.dialect.name)
+        if uptime is None:
+            return False
+        try:
+            with self.engine.connect() as con:
+                seconds = float(con.execute(sqlalchemy.text(uptime)).scalar() or 0.0)
+        except Exception as exc:
+            if _lost_connection(exc):
+                raise
+            _log.debug("no server uptime: %s", exc)
+            return False
+        return seconds < grace
 
 
 def _patient(name: str):

@@ -20,7 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpsearch.cost import compute_cost
-from hpsearch.study import OVER_BUDGET_ATTR, close_storages, open_storage
+from hpsearch.study import OVER_BUDGET_ATTR, close_storages, open_storage, quiet_optuna_warnings
 from hpsearch.workers import parse_gpus, plan_workers
 
 ERRORS = re.compile(r"database is locked|Traceback|hpsearch: (internal )?error|Error:", re.IGNORECASE)
@@ -276,6 +276,122 @@ def test_sigterm_to_workers_checkpoints_requeues_and_a_rerun_resumes(make_config
     for t in stopped:
         _assert_resumed(study, t, output, n_epochs=4)
     _assert_budget_exact(study, 3)
+
+
+# What `kill -9` leaves when it lands in `study.ask()` (the sampler drawing), before the worker's heartbeat thread
+# has started: one trial taken from the queue and one new trial, both running.
+KILLED_IN_ASK = """
+import os, sys
+import optuna
+from hpsearch.config import load_config
+from hpsearch.study import open_storage, quiet_optuna_warnings
+cfg = load_config(sys.argv[1], overrides={"storage": sys.argv[2]})
+study = optuna.create_study(study_name="t", storage=open_storage(sys.argv[2], cfg))
+study.enqueue_trial({"learning_rate": 1e-3, "batch_size": 16})
+with quiet_optuna_warnings():
+    study.ask(), study.ask()
+os._exit(137)
+"""
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_worker_killed_in_ask_leaves_no_trial_running_for_ever(make_config, workdir, store, request):
+    """Optuna's stale check skips a running trial with no heartbeat at all; a trial killed before its first
+    heartbeat stayed running for ever, counted in the budget, and every other worker waited for it."""
+    url = request.getfixturevalue("postgres_url") if store == "postgresql" else f"sqlite:///{workdir}/t.db"
+    config = make_config(study={"n_trials": 2}, **FAST_TRIAL)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_ASK, str(config), url], env=_env(), capture_output=True, text=True
+    )
+    assert killed.returncode == 137, killed.stderr[-3000:]
+    assert [t.state for t in _study(url).trials] == [TrialState.RUNNING] * 2
+
+    code, output = _run(workdir, "search", str(config), "--storage", url, timeout=120)
+    assert code == 0, output[-3000:]
+    assert not ERRORS.search(output), output[-3000:]
+    study = _study(url)
+    _assert_budget_exact(study, 2)
+    retried = {t.system_attrs["failed_trial"] for t in study.trials if "failed_trial" in t.system_attrs}
+    assert retried == {0, 1}  # the killed worker's two trials, each run once by their retry
+    assert [t.params for t in study.trials if t.system_attrs.get("failed_trial") == 0] == [
+        {"learning_rate": 1e-3, "batch_size": 16}
+    ]
+
+
+def test_a_stale_trial_is_never_left_failed_without_its_retry(workdir, monkeypatch):
+    """Failing a dead worker's trial and queueing its retry were two commits: a worker killed between them, or
+    a store call that failed there, left a failed trial that nothing resumes (its epochs lost, its checkpoint
+    kept for ever). Both land together, or neither: the next check retries it."""
+    from optuna.storages._rdb.storage import RDBStorage
+
+    from hpsearch.config import load_config
+    from hpsearch.search import _fail_stale
+
+    cfg = load_config(
+        None,
+        overrides={"storage": f"sqlite:///{workdir}/s.db", "name": "s"},
+        sets=["study.heartbeat_interval=1", "study.grace_period=1"],
+    )
+    study = optuna.create_study(study_name="s", storage=open_storage(cfg.study.storage, cfg))
+    with quiet_optuna_warnings():
+        trial = study.ask()
+    study._storage.record_heartbeat(trial._trial_id)  # then its worker dies
+    trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+    trial.report(0.4, 1)
+    trial.set_user_attr("checkpoint_path", str(workdir / "trial-0.pt"))
+    time.sleep(2.5)  # stale: older than the grace period, by the store's clock (whole seconds on SQLite)
+
+    real = RDBStorage._get_prepared_new_trial
+
+    def dies_before_the_retry_is_queued(self, study_id, template, session):
+        raise RuntimeError("killed")  # what kill -9 or a store error does to the worker checking
+
+    monkeypatch.setattr(RDBStorage, "_get_prepared_new_trial", dies_before_the_retry_is_queued)
+    with pytest.raises(RuntimeError, match="killed"):
+        _fail_stale(study)
+    monkeypatch.setattr(RDBStorage, "_get_prepared_new_trial", real)
+    _fail_stale(study)  # the next worker's check
+    dead, retry = study.trials
+    assert dead.state == TrialState.FAIL
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == 0
+    assert retry.params == dead.params and retry.intermediate_values == {1: 0.4}
+    assert retry.user_attrs["checkpoint_path"] == str(workdir / "trial-0.pt")
+
+
+def test_a_retry_of_a_retry_names_the_trial_it_resumes(make_config, workdir):
+    """Stopped twice: trial 2 resumes trial 1's checkpoint after epoch 2, which trial 0 never reached; saying it
+    resumes trial 0 after epoch 2 (Optuna's failed_trial names the first of the chain) was untrue."""
+    import io
+    import threading
+
+    from hpsearch.config import load_config
+    from hpsearch.results import trial_rows
+    from hpsearch.search import Reporter, run_search
+
+    class StopAfterAnEpoch(Reporter):
+        def __init__(self, out, stop):
+            super().__init__(out)
+            self.stop = stop
+
+        def epoch(self, number, hp, r, n_epochs):
+            super().epoch(number, hp, r, n_epochs)
+            self.stop.set()  # as SIGTERM during the epoch would
+
+    config = make_config(
+        study={"n_trials": 1, "pruner": "none"}, data={"demo_size": 200}, train={"n_epochs": 3}
+    )
+    cfg = load_config(config)
+    out = io.StringIO()
+    for _ in range(2):
+        stop = threading.Event()
+        assert run_search(cfg, reporter=StopAfterAnEpoch(out, stop), stop=stop).stopped_by == "signal"
+    assert run_search(cfg, reporter=Reporter(out)).stopped_by == "budget"
+    text = out.getvalue()
+    assert "trial 1 resumes trial 0 after epoch 1 from its checkpoint" in text, text
+    assert "trial 2 resumes trial 1 after epoch 2 from its checkpoint" in text, text
+    study = _study(cfg.study.storage)
+    assert [r["retry_of"] for r in trial_rows(study)] == [None, 0, 1]
+    assert sorted(study.trials[2].intermediate_values) == [1, 2, 3]
 
 
 # --- planning workers (no processes) ----------------------------------------------------------------------

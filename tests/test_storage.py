@@ -450,6 +450,38 @@ def test_a_worker_rides_out_a_postgresql_restart(pg_server, postgres_url):
     assert stored.user_attrs["epochs_run"] == 1
 
 
+@pytest.mark.postgres
+def test_a_database_restart_longer_than_the_grace_period_fails_no_live_trial(pg_server, postgres_url):
+    """Down for longer than the grace period: no worker can record a heartbeat meanwhile, so every running
+    trial's heartbeat is old when the server is back. The first worker to check must not fail a live trial
+    before its worker has had time to record one (here a worker that started after the restart, and so never
+    saw the outage itself); the trial goes on."""
+    from hpsearch.search import _fail_stale, _heartbeat
+
+    cfg = load_config(
+        None,
+        overrides={"storage": postgres_url, "name": "pg"},
+        sets=["study.heartbeat_interval=1", "study.grace_period=4"],
+    )
+    study = optuna.create_study(study_name="pg", storage=open_storage(postgres_url, cfg))
+    with quiet_optuna_warnings():
+        trial = study.ask()
+    trial.report(0.4, 1)
+    with _heartbeat(study, trial):
+        time.sleep(1.5)  # the thread's first heartbeat is in (a trial with none is never stale)
+        assert running_status(study)[0]["heartbeat_age_s"] is not None
+        pg_server.restart(8.0)  # twice the grace period
+        other = optuna.load_study(study_name="pg", storage=open_storage(postgres_url, cfg))
+        for _ in range(16):  # the other worker's loop, over twice the grace period once the server is back
+            _fail_stale(other)
+            assert other.trials[0].state == TrialState.RUNNING
+            time.sleep(0.5)
+        trial.report(0.3, 2)
+    study.tell(trial, 0.3)
+    [stored] = optuna.load_study(study_name="pg", storage=open_storage(postgres_url)).trials
+    assert stored.state == TrialState.COMPLETE and stored.intermediate_values == {1: 0.4, 2: 0.3}
+
+
 def _lose_answers(storage, monkeypatch, plan: list[str]) -> list[str]:
     """The server commits a write, and the connection drops before the worker hears so: a moment no real
     restart hits on cue, so the commit's answer is replaced by the error SQLAlchemy raises for a lost server,
