@@ -308,7 +308,7 @@ def _search_with_workers(cfg, config_file, n_workers, gpus, first_index) -> None
 
     if n_workers is not None and gpus is not None:
         raise ConfigError("give either --workers N (CPU) or --gpus LIST, not both")
-    check_storage(cfg.study.storage)
+    check_storage(cfg.study.storage, wait=cfg.study.store_wait)
     done = finished_trials(cfg.study.storage, cfg.study.name)
     if done is not None and done >= cfg.study.n_trials:
         check_resumable(cfg)  # settings the study was not made with are refused, as one worker refuses them

@@ -131,7 +131,7 @@ def prepare(cfg: Config):
     if cfg.study.sampler == "grid":
         space.grid()  # raises for a range without finite values
     resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))  # fp16 on a CPU is refused here
-    check_storage(cfg.study.storage)
+    check_storage(cfg.study.storage, wait=cfg.study.store_wait)
     check_writable(cfg.train.checkpoint_dir, "train.checkpoint_dir", folder=True)  # every trial writes there
     data = load_data(cfg.data, seed=cfg.study.seed or 0)
     factory = get_factory(cfg.model, data.label_names, data.train.vocabulary_texts(), cfg.data)

@@ -359,24 +359,34 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
             # Re-queue a dead worker's trial with its params, user attrs (checkpoint path) and learning curve.
             "heartbeat_stale_trial_callback": retry,
         }
-    for attempt in range(1, 6):
-        try:
-            with quiet_optuna_warnings():
-                kind = BeatingRDBStorage if path is not None else PatientRDBStorage
-                storage = kind(url, engine_kwargs=engine_kwargs, **heartbeat)
-            _ENGINES.append(storage.engine)
-            return storage
-        except ImportError as exc:
-            raise ConfigError(
-                f"storage: {describe_storage(url)} needs a driver ({exc}); {_driver_hint(url)}"
-            ) from None
-        except Exception as exc:  # sqlalchemy raises ArgumentError, OperationalError, ...
-            first = str(exc).strip().splitlines()[0][:300]
-            if attempt < 5 and _is_schema_race(first):
-                time.sleep(0.2 + random.random())  # let the winner finish the tables
-                continue
-            raise ConfigError(f"storage: cannot open {describe_storage(url)}: {first}") from None
-    raise AssertionError("unreachable")
+    # a worker waits for a database server that is away; a read-only command says so at once
+    wait = float(cfg.study.store_wait) if cfg is not None and create and path is None else 0.0
+
+    def attempt() -> optuna.storages.BaseStorage:
+        for attempt in range(1, 6):
+            try:
+                with quiet_optuna_warnings():
+                    kind = BeatingRDBStorage if path is not None else PatientRDBStorage
+                    storage = kind(url, engine_kwargs=engine_kwargs, **heartbeat)
+                _ENGINES.append(storage.engine)
+                if isinstance(storage, PatientRDBStorage) and cfg is not None:
+                    storage.outage_seconds = float(cfg.study.store_wait)
+                return storage
+            except ImportError as exc:
+                raise ConfigError(
+                    f"storage: {describe_storage(url)} needs a driver ({exc}); {_driver_hint(url)}"
+                ) from None
+            except Exception as exc:  # sqlalchemy raises ArgumentError, OperationalError, ...
+                first = str(exc).strip().splitlines()[0][:300]
+                if attempt < 5 and _is_schema_race(first):
+                    time.sleep(0.2 + random.random())  # let the winner finish the tables
+                    continue
+                if _server_away(first):
+                    raise
+                raise ConfigError(f"storage: cannot open {describe_storage(url)}: {first}") from None
+        raise AssertionError("unreachable")
+
+    return _wait_for_server(url, attempt, wait)
 
 
 def _has_no_optuna_tables(url: str) -> bool:
@@ -774,8 +784,9 @@ def _is_schema_race(message: str) -> bool:
     return any(s in message for s in signs)
 
 
-def check_storage(url: str) -> None:
-    """Check that the store answers, writing nothing: a typo in a URL must not cost a GPU-hour of data loading."""
+def check_storage(url: str, wait: float = 0.0) -> None:
+    """Check that the store answers, writing nothing: a typo in a URL must not cost a GPU-hour of data loading.
+    A database server that is away is waited for, for up to ``wait`` seconds."""
     import os
 
     journal = _journal_path(url)
@@ -814,14 +825,70 @@ def check_storage(url: str) -> None:
         ) from None
     except Exception as exc:
         raise ConfigError(f"storage: {describe_storage(url)} is not a valid storage URL ({exc})") from None
-    try:
+
+    def answer() -> None:
         with engine.connect() as con:
             con.execute(sqlalchemy.text("SELECT 1"))
-    except Exception as exc:
-        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
-        raise ConfigError(f"storage: cannot reach {describe_storage(url)}: {first}") from None
+
+    try:
+        _wait_for_server(url, answer, wait)
     finally:
         engine.dispose()
+
+
+# How a database server that is away answers (refused, starting up, shutting down, cut off, no socket), unlike
+# a bad host name, user, password or database, which no wait would mend. PostgreSQL (libpq) and MySQL wording.
+_AWAY = (
+    "connection refused",
+    "timeout expired",
+    "timed out",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "server closed the connection",
+    "connection reset",
+    "no such file or directory",  # a Unix socket not there while the server is down
+    "can't connect to mysql server",
+    "lost connection to mysql server",
+)
+
+
+def _server_away(message: str) -> bool:
+    return any(sign in message.lower() for sign in _AWAY)
+
+
+def _wait_for_server(url: str, attempt: Callable[[], Any], wait: float) -> Any:
+    """``attempt()`` until it does not fail for a database server that is away, for up to ``wait`` seconds (1 s,
+    2 s, ... up to 10 s apart), with one warning: a worker started while the server restarts waits for it.
+    Any other failure, or one that outlasts the wait, is a ConfigError naming the fix."""
+    started, pause, warned = time.monotonic(), 1.0, False
+    while True:
+        try:
+            return attempt()
+        except ConfigError:
+            raise
+        except Exception as exc:
+            first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
+            if not _server_away(first):
+                raise ConfigError(f"storage: cannot reach {describe_storage(url)}: {first}") from None
+            waited = time.monotonic() - started
+            if waited >= wait:
+                after = f" (waited {waited:.0f} s: study.store_wait)" if warned else ""
+                raise ConfigError(
+                    f"storage: cannot reach {describe_storage(url)}: {first}{after}; start the database server,"
+                    " or fix the host and port in the URL"
+                ) from None
+            if not warned:
+                warned = True
+                _log.warning(
+                    "storage: cannot reach %s (%s); waiting for it for up to %.0f s in case the server is"
+                    " restarting (study.store_wait; check the host and port if it is not)",
+                    describe_storage(url),
+                    first,
+                    wait,
+                )
+            time.sleep(min(pause, wait - waited))
+            pause = min(10.0, 2 * pause)
 
 
 def _enable_wal(path: Path) -> None:

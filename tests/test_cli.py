@@ -88,8 +88,8 @@ BAD_INPUTS = [
     (
         "unreachable store",
         {},
-        ["--storage", "postgresql+psycopg://nobody@127.0.0.1:1/x"],
-        ["storage: cannot reach postgresql+psycopg://nobody@127.0.0.1:1/x"],
+        ["--storage", "postgresql+psycopg://nobody@127.0.0.1:1/x", "--set", "study.store_wait=0"],
+        ["storage: cannot reach postgresql+psycopg://nobody@127.0.0.1:1/x", "fix the host and port"],
     ),
     (
         "missing data file",
@@ -149,6 +149,7 @@ BAD_INPUTS = [
         ["--set search_space.learning_rate: low must be < high"],
     ),
     ("store is a folder", {}, ["--storage", "sqlite:///studies.d"], ["studies.d is a folder"]),
+    ("negative store wait", {}, ["--set", "study.store_wait=-1"], ["study.store_wait: must be >= 0"]),
 ]
 
 

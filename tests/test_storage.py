@@ -74,12 +74,60 @@ def test_mysql_url_without_its_driver_is_one_line_naming_the_extra(make_config, 
     assert not (workdir / "studies").exists() and not (workdir / "checkpoints").exists()
 
 
-def test_unreachable_postgresql_is_one_line_and_writes_nothing(make_config, workdir):
-    config = make_config()
+def test_unreachable_postgresql_is_waited_for_then_one_line_and_writes_nothing(make_config, workdir, caplog):
+    """Nothing answers: a worker waits for study.store_wait (a server restarting), saying so at once, then
+    stops with one line naming the fix; nothing is written."""
+    config = make_config(study={"store_wait": 3})
     url = "postgresql+psycopg://hp:secret@127.0.0.1:1/hpsearch"  # port 1: nothing listens
+    started = time.monotonic()
     line = _one_line_error(CliRunner().invoke(cli, ["search", str(config), "--storage", url]))
-    assert "cannot reach" in line and "127.0.0.1" in line and "secret" not in line
+    [said] = [r.getMessage() for r in caplog.records if "waiting for it" in r.getMessage()]  # at once, once
+    assert "waiting for it for up to 3 s" in said and "study.store_wait" in said and "secret" not in said
+    assert line.startswith("hpsearch: error: storage: cannot reach") and "127.0.0.1" in line
+    assert "(waited " in line and "start the database server, or fix the host and port" in line
+    assert "secret" not in line
+    assert time.monotonic() - started >= 1  # it did wait
     assert not (workdir / "studies").exists() and not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.postgres
+def test_a_worker_started_while_the_database_is_down_waits_for_it(
+    make_config, workdir, pg_server, postgres_url, caplog
+):
+    """A worker started during a database restart (a node rebooted with the server, a fail-over) waits for the
+    server instead of exiting as if its URL were wrong, then searches as usual."""
+    import threading
+
+    import psycopg
+
+    config = make_config(study={"n_trials": 2}, train={"n_epochs": 1})
+    down = threading.Thread(target=pg_server.restart, args=(4.0,))
+    down.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until the server is down
+        try:
+            psycopg.connect(pg_server.libpq_url, connect_timeout=2).close()
+        except psycopg.OperationalError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the server did not go down")
+    result = CliRunner().invoke(cli, ["search", str(config), "--storage", postgres_url])
+    down.join()
+    assert result.exit_code == 0, result.output
+    assert "waiting for it for up to 120 s in case the server is restarting" in caplog.text
+    study = optuna.load_study(study_name="t", storage=open_storage(postgres_url))
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
+
+
+@pytest.mark.postgres
+def test_a_read_only_command_does_not_wait_for_a_database_that_is_away(workdir):
+    """`show` at a terminal says at once that the server does not answer (exit 2), rather than waiting."""
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["show", "t", "--storage", "postgresql+psycopg://hp@127.0.0.1:1/hp"])
+    line = _one_line_error(result)
+    assert "cannot reach" in line or "cannot open" in line
+    assert time.monotonic() - started < 60  # no 120 s wait (a loose bound: this is behaviour, not speed)
 
 
 @pytest.mark.postgres
