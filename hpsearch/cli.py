@@ -515,7 +515,7 @@ def show(study, storage, as_json):
         click.echo("\n".join(results.describe_best(best, study, describe_storage(url))))
     click.echo(f"cost: {cost.summary()}")
     if running:
-        click.echo(results.format_running(running, results.grace_seconds(st)))
+        click.echo(results.format_running(running, results.grace_seconds(st), study, describe_storage(url)))
 
 
 @cli.command()

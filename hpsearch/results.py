@@ -430,9 +430,10 @@ def running_status(study: optuna.Study) -> list[dict[str, Any]]:
     ages = _heartbeat_ages(study, [t._trial_id for t in running])
     grace = grace_seconds(study)
     n_epochs = study.user_attrs.get(CONFIG_ATTR, {}).get("train", {}).get("n_epochs")
-    rows = []
+    rows, now = [], datetime.now()
     for t in running:
         age = None if ages is None else ages.get(t._trial_id)
+        started = None if t.datetime_start is None else (now - t.datetime_start).total_seconds()
         rows.append(
             {
                 "number": t.number,
@@ -446,15 +447,32 @@ def running_status(study: optuna.Study) -> list[dict[str, Any]]:
                 else None,
                 "heartbeat_age_s": None if age is None else round(age, 1),
                 "stale": age is not None and age > grace,
+                # on a store with heartbeats, none since it started: its worker died before its first one (an
+                # older hpsearch recorded the first only once training began), and nothing retries it
+                "orphan": ages is not None and age is None and started is not None and started > grace,
+                "started_s_ago": None if started is None else round(started, 1),
             }
         )
     return rows
 
 
-def format_running(rows: list[dict[str, Any]], grace: float) -> str:
+def requeue_command(study_name: str, number: int | str, storage: str) -> str:
+    """The command that re-queues trial ``number`` by hand, quoted for pasting."""
+    return f"hpsearch requeue {quote(study_name)} {number} --storage {quote(storage)}"
+
+
+def format_running(
+    rows: list[dict[str, Any]], grace: float, study_name: str = "STUDY", storage: str = "URL"
+) -> str:
     lines = [f"running trials ({len(rows)}):"]
     for r in rows:
-        if r["heartbeat_age_s"] is None:
+        if r.get("orphan"):
+            beat = (
+                f"no heartbeat in the {r['started_s_ago'] / 60:.0f} min since it started: its worker died before"
+                " its first one (a store an older hpsearch wrote), and nothing retries it by itself; if its"
+                f" worker is gone: {requeue_command(study_name, r['number'], storage)}"
+            )
+        elif r["heartbeat_age_s"] is None:
             beat = "no heartbeat (journal store, or not started yet)"
         else:
             beat = f"last heartbeat {r['heartbeat_age_s']:.0f}s ago"

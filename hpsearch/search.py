@@ -15,7 +15,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from shlex import quote
 from typing import Any, TextIO
 
 import optuna
@@ -27,7 +26,7 @@ from hpsearch.dashboard import write_study_note, write_trial_note
 from hpsearch.errors import StorageError, TrialFailure
 from hpsearch.objective import CHECKPOINT_ATTR, Interrupted, Objective
 from hpsearch.pruners import CONTINUES_ATTR, PAUSED_ATTR, replaced
-from hpsearch.results import best_summary
+from hpsearch.results import best_summary, requeue_command
 from hpsearch.space import SearchSpace, parse_space
 from hpsearch.study import (
     INTERRUPTED,
@@ -227,8 +226,25 @@ def _held_elsewhere(study: optuna.Study, cfg: Config) -> str:
     first = running[0].number if running else "N"
     return (
         f"trial(s) {held} still marked running, and this store has no heartbeat to tell a dead worker. This"
-        f" worker stops; if a worker is gone: hpsearch requeue {quote(cfg.study.name)} {first} --storage"
-        f" {quote(describe_storage(cfg.study.storage))}, then rerun"
+        f" worker stops; if a worker is gone: {requeue_command(cfg.study.name, first, describe_storage(cfg.study.storage))}"
+        ", then rerun"
+    )
+
+
+def _orphans_line(study: optuna.Study, cfg: Config) -> str | None:
+    """The running trials with no heartbeat since they started, long ago: their worker died before its first
+    one (a store an older hpsearch wrote), so no worker will take them for dead; waiting for them is for ever."""
+    from hpsearch.results import running_status
+
+    orphans = [r["number"] for r in running_status(study) if r["orphan"]]
+    if not orphans:
+        return None
+    return (
+        f"trial(s) {', '.join(map(str, orphans))} marked running with no heartbeat since they started: their"
+        " worker died before its first one (a store an older hpsearch wrote), and nothing retries them by"
+        " themselves; if their worker is gone:"
+        f" {requeue_command(cfg.study.name, orphans[0], describe_storage(cfg.study.storage))}"
+        " (this worker then runs the retry)"
     )
 
 
@@ -436,7 +452,7 @@ def _loop(
     stop: threading.Event,
     space: SearchSpace,
 ) -> tuple[str, list[int]]:
-    started, failures, ran, waited = time.monotonic(), 0, [], False
+    started, failures, ran, waited, orphans_said = time.monotonic(), 0, [], False, False
     n_trials, epoch_budget = cfg.study.n_trials, cfg.study.epoch_budget
     while True:
         if stop.is_set():
@@ -494,6 +510,9 @@ def _loop(
                     f"{spent_line}, {c[TrialState.RUNNING]} running elsewhere; waiting in case one must be retried"
                 )
                 waited = True
+            if not orphans_said and (orphans := _orphans_line(study, cfg)) is not None:
+                reporter.line(orphans)
+                orphans_said = True
             stop.wait(min(5.0, cfg.study.heartbeat_interval))
             continue
         with quiet_optuna_warnings():

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from click.testing import CliRunner
 from optuna.trial import TrialState
 
+from hpsearch.cli import cli
 from hpsearch.cost import compute_cost
 from hpsearch.study import OVER_BUDGET_ATTR, close_storages, open_storage, quiet_optuna_warnings
 from hpsearch.workers import parse_gpus, plan_workers
@@ -318,6 +320,46 @@ def test_a_worker_killed_in_ask_leaves_no_trial_running_for_ever(make_config, wo
     ]
 
 
+def test_a_trial_an_older_version_left_running_without_a_heartbeat_is_named_with_its_fix(
+    make_config, workdir
+):
+    """A store an older hpsearch wrote may hold a trial whose worker died before its first heartbeat: no worker
+    ever takes it for dead. A worker waiting on it says so, with the command that frees it, and `show` marks
+    it; once re-queued by hand, the waiting worker runs its retry and the search ends."""
+    url = f"sqlite:///{workdir}/t.db"
+    study_cfg = {"n_trials": 2, "heartbeat_interval": 1, "grace_period": 2}
+    config = make_config(study=study_cfg, **FAST_TRIAL)
+    code, output = _run(workdir, "search", str(config), "--storage", url, "--n-trials", "1")
+    assert code == 0, output[-3000:]
+    old = optuna.load_study(study_name="t", storage=optuna.storages.RDBStorage(url))  # as an older version
+    with quiet_optuna_warnings():
+        orphan = old.ask()  # running, and no heartbeat row: its worker died in ask
+    time.sleep(3)  # older than the grace period
+
+    worker = _start(workdir, "w.log", "search", str(config), "--storage", url)
+    named = lambda: "hpsearch requeue t 1 --storage" in worker.log.read_text()  # noqa: E731
+    try:
+        _wait_until("the orphan's line", named, [worker])
+    finally:
+        if worker.poll() is None and not named():  # it would wait for ever
+            worker.kill()
+            worker.wait()
+            worker.out.close()
+    said = worker.log.read_text()
+    assert f"trial(s) {orphan.number} marked running with no heartbeat since they started" in said
+    shown = CliRunner().invoke(cli, ["show", "t", "--storage", url])
+    assert shown.exit_code == 0 and "no heartbeat in the 0 min since it started" in shown.output
+    assert f"hpsearch requeue t {orphan.number} --storage" in shown.output
+    requeued = CliRunner().invoke(cli, ["requeue", "t", str(orphan.number), "--storage", url])
+    assert requeued.exit_code == 0, requeued.output
+    code, output = _finish(worker, timeout=120)
+    assert code == 0, output[-3000:]
+    study = _study(url)
+    _assert_budget_exact(study, 2)
+    [retry] = [t for t in study.trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert retry.state == TrialState.COMPLETE
+
+
 def test_a_stale_trial_is_never_left_failed_without_its_retry(workdir, monkeypatch):
     """Failing a dead worker's trial and queueing its retry were two commits: a worker killed between them, or
     a store call that failed there, left a failed trial that nothing resumes (its epochs lost, its checkpoint
@@ -434,10 +476,6 @@ def test_worker_numbers_start_at_worker_index_so_nodes_do_not_repeat_each_other(
 
 
 def test_gpus_without_a_gpu_is_one_line_and_writes_nothing(make_config, workdir):
-    from click.testing import CliRunner
-
-    from hpsearch.cli import cli
-
     if _gpu_count() > 0:
         pytest.skip("this machine has a GPU; the message is for machines without one")
     result = CliRunner().invoke(cli, ["search", str(make_config()), "--gpus", "all"])
@@ -531,10 +569,6 @@ def test_a_worker_whose_trial_another_worker_failed_as_stale_goes_on(workdir):
 
 
 def test_workers_are_not_started_when_the_study_already_has_its_trials(make_config, workdir):
-    from click.testing import CliRunner
-
-    from hpsearch.cli import cli
-
     url = f"sqlite:///{workdir}/studies/t.db"
     study = optuna.create_study(study_name="t", storage=open_storage(url))
     for _ in range(3):
@@ -546,10 +580,6 @@ def test_workers_are_not_started_when_the_study_already_has_its_trials(make_conf
 
 
 def test_a_mistake_only_the_first_worker_can_see_is_reported_once_and_writes_nothing(make_config, workdir):
-    from click.testing import CliRunner
-
-    from hpsearch.cli import cli
-
     config = make_config(data={"name": None, "train_file": "missing.csv"})
     result = CliRunner().invoke(cli, ["search", str(config), "--workers", "3"])
     assert result.exit_code == 2, result.output
