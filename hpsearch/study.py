@@ -1123,6 +1123,14 @@ def _check_resumed(cfg: Config, study: optuna.Study, data: Any = None) -> None:
     stored = study.user_attrs.get(CONFIG_ATTR)
     if stored:
         _check_same_study(cfg, stored, study.study_name)
+    else:  # queued trials alone are fine: a study seeded with optuna's enqueue_trial
+        ran = sum(1 for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING)
+        if ran:
+            raise ConfigError(
+                f"storage: study '{study.study_name}' has {ran} trial(s) but no hpsearch settings (it was made"
+                " outside hpsearch, e.g. with optuna.create_study), so what they measured is unknown and new"
+                f" trials would not be comparable; use another --study-name"
+            )
     if data is not None and study.user_attrs.get(DATA_ATTR):
         _check_same_data(cfg, study.user_attrs[DATA_ATTR], data_sizes(data), study.study_name)
     if study.direction != optuna.study.StudyDirection.MINIMIZE:

@@ -447,6 +447,26 @@ def test_resuming_a_study_that_maximises_is_refused(workdir):
     assert snapshot(url) == [("t", 0)] and not (workdir / "checkpoints").exists()
 
 
+def test_resuming_a_study_made_outside_hpsearch_is_refused_and_left_as_it_was(workdir):
+    """A study with trials but no hpsearch settings (made with Optuna directly) measured something unknown:
+    hpsearch's trials added to it would not be comparable. One seeded with queued trials alone is taken."""
+    config = write_config(workdir / "study.yaml", tiny_config(study={"n_trials": 1}, train={"n_epochs": 1}))
+    url = f"sqlite:///{workdir}/t.db"
+    made = optuna.create_study(study_name="t", storage=url)
+    made.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    before = (workdir / "t.db").read_bytes()
+    line = assert_one_line_error(invoke("search", str(config), "--storage", url))
+    assert "study 't' has 2 trial(s) but no hpsearch settings" in line and "another --study-name" in line
+    assert (workdir / "t.db").read_bytes() == before and not (workdir / "checkpoints").exists()
+
+    seeded = optuna.create_study(study_name="seeded", storage=url)
+    seeded.enqueue_trial({"learning_rate": 1e-3, "batch_size": 16})
+    result = invoke("search", str(config), "--storage", url, "--study-name", "seeded")
+    assert result.exit_code == 0, result.output
+    [trial] = optuna.load_study(study_name="seeded", storage=url).trials
+    assert trial.state.is_finished() and trial.params == {"learning_rate": 1e-3, "batch_size": 16}
+
+
 def test_search_refuses_a_sqlite_file_of_other_tables(workdir):
     import sqlite3
 
