@@ -575,6 +575,31 @@ class BeatingRDBStorage(optuna.storages.RDBStorage):
                 number = self._get_prepared_new_trial(trial.study_id, template, session).number
         return frozen, number
 
+    def claim_study_user_attr(self, study_id: int, key: str, value: Any) -> Any:
+        """Set the study's ``key`` to ``value`` unless it is set: returns None when this call set it, else the
+        value there. One insert that the table's unique (study, key) makes atomic, where Optuna's
+        ``set_study_user_attr`` reads, then writes: two workers making one study at the same moment both found
+        no settings there, and the last one's overwrote the first's."""
+        import sqlalchemy.exc
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        encoded = json.dumps(value)
+        try:
+            with _create_scoped_session(self.scoped_session) as session:
+                study = models.StudyModel.find_or_raise_by_id(study_id, session)
+                there = models.StudyUserAttributeModel.find_by_study_and_key(study, key, session)
+                if there is not None:
+                    return json.loads(there.value_json)
+                session.add(models.StudyUserAttributeModel(study_id=study_id, key=key, value_json=encoded))
+        except sqlalchemy.exc.IntegrityError:  # another worker's insert came first
+            with _create_scoped_session(self.scoped_session) as session:
+                study = models.StudyModel.find_or_raise_by_id(study_id, session)
+                return json.loads(
+                    models.StudyUserAttributeModel.find_by_study_and_key(study, key, session).value_json
+                )
+        return None
+
     def _take(self, trial_id: int, token: str | None = None, again: bool = False) -> bool:
         """WAITING -> RUNNING, as RDBStorage does, with the first heartbeat (and ``token``) in the same commit."""
         from optuna.storages._rdb import models
@@ -697,6 +722,12 @@ class PatientRDBStorage(BeatingRDBStorage):
                 raise
 
         return self._ride_out(attempt)
+
+    def claim_study_user_attr(self, study_id: int, key: str, value: Any) -> Any:
+        # a try after a lost answer finds its own value there: the same settings, which pass every check
+        return self._ride_out(
+            lambda again: BeatingRDBStorage.claim_study_user_attr(self, study_id, key, value)
+        )
 
     def _take_waiting_trial(self, trial_id: int) -> bool:
         """WAITING -> RUNNING with a token in the same commit: when the answer is lost, the next try tells this
@@ -1096,12 +1127,24 @@ def open_study(cfg: Config, space: SearchSpace, worker: int = 0, data: Any = Non
             raise StorageError(f"storage: could not create study '{name}': {exc}") from None
         if study.user_attrs.get(CONFIG_ATTR):  # another worker made it since the listing: its settings hold
             _check_resumed(cfg, study, data)
-    study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
+    stored = _claim_config(study, cfg.to_dict())
+    if stored is not None:  # the settings there now, which another worker may have written since the checks
+        _check_same_study(cfg, stored, name)
+    study.set_user_attr(CONFIG_ATTR, cfg.to_dict())  # a resumed study keeps the latest (budget, timeout, ...)
     if CHECKPOINT_KEY_ATTR not in study.user_attrs:
         # Two workers creating the study at once may both write one; the last wins, and a trial records the
         # path it wrote, so a checkpoint written under the other key is still found and cleaned up.
         study.set_user_attr(CHECKPOINT_KEY_ATTR, uuid.uuid4().hex[:8])
     return study
+
+
+def _claim_config(study: optuna.Study, config: dict[str, Any]) -> dict[str, Any] | None:
+    """Store ``config`` as the study's settings unless some are there: None when these were stored, else the
+    ones there. Atomic on a database store; a journal file has no such write, so it reads them again."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    if isinstance(backend, BeatingRDBStorage):
+        return backend.claim_study_user_attr(study._study_id, CONFIG_ATTR, config)
+    return study.user_attrs.get(CONFIG_ATTR)
 
 
 def check_resumable(cfg: Config, data: Any = None) -> None:

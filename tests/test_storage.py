@@ -677,3 +677,42 @@ def test_a_study_another_worker_made_since_the_listing_keeps_its_settings(workdi
             open_study(second, space)
     stored = optuna.load_study(study_name="race", storage=url).user_attrs[CONFIG_ATTR]
     assert stored["train"]["n_epochs"] == 3
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_two_workers_making_one_study_at_once_cannot_both_write_their_settings(
+    workdir, monkeypatch, store, request
+):
+    """Both found no study, and no settings in the one they made: the second's whole start-up falls between
+    the first's read of the settings and its write. The first one's write must not go over the second's
+    settings (both would search, with other epochs, into one study): it is refused, the second's kept."""
+    import hpsearch.study as study_module
+    from hpsearch.space import parse_space
+    from hpsearch.study import CONFIG_ATTR, open_study
+
+    url = request.getfixturevalue("postgres_url") if store == "postgresql" else f"sqlite:///{workdir}/race.db"
+    first = load_config(None, overrides={"storage": url, "name": "race"}, sets=["train.n_epochs=3"])
+    second = load_config(None, overrides={"storage": url, "name": "race"}, sets=["train.n_epochs=2"])
+    space = parse_space(first.search_space, first.source)
+    real = optuna.Study.user_attrs
+    cue = {"armed": True}
+
+    def read_then_the_other_worker_starts(study):
+        attrs = real.fget(study)
+        if cue.pop("armed", False) and CONFIG_ATTR not in attrs:
+            open_study(second, space)  # the second worker, start to end, in between
+        return attrs
+
+    monkeypatch.setattr(study_module, "check_resumable", lambda cfg, data=None: None)  # both listed first
+    monkeypatch.setattr(study_module, "_summaries", lambda storage: [])
+    monkeypatch.setattr(optuna.Study, "user_attrs", property(read_then_the_other_worker_starts))
+    with (
+        quiet_optuna_warnings(),
+        pytest.raises(ConfigError, match="train.n_epochs is 3 but study 'race' was created with 2"),
+    ):
+        open_study(first, space)
+    monkeypatch.undo()
+    stored = optuna.load_study(study_name="race", storage=open_storage(url, create=False)).user_attrs[
+        CONFIG_ATTR
+    ]
+    assert stored["train"]["n_epochs"] == 2 and not cue
