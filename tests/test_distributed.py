@@ -289,6 +289,7 @@ from hpsearch.config import load_config
 from hpsearch.study import open_storage, quiet_optuna_warnings
 cfg = load_config(sys.argv[1], overrides={"storage": sys.argv[2]})
 study = optuna.create_study(study_name="t", storage=open_storage(sys.argv[2], cfg))
+study.set_user_attr("hpsearch_config", cfg.to_dict())  # as a search that made it
 study.enqueue_trial({"learning_rate": 1e-3, "batch_size": 16})
 with quiet_optuna_warnings():
     study.ask(), study.ask()
@@ -569,11 +570,15 @@ def test_a_worker_whose_trial_another_worker_failed_as_stale_goes_on(workdir):
 
 
 def test_workers_are_not_started_when_the_study_already_has_its_trials(make_config, workdir):
-    url = f"sqlite:///{workdir}/studies/t.db"
+    from hpsearch.config import load_config
+    from hpsearch.study import CONFIG_ATTR
+
+    url, config = f"sqlite:///{workdir}/studies/t.db", make_config()
     study = optuna.create_study(study_name="t", storage=open_storage(url))
+    study.set_user_attr(CONFIG_ATTR, load_config(str(config)).to_dict())  # as a search that made it
     for _ in range(3):
         study.tell(study.ask(), 0.5)
-    result = CliRunner().invoke(cli, ["search", str(make_config()), "--workers", "4"])
+    result = CliRunner().invoke(cli, ["search", str(config), "--workers", "4"])
     assert result.exit_code == 0, result.output
     assert "budget met: study 't' has 3/3 finished trials; no worker started" in result.stderr
     assert len(_study(url).trials) == 3
