@@ -38,6 +38,7 @@ from hpsearch.study import (
     counts,
     describe_storage,
     is_over_budget,
+    local_process,
     open_study,
     queue_copy,
     quiet_optuna_warnings,
@@ -250,19 +251,7 @@ def _orphans_line(study: optuna.Study, cfg: Config) -> str | None:
 
 def _alive_here(worker: str | None) -> bool:
     """True when ``worker`` (``host:pid``, as the objective records it) is a live process on this machine."""
-    import os
-    import socket
-
-    host, _, pid = (worker or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
+    return local_process(worker) is True
 
 
 def _heartbeat(study: optuna.Study, trial: optuna.Trial):

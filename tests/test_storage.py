@@ -716,3 +716,93 @@ def test_two_workers_making_one_study_at_once_cannot_both_write_their_settings(
         CONFIG_ATTR
     ]
     assert stored["train"]["n_epochs"] == 2 and not cue
+
+
+HOLD_THE_JOURNAL_LOCK = """
+import os, sys, time
+from hpsearch.study import journal_lock
+journal_lock(sys.argv[1]).acquire()
+print("holding", flush=True)
+if sys.argv[2] == "die":
+    os._exit(137)  # as kill -9 in the middle of a write
+time.sleep(60)
+"""
+
+
+def _hold_the_lock(journal, then: str):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_JOURNAL_LOCK, str(journal), then], stdout=subprocess.PIPE, text=True
+    )
+    said = proc.stdout.readline().strip()
+    proc.stdout.close()
+    assert said == "holding"
+    return proc
+
+
+def test_a_journal_lock_left_by_a_killed_worker_is_cleared_at_once(workdir, caplog):
+    """A worker killed in the middle of a journal write leaves Optuna's lock behind: the next writer waited
+    30 s behind raw warnings. A lock signed by a process of this machine that is gone is cleared at once."""
+    import os
+
+    journal = workdir / "t.log"
+    optuna.create_study(study_name="t", storage=open_storage(str(journal)))
+    dead = _hold_the_lock(journal, "die")
+    dead.wait()
+    assert os.path.lexists(f"{journal}.lock")
+    optuna.create_study(study_name="u", storage=open_storage(str(journal)))  # a write, under the lock
+    assert f":{dead.pid}, a process no longer running" in caplog.text and "cleared the lock" in caplog.text
+    assert not os.path.lexists(f"{journal}.lock") and not os.path.exists(f"{journal}.lock.owner")
+    assert {s.study_name for s in optuna.get_all_study_summaries(open_storage(str(journal)))} == {"t", "u"}
+
+
+def test_a_journal_lock_held_by_a_live_worker_is_waited_for(workdir):
+    """The holder is running: wait for it, however long, and take the lock once it lets go."""
+    import threading
+
+    journal = workdir / "t.log"
+    optuna.create_study(study_name="t", storage=open_storage(str(journal)))
+    holder = _hold_the_lock(journal, "live")
+    try:
+        writer = threading.Thread(
+            target=lambda: optuna.create_study(study_name="u", storage=open_storage(str(journal)))
+        )
+        writer.start()
+        writer.join(2.0)
+        assert writer.is_alive()  # still waiting: the holder's write is not cut into
+        with open(f"{journal}.lock.owner", encoding="utf-8") as f:
+            assert f.read().endswith(f":{holder.pid}")
+    finally:
+        holder.kill()  # killed while holding it: the waiting writer clears it and goes on
+        holder.wait()
+    writer.join(30)
+    assert not writer.is_alive()
+    assert {s.study_name for s in optuna.get_all_study_summaries(open_storage(str(journal)))} == {"t", "u"}
+
+
+def test_a_signature_an_earlier_holder_left_is_not_taken_for_the_lock_now(workdir):
+    """A lock taken without a signature (Optuna's own, or killed before signing) with a dead process's
+    signature beside it from an earlier lock: the signature does not name this lock, so it is waited out."""
+    import os
+    import threading
+
+    journal = workdir / "t.log"
+    optuna.create_study(study_name="t", storage=open_storage(str(journal)))
+    dead = _hold_the_lock(journal, "die")
+    dead.wait()
+    signature = (workdir / "t.log.lock.owner").read_text(encoding="utf-8")
+    os.unlink(f"{journal}.lock")
+    os.symlink(str(journal), f"{journal}.lock")  # a live Optuna writer's lock, unsigned
+    with open(f"{journal}.lock.owner", "w", encoding="utf-8") as f:
+        f.write(signature)
+    writer = threading.Thread(
+        target=lambda: optuna.create_study(study_name="u", storage=open_storage(str(journal)))
+    )
+    writer.start()
+    writer.join(2.0)
+    assert writer.is_alive() and os.path.lexists(f"{journal}.lock")
+    os.unlink(f"{journal}.lock")  # that writer lets go
+    writer.join(30)
+    assert not writer.is_alive()
