@@ -393,7 +393,7 @@ def run_search(
     stop = stop or threading.Event()
     space, data, factory, encoded = prepare(cfg)
     study = open_study(cfg, space, worker, data)
-    record_data(study, data)
+    record_data(study, data, cfg)
     reporter.line(
         f"study '{cfg.study.name}' in {describe_storage(cfg.study.storage)}: {len(data.train)} train /"
         f" {len(data.validation)} validation examples, {data.num_labels} classes, model {cfg.model.name};"

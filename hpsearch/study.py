@@ -1232,7 +1232,7 @@ def open_study(cfg: Config, space: SearchSpace, worker: int = 0, data: Any = Non
             raise StorageError(f"storage: could not create study '{name}': {exc}") from None
         if study.user_attrs.get(CONFIG_ATTR):  # another worker made it since the listing: its settings hold
             _check_resumed(cfg, study, data)
-    stored = _claim_config(study, cfg.to_dict())
+    stored = _claim(study, CONFIG_ATTR, cfg.to_dict())
     if stored is not None:  # the settings there now, which another worker may have written since the checks
         _check_same_study(cfg, stored, name)
     study.set_user_attr(CONFIG_ATTR, cfg.to_dict())  # a resumed study keeps the latest (budget, timeout, ...)
@@ -1243,13 +1243,13 @@ def open_study(cfg: Config, space: SearchSpace, worker: int = 0, data: Any = Non
     return study
 
 
-def _claim_config(study: optuna.Study, config: dict[str, Any]) -> dict[str, Any] | None:
-    """Store ``config`` as the study's settings unless some are there: None when these were stored, else the
-    ones there. Atomic on a database store; a journal file has no such write, so it reads them again."""
+def _claim(study: optuna.Study, key: str, value: Any) -> Any:
+    """Store ``value`` as the study's ``key`` unless one is there: None when this one was stored, else the one
+    there. Atomic on a database store; a journal file has no such write, so it reads it again."""
     backend = getattr(study._storage, "_backend", study._storage)
     if isinstance(backend, BeatingRDBStorage):
-        return backend.claim_study_user_attr(study._study_id, CONFIG_ATTR, config)
-    return study.user_attrs.get(CONFIG_ATTR)
+        return backend.claim_study_user_attr(study._study_id, key, value)
+    return study.user_attrs.get(key)
 
 
 def check_resumable(cfg: Config, data: Any = None) -> None:
@@ -1385,11 +1385,15 @@ def _check_same_data(cfg: Config, stored: dict[str, Any], sizes: dict[str, Any],
         )
 
 
-def record_data(study: optuna.Study, data: Any) -> None:
-    """Store the sizes behind the study's validation errors (``DATA_ATTR``); rewritten by every worker alike."""
+def record_data(study: optuna.Study, data: Any, cfg: Config) -> None:
+    """Store the sizes behind the study's validation errors (``DATA_ATTR``); rewritten by every worker alike,
+    once checked against the sizes there: another worker, on other data files, may have stored its own since
+    this one's checks (the claim makes the first store atomic, as for the settings)."""
     sizes = data_sizes(data)
-    if study.user_attrs.get(DATA_ATTR) != sizes:
-        study.set_user_attr(DATA_ATTR, sizes)
+    stored = _claim(study, DATA_ATTR, sizes)
+    if stored is not None and stored != sizes:
+        _check_same_data(cfg, stored, sizes, study.study_name)
+        study.set_user_attr(DATA_ATTR, sizes)  # the same data; sizes a newer version records are added
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:

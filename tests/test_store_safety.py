@@ -283,3 +283,38 @@ def test_a_search_keeps_a_study_named_with_url_characters_in_studies_name_db(wor
     assert os.listdir(workdir / "studies") == [f"{name}.db"]
     shown = invoke("show", name)
     assert shown.exit_code == 0 and re.search(r"^0\s+complete", shown.stdout, re.M), shown.output
+
+
+def test_two_workers_on_other_data_files_cannot_both_record_their_data(workdir, monkeypatch):
+    """Two workers of one new study, reading the same relative path from other folders (other data), both
+    pass the checks while no data is recorded yet; the second to record finds the first's and is refused,
+    instead of writing its sizes over them (the study would mix trials measured on both)."""
+    from hpsearch.config import load_config
+    from hpsearch.data import load_data
+    from hpsearch.errors import ConfigError
+    from hpsearch.space import parse_space
+    from hpsearch.study import DATA_ATTR, data_sizes, open_study, record_data
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    for folder, n in (("a", 200), ("b", 150)):
+        (workdir / folder).mkdir()
+        body = "".join(f"{words[i % 10]} {words[(i * 3) % 10]} row {i}\t{i % 2}\n" for i in range(n))
+        (workdir / folder / "train.tsv").write_text("sentence\tlabel\n" + body, encoding="utf-8")
+    data = {"name": None, "train_file": "train.tsv", "text_column": "sentence"}
+    config = write_config(workdir / "study.yaml", tiny_config(data=None) | {"data": data})
+    cfg = load_config(str(config), overrides={"storage": f"sqlite:///{workdir}/t.db"})
+    space = parse_space(cfg.search_space, cfg.source)
+    loaded = {}
+    for folder in ("a", "b"):
+        monkeypatch.chdir(workdir / folder)
+        loaded[folder] = load_data(cfg.data, seed=0)
+    first = open_study(cfg, space, 0, loaded["a"])  # both checked: nothing recorded yet
+    second = open_study(cfg, space, 1, loaded["b"])
+    record_data(second, loaded["b"], cfg)
+    with pytest.raises(
+        ConfigError, match=r"differ from those study 't' was measured on: n_train 180 \(study: 135\)"
+    ):
+        record_data(first, loaded["a"], cfg)
+    assert optuna.load_study(study_name="t", storage=cfg.study.storage).user_attrs[DATA_ATTR] == data_sizes(
+        loaded["b"]
+    )
