@@ -58,8 +58,9 @@ class StudySection:
     heartbeat_interval: int = 30  # seconds between a running trial's heartbeats on an RDB store
     grace_period: int | None = None  # seconds without heartbeat before a trial is stale; None: 2 * interval
     max_retries: int = 3  # times a trial whose worker died is re-queued with the same hyperparameters
-    # seconds a worker waits for a database server that is away (a restart, a fail-over), at start and mid-run
-    store_wait: int = 120
+    # seconds a worker waits for a database server that is away (a restart, a fail-over), at start and mid-run;
+    # None: 120 s mid-run, and at start only for a server that answers it is starting up or shutting down
+    store_wait: int | None = None
     n_startup_trials: int = 5  # sampler warm-up trials (random) and median/percentile pruner warm-up
 
 
@@ -285,7 +286,7 @@ def _validate(cfg: Config) -> dict[str, Any]:
         )
     if s.max_retries < 0 or s.n_startup_trials < 0:
         raise ConfigError(f"{src}: study.max_retries and study.n_startup_trials must be >= 0")
-    if s.store_wait < 0:
+    if s.store_wait is not None and s.store_wait < 0:
         raise ConfigError(f"{src}: study.store_wait: must be >= 0 (0: do not wait), got {s.store_wait}")
     if not s.name.strip():
         raise ConfigError(f"{src}: study.name: must not be empty")

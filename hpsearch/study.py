@@ -467,7 +467,7 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
             "heartbeat_stale_trial_callback": retry,
         }
     # a worker waits for a database server that is away; a read-only command says so at once
-    wait = float(cfg.study.store_wait) if cfg is not None and create and path is None else 0.0
+    wait = cfg.study.store_wait if cfg is not None and create and path is None else 0
 
     def attempt() -> optuna.storages.BaseStorage:
         for attempt in range(1, 6):
@@ -476,7 +476,11 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
                     kind = BeatingRDBStorage if path is not None else PatientRDBStorage
                     storage = kind(url, engine_kwargs=engine_kwargs, **heartbeat)
                 _ENGINES.append(storage.engine)
-                if isinstance(storage, PatientRDBStorage) and cfg is not None:
+                if (
+                    isinstance(storage, PatientRDBStorage)
+                    and cfg is not None
+                    and cfg.study.store_wait is not None
+                ):
                     storage.outage_seconds = float(cfg.study.store_wait)
                 return storage
             except ImportError as exc:
@@ -922,9 +926,9 @@ def _is_schema_race(message: str) -> bool:
     return any(s in message for s in signs)
 
 
-def check_storage(url: str, wait: float = 0.0) -> None:
+def check_storage(url: str, wait: float | None = 0) -> None:
     """Check that the store answers, writing nothing: a typo in a URL must not cost a GPU-hour of data loading.
-    A database server that is away is waited for, for up to ``wait`` seconds."""
+    A database server that is away is waited for as :func:`_wait_for_server` says."""
     journal = _journal_path(url)
     file = (
         Path(journal) if journal is not None else _sqlite_path(_normalise_url(url)) if "://" in url else None
@@ -989,15 +993,27 @@ _AWAY = (
 )
 
 
+# What a server says while it restarts, which no wrong URL produces.
+_RESTARTING = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "server shutdown in progress",
+)
+
+
 def _server_away(message: str) -> bool:
-    return any(sign in message.lower() for sign in _AWAY)
+    return any(sign in message.lower() for sign in _AWAY + _RESTARTING)
 
 
-def _wait_for_server(url: str, attempt: Callable[[], Any], wait: float) -> Any:
-    """``attempt()`` until it does not fail for a database server that is away, for up to ``wait`` seconds (1 s,
-    2 s, ... up to 10 s apart), with one warning: a worker started while the server restarts waits for it.
-    Any other failure, or one that outlasts the wait, is a ConfigError naming the fix."""
-    started, pause, warned = time.monotonic(), 1.0, False
+def _wait_for_server(url: str, attempt: Callable[[], Any], wait: float | None) -> Any:
+    """``attempt()`` until it does not fail for a database server that is away (1 s, 2 s, ... up to 10 s apart),
+    with one warning at once. For up to ``wait`` seconds (``study.store_wait``); when that is None (not set),
+    only while the server answers that it is restarting, for up to ``OUTAGE_SECONDS``: a refused connection
+    reads the same for a server that is down as for a wrong host or port, which must fail at once. Any other
+    failure, or one that outlasts the wait, is a ConfigError naming the fix."""
+    started, pause, warned, restarting = time.monotonic(), 1.0, False, False
     while True:
         try:
             return attempt()
@@ -1007,23 +1023,33 @@ def _wait_for_server(url: str, attempt: Callable[[], Any], wait: float) -> Any:
             first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
             if not _server_away(first):
                 raise ConfigError(f"storage: cannot reach {describe_storage(url)}: {first}") from None
+            # once seen restarting, a refusal next is the same restart (shutting down, then down, then up)
+            restarting = restarting or any(sign in first.lower() for sign in _RESTARTING)
+            limit = wait if wait is not None else OUTAGE_SECONDS if restarting else 0
             waited = time.monotonic() - started
-            if waited >= wait:
+            if waited >= limit:
                 after = f" (waited {waited:.0f} s: study.store_wait)" if warned else ""
+                fix = (
+                    "start the database server, or fix the host and port in the URL"
+                    if warned or wait is not None
+                    else "start the database server, or fix the host and port in the URL (for workers"
+                    " launched while it restarts: --set study.store_wait=300 waits for it)"
+                )
                 raise ConfigError(
-                    f"storage: cannot reach {describe_storage(url)}: {first}{after}; start the database server,"
-                    " or fix the host and port in the URL"
+                    f"storage: cannot reach {describe_storage(url)}: {first}{after}; {fix}"
                 ) from None
             if not warned:
                 warned = True
                 _log.warning(
-                    "storage: cannot reach %s (%s); waiting for it for up to %.0f s in case the server is"
-                    " restarting (study.store_wait; check the host and port if it is not)",
+                    "storage: cannot reach %s (%s); waiting for it for up to %.0f s%s",
                     describe_storage(url),
                     first,
-                    wait,
+                    limit,
+                    " (study.store_wait; check the host and port if it does not come back)"
+                    if wait is not None
+                    else ": it is restarting",
                 )
-            time.sleep(min(pause, wait - waited))
+            time.sleep(min(pause, limit - waited))
             pause = min(10.0, 2 * pause)
 
 

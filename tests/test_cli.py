@@ -88,7 +88,7 @@ BAD_INPUTS = [
     (
         "unreachable store",
         {},
-        ["--storage", "postgresql+psycopg://nobody@127.0.0.1:1/x", "--set", "study.store_wait=0"],
+        ["--storage", "postgresql+psycopg://nobody@127.0.0.1:1/x"],
         ["storage: cannot reach postgresql+psycopg://nobody@127.0.0.1:1/x", "fix the host and port"],
     ),
     (

@@ -90,17 +90,55 @@ def test_unreachable_postgresql_is_waited_for_then_one_line_and_writes_nothing(m
     assert not (workdir / "studies").exists() and not (workdir / "checkpoints").exists()
 
 
+def test_without_store_wait_a_refused_connection_fails_at_once_and_a_restarting_server_is_waited_for(caplog):
+    """A refused connection reads the same for a server that is down as for a wrong port: with study.store_wait
+    unset it fails at once, naming the setting. A server that answers it is starting up is restarting: it is
+    waited for (the answers a real PostgreSQL gives in each case; the timing of a real restart cannot be
+    hit on cue)."""
+    from hpsearch.study import _wait_for_server
+
+    url = "postgresql+psycopg://hp@db/hp"
+    refused = 'connection failed: connection to server at "10.0.0.5", port 5432 failed: Connection refused'
+    calls = []
+
+    def refuse():
+        calls.append(1)
+        raise RuntimeError(refused)
+
+    with pytest.raises(ConfigError, match="study.store_wait=300 waits for it") as error:
+        _wait_for_server(url, refuse, None)
+    assert len(calls) == 1 and "Connection refused" in str(error.value) and "waiting" not in caplog.text
+
+    answers = iter(
+        [
+            "FATAL:  the database system is shutting down",
+            refused,  # then down: the same restart
+            "FATAL:  the database system is starting up",
+        ]
+    )
+
+    def restart():
+        answer = next(answers, None)
+        if answer is not None:
+            raise RuntimeError(answer)
+        return "open"
+
+    assert _wait_for_server(url, restart, None) == "open"
+    [said] = [r.getMessage() for r in caplog.records if "waiting for it" in r.getMessage()]
+    assert "it is restarting" in said
+
+
 @pytest.mark.postgres
 def test_a_worker_started_while_the_database_is_down_waits_for_it(
     make_config, workdir, pg_server, postgres_url, caplog
 ):
-    """A worker started during a database restart (a node rebooted with the server, a fail-over) waits for the
-    server instead of exiting as if its URL were wrong, then searches as usual."""
+    """A worker started during a database restart (a node rebooted with the server, a fail-over) with
+    study.store_wait set waits for the server instead of exiting as if its URL were wrong, then searches."""
     import threading
 
     import psycopg
 
-    config = make_config(study={"n_trials": 2}, train={"n_epochs": 1})
+    config = make_config(study={"n_trials": 2, "store_wait": 60}, train={"n_epochs": 1})
     down = threading.Thread(target=pg_server.restart, args=(4.0,))
     down.start()
     deadline = time.monotonic() + 30
@@ -115,7 +153,7 @@ def test_a_worker_started_while_the_database_is_down_waits_for_it(
     result = CliRunner().invoke(cli, ["search", str(config), "--storage", postgres_url])
     down.join()
     assert result.exit_code == 0, result.output
-    assert "waiting for it for up to 120 s in case the server is restarting" in caplog.text
+    assert "waiting for it for up to 60 s (study.store_wait" in caplog.text
     study = optuna.load_study(study_name="t", storage=open_storage(postgres_url))
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
 
