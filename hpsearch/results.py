@@ -456,6 +456,16 @@ def running_status(study: optuna.Study) -> list[dict[str, Any]]:
     return rows
 
 
+def _span(seconds: float) -> str:
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else f"{seconds / 60:.0f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.0f} h"
+    )
+
+
 def requeue_command(study_name: str, number: int | str, storage: str) -> str:
     """The command that re-queues trial ``number`` by hand, quoted for pasting."""
     return f"hpsearch requeue {quote(study_name)} {number} --storage {quote(storage)}"
@@ -468,7 +478,7 @@ def format_running(
     for r in rows:
         if r.get("orphan"):
             beat = (
-                f"no heartbeat in the {r['started_s_ago'] / 60:.0f} min since it started: its worker died before"
+                f"no heartbeat in the {_span(r['started_s_ago'])} since it started: its worker died before"
                 " its first one (a store an older hpsearch wrote), and nothing retries it by itself; if its"
                 f" worker is gone: {requeue_command(study_name, r['number'], storage)}"
             )
