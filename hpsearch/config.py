@@ -63,6 +63,11 @@ class StudySection:
     store_wait: int | None = None
     n_startup_trials: int = 5  # sampler warm-up trials (random) and median/percentile pruner warm-up
 
+    @property
+    def grace_seconds(self) -> int:
+        """The grace period in force: ``grace_period``, or two heartbeat intervals."""
+        return self.grace_period or 2 * self.heartbeat_interval
+
 
 @dataclass(frozen=True)
 class ModelSection:

@@ -207,7 +207,7 @@ def requeue_dead_trial(study: optuna.Study, number: int) -> int:
             f" grace {grace_seconds(study):.0f}s);"
             " stop its worker first, or wait: a dead worker's trial is retried by itself"
         )
-    if _alive_here(status["worker"]):
+    if local_process(status["worker"]) is True:
         raise ConfigError(
             f"study '{study.study_name}': trial {number} is alive: its worker {status['worker']} runs on this"
             " machine; stop it first (Ctrl-C or SIGTERM re-queues the trial itself)"
@@ -247,11 +247,6 @@ def _orphans_line(study: optuna.Study, cfg: Config) -> str | None:
         f" {requeue_command(cfg.study.name, orphans[0], describe_storage(cfg.study.storage))}"
         " (this worker then runs the retry)"
     )
-
-
-def _alive_here(worker: str | None) -> bool:
-    """True when ``worker`` (``host:pid``, as the objective records it) is a live process on this machine."""
-    return local_process(worker) is True
 
 
 def _heartbeat(study: optuna.Study, trial: optuna.Trial):
@@ -441,7 +436,9 @@ def _loop(
     stop: threading.Event,
     space: SearchSpace,
 ) -> tuple[str, list[int]]:
-    started, failures, ran, waited, orphans_said = time.monotonic(), 0, [], False, False
+    started, failures, ran, waited = time.monotonic(), 0, [], False
+    # when to look next for trials no worker will ever take for dead: at most once a grace period, once said
+    orphan_check = time.monotonic()
     n_trials, epoch_budget = cfg.study.n_trials, cfg.study.epoch_budget
     while True:
         if stop.is_set():
@@ -499,9 +496,13 @@ def _loop(
                     f"{spent_line}, {c[TrialState.RUNNING]} running elsewhere; waiting in case one must be retried"
                 )
                 waited = True
-            if not orphans_said and (orphans := _orphans_line(study, cfg)) is not None:
-                reporter.line(orphans)
-                orphans_said = True
+            if time.monotonic() >= orphan_check:
+                orphans = _orphans_line(study, cfg)
+                if orphans is not None:
+                    reporter.line(orphans)
+                orphan_check = (
+                    float("inf") if orphans is not None else time.monotonic() + cfg.study.grace_seconds
+                )
             stop.wait(min(5.0, cfg.study.heartbeat_interval))
             continue
         with quiet_optuna_warnings():

@@ -111,8 +111,9 @@ def journal_lock(path: str):
                 if key != seen:
                     seen, changed = key, time.monotonic()
                 owner = self._owner(key)
-                if local_process(owner) is False or time.monotonic() - changed > (self.grace_period or 1e9):
-                    self._clear(key, owner)
+                dead = local_process(owner) is False
+                if dead or time.monotonic() - changed > (self.grace_period or 1e9):
+                    self._clear(key, owner if dead else None)
                     pause = 0.001
                     continue
                 time.sleep(pause)
@@ -143,9 +144,9 @@ def journal_lock(path: str):
             except (OSError, ValueError):
                 return None
 
-        def _clear(self, key: tuple[int, int], owner: str | None) -> None:
+        def _clear(self, key: tuple[int, int], dead: str | None) -> None:
             """Remove the lock seen as ``key``, and only that one: another waiter may have cleared it and taken
-            the lock since this one looked."""
+            the lock since this one looked. ``dead``: its holder, gone; None: held past the grace period."""
             aside = f"{self._lock_file}{uuid.uuid4().hex}.rename"
             try:
                 os.rename(self._lock_file, aside)
@@ -163,8 +164,8 @@ def journal_lock(path: str):
             _log.warning(
                 "journal %s: cleared the lock left by %s",
                 self._lock_target_file,
-                f"{owner}, a process no longer running"
-                if owner and local_process(owner) is False
+                f"{dead}, a process no longer running"
+                if dead
                 else f"a writer that held it for over {self.grace_period} s",
             )
 
@@ -462,7 +463,7 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
         retry = RetryTrial(max_retry=cfg.study.max_retries)
         heartbeat = {
             "heartbeat_interval": cfg.study.heartbeat_interval,
-            "grace_period": cfg.study.grace_period or 2 * cfg.study.heartbeat_interval,
+            "grace_period": cfg.study.grace_seconds,
             # Re-queue a dead worker's trial with its params, user attrs (checkpoint path) and learning curve.
             "heartbeat_stale_trial_callback": retry,
         }
@@ -470,7 +471,7 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
     wait = cfg.study.store_wait if cfg is not None and create and path is None else 0
 
     def attempt() -> optuna.storages.BaseStorage:
-        for attempt in range(1, 6):
+        for n in range(1, 6):
             try:
                 with quiet_optuna_warnings():
                     kind = BeatingRDBStorage if path is not None else PatientRDBStorage
@@ -489,7 +490,7 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
                 ) from None
             except Exception as exc:  # sqlalchemy raises ArgumentError, OperationalError, ...
                 first = str(exc).strip().splitlines()[0][:300]
-                if attempt < 5 and _is_schema_race(first):
+                if n < 5 and _is_schema_race(first):
                     time.sleep(0.2 + random.random())  # let the winner finish the tables
                     continue
                 if _server_away(first):
@@ -531,10 +532,8 @@ class RetryTrial:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         template = self.template(study, trial)
-        if template is None:
-            return
-        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
-        self.note(study, trial, study._storage.get_trial_number_from_id(trial_id))
+        if template is not None:
+            self.note(study, trial, _queue(study, template))
 
     def template(
         self, study: optuna.Study, trial: FrozenTrial, reasons: dict[int, str] | None = None
@@ -585,7 +584,10 @@ def copy_template(trial: FrozenTrial, user_attrs: dict, system_attrs: dict) -> F
 def queue_copy(study: optuna.Study, trial: FrozenTrial, user_attrs: dict, system_attrs: dict) -> int:
     """Queue a trial that takes over ``trial``: its params and learning curve, these attributes; returns the
     new trial's number (a retry of a failed trial, the continuation of a paused one)."""
-    template = copy_template(trial, user_attrs, system_attrs)
+    return _queue(study, copy_template(trial, user_attrs, system_attrs))
+
+
+def _queue(study: optuna.Study, template: FrozenTrial) -> int:
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     return study._storage.get_trial_number_from_id(trial_id)
 
@@ -976,15 +978,12 @@ def check_storage(url: str, wait: float | None = 0) -> None:
         engine.dispose()
 
 
-# How a database server that is away answers (refused, starting up, shutting down, cut off, no socket), unlike
+# How a database server that is away answers (refused, cut off, no socket; or _RESTARTING), unlike
 # a bad host name, user, password or database, which no wait would mend. PostgreSQL (libpq) and MySQL wording.
 _AWAY = (
     "connection refused",
     "timeout expired",
     "timed out",
-    "the database system is starting up",
-    "the database system is shutting down",
-    "the database system is in recovery mode",
     "server closed the connection",
     "connection reset",
     "no such file or directory",  # a Unix socket not there while the server is down
@@ -1028,12 +1027,12 @@ def _wait_for_server(url: str, attempt: Callable[[], Any], wait: float | None) -
             limit = wait if wait is not None else OUTAGE_SECONDS if restarting else 0
             waited = time.monotonic() - started
             if waited >= limit:
-                after = f" (waited {waited:.0f} s: study.store_wait)" if warned else ""
-                fix = (
-                    "start the database server, or fix the host and port in the URL"
+                setting = ": study.store_wait" if wait is not None else ""
+                after = f" (waited {waited:.0f} s{setting})" if warned else ""
+                fix = "start the database server, or fix the host and port in the URL" + (
+                    ""
                     if warned or wait is not None
-                    else "start the database server, or fix the host and port in the URL (for workers"
-                    " launched while it restarts: --set study.store_wait=300 waits for it)"
+                    else " (for workers launched while it restarts: --set study.store_wait=300 waits for it)"
                 )
                 raise ConfigError(
                     f"storage: cannot reach {describe_storage(url)}: {first}{after}; {fix}"

@@ -79,14 +79,12 @@ def test_unreachable_postgresql_is_waited_for_then_one_line_and_writes_nothing(m
     stops with one line naming the fix; nothing is written."""
     config = make_config(study={"store_wait": 3})
     url = "postgresql+psycopg://hp:secret@127.0.0.1:1/hpsearch"  # port 1: nothing listens
-    started = time.monotonic()
     line = _one_line_error(CliRunner().invoke(cli, ["search", str(config), "--storage", url]))
     [said] = [r.getMessage() for r in caplog.records if "waiting for it" in r.getMessage()]  # at once, once
     assert "waiting for it for up to 3 s" in said and "study.store_wait" in said and "secret" not in said
     assert line.startswith("hpsearch: error: storage: cannot reach") and "127.0.0.1" in line
-    assert "(waited " in line and "start the database server, or fix the host and port" in line
-    assert "secret" not in line
-    assert time.monotonic() - started >= 1  # it did wait
+    assert "(waited " in line and "study.store_wait)" in line  # it did wait, for the setting's seconds
+    assert "start the database server, or fix the host and port" in line and "secret" not in line
     assert not (workdir / "studies").exists() and not (workdir / "checkpoints").exists()
 
 
@@ -158,14 +156,12 @@ def test_a_worker_started_while_the_database_is_down_waits_for_it(
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
 
 
-@pytest.mark.postgres
-def test_a_read_only_command_does_not_wait_for_a_database_that_is_away(workdir):
+def test_a_read_only_command_does_not_wait_for_a_database_that_is_away(workdir, caplog):
     """`show` at a terminal says at once that the server does not answer (exit 2), rather than waiting."""
-    started = time.monotonic()
     result = CliRunner().invoke(cli, ["show", "t", "--storage", "postgresql+psycopg://hp@127.0.0.1:1/hp"])
     line = _one_line_error(result)
     assert "cannot reach" in line or "cannot open" in line
-    assert time.monotonic() - started < 60  # no 120 s wait (a loose bound: this is behaviour, not speed)
+    assert "waiting for it" not in caplog.text and "(waited " not in line
 
 
 @pytest.mark.postgres
