@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import sqlite3
+import threading
 import time
 import uuid
 import warnings
@@ -91,9 +92,16 @@ def journal_lock(path: str):
         left by a process of this machine that is no longer running (a worker killed in the middle of a write)
         is cleared at once, with one line saying so, instead of after Optuna's 30 s of raw warnings. An
         unsigned lock, or one held on another machine, is waited out as Optuna does. Unlike Optuna's, a Ctrl-C
-        while waiting leaves the holder's lock alone."""
+        while waiting leaves the holder's lock alone. The thread holding it may take it again (``claim``
+        reads and writes under one hold; the write takes the lock itself)."""
+
+        holder: int | None = None
+        depth = 0
 
         def acquire(self) -> bool:
+            if self.holder == threading.get_ident():
+                self.depth += 1
+                return True
             pause, seen, changed = 0.001, None, time.monotonic()
             while True:
                 try:
@@ -102,6 +110,7 @@ def journal_lock(path: str):
                     pass
                 else:
                     self._sign()
+                    self.holder, self.depth = threading.get_ident(), 1
                     return True
                 try:
                     link = os.lstat(self._lock_file)
@@ -120,6 +129,10 @@ def journal_lock(path: str):
                 pause = min(2 * pause, 0.5)
 
         def release(self) -> None:
+            if self.holder == threading.get_ident() and self.depth > 1:
+                self.depth -= 1
+                return
+            self.holder, self.depth = None, 0
             with contextlib.suppress(OSError):  # first: a signature must never outlive its lock's release
                 os.unlink(f"{self._lock_file}.owner")
             super().release()
@@ -1270,11 +1283,20 @@ def open_study(cfg: Config, space: SearchSpace, worker: int = 0, data: Any = Non
 
 def _claim(study: optuna.Study, key: str, value: Any) -> Any:
     """Store ``value`` as the study's ``key`` unless one is there: None when this one was stored, else the one
-    there. Atomic on a database store; a journal file has no such write, so it reads it again."""
+    there. Atomic on a database store (one insert) and on a journal file (read and written under the
+    journal's lock, which every writer of the file takes); on any other store, a read, then a write."""
     backend = getattr(study._storage, "_backend", study._storage)
     if isinstance(backend, BeatingRDBStorage):
         return backend.claim_study_user_attr(study._study_id, key, value)
-    return study.user_attrs.get(key)
+    from optuna.storages.journal._file import get_lock_file
+
+    lock = getattr(backend, "_lock", None)
+    hold = get_lock_file(lock) if hasattr(lock, "holder") else contextlib.nullcontext()
+    with hold:  # a journal opened by open_storage: held by this thread, the write below takes it again
+        there = study._storage.get_study_user_attrs(study._study_id).get(key)  # read after the last write
+        if there is None:
+            study._storage.set_study_user_attr(study._study_id, key, value)
+    return there
 
 
 def check_resumable(cfg: Config, data: Any = None) -> None:

@@ -7,6 +7,7 @@ import time
 import optuna
 import pytest
 from click.testing import CliRunner
+from conftest import tiny_config, write_config
 from optuna.trial import TrialState
 
 from hpsearch.cli import cli
@@ -752,91 +753,99 @@ def test_two_workers_making_one_study_at_once_cannot_both_write_their_settings(
     assert stored["train"]["n_epochs"] == 2 and not cue
 
 
-HOLD_THE_JOURNAL_LOCK = """
-import os, sys, time
-from hpsearch.study import journal_lock
-journal_lock(sys.argv[1]).acquire()
-print("holding", flush=True)
-if sys.argv[2] == "die":
-    os._exit(137)  # as kill -9 in the middle of a write
-time.sleep(60)
-"""
+def _two_data_folders(workdir):
+    """A config reading ``train.tsv`` from the current folder, and folders a and b holding other rows."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    for folder, n in (("a", 200), ("b", 150)):
+        (workdir / folder).mkdir()
+        body = "".join(f"{words[i % 10]} {words[(i * 3) % 10]} row {i}\t{i % 2}\n" for i in range(n))
+        (workdir / folder / "train.tsv").write_text("sentence\tlabel\n" + body, encoding="utf-8")
+    data = {"name": None, "train_file": "train.tsv", "text_column": "sentence"}
+    return write_config(workdir / "study.yaml", tiny_config(data=None) | {"data": data})
 
 
-def _hold_the_lock(journal, then: str):
-    import subprocess
-    import sys
+def _data_from(workdir, folder, cfg, monkeypatch):
+    from hpsearch.data import load_data
 
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD_THE_JOURNAL_LOCK, str(journal), then], stdout=subprocess.PIPE, text=True
-    )
-    said = proc.stdout.readline().strip()
-    proc.stdout.close()
-    assert said == "holding"
-    return proc
-
-
-def test_a_journal_lock_left_by_a_killed_worker_is_cleared_at_once(workdir, caplog):
-    """A worker killed in the middle of a journal write leaves Optuna's lock behind: the next writer waited
-    30 s behind raw warnings. A lock signed by a process of this machine that is gone is cleared at once."""
-    import os
-
-    journal = workdir / "t.log"
-    optuna.create_study(study_name="t", storage=open_storage(str(journal)))
-    dead = _hold_the_lock(journal, "die")
-    dead.wait()
-    assert os.path.lexists(f"{journal}.lock")
-    optuna.create_study(study_name="u", storage=open_storage(str(journal)))  # a write, under the lock
-    assert f":{dead.pid}, a process no longer running" in caplog.text and "cleared the lock" in caplog.text
-    assert not os.path.lexists(f"{journal}.lock") and not os.path.exists(f"{journal}.lock.owner")
-    assert {s.study_name for s in optuna.get_all_study_summaries(open_storage(str(journal)))} == {"t", "u"}
-
-
-def test_a_journal_lock_held_by_a_live_worker_is_waited_for(workdir):
-    """The holder is running: wait for it, however long, and take the lock once it lets go."""
-    import threading
-
-    journal = workdir / "t.log"
-    optuna.create_study(study_name="t", storage=open_storage(str(journal)))
-    holder = _hold_the_lock(journal, "live")
+    monkeypatch.chdir(workdir / folder)
     try:
-        writer = threading.Thread(
-            target=lambda: optuna.create_study(study_name="u", storage=open_storage(str(journal)))
-        )
-        writer.start()
-        writer.join(2.0)
-        assert writer.is_alive()  # still waiting: the holder's write is not cut into
-        with open(f"{journal}.lock.owner", encoding="utf-8") as f:
-            assert f.read().endswith(f":{holder.pid}")
+        return load_data(cfg.data, seed=0)
     finally:
-        holder.kill()  # killed while holding it: the waiting writer clears it and goes on
-        holder.wait()
-    writer.join(30)
-    assert not writer.is_alive()
-    assert {s.study_name for s in optuna.get_all_study_summaries(open_storage(str(journal)))} == {"t", "u"}
+        monkeypatch.chdir(workdir)
 
 
-def test_a_signature_an_earlier_holder_left_is_not_taken_for_the_lock_now(workdir):
-    """A lock taken without a signature (Optuna's own, or killed before signing) with a dead process's
-    signature beside it from an earlier lock: the signature does not name this lock, so it is waited out."""
-    import os
+def test_a_journal_study_records_the_data_it_was_measured_on(workdir, monkeypatch):
+    """The data sizes behind a study's errors are stored on a journal file as on a database (they were not:
+    the claim only read them there), so a resume on other data is refused."""
+    from hpsearch.space import parse_space
+    from hpsearch.study import DATA_ATTR, data_sizes, open_study, record_data
+
+    cfg = load_config(str(_two_data_folders(workdir)), overrides={"storage": f"journal:{workdir}/j.log"})
+    space = parse_space(cfg.search_space, cfg.source)
+    data = _data_from(workdir, "a", cfg, monkeypatch)
+    with quiet_optuna_warnings():
+        record_data(open_study(cfg, space, 0, data), data, cfg)
+    stored = optuna.load_study(
+        study_name=cfg.study.name, storage=open_storage(cfg.study.storage, create=False)
+    )
+    assert stored.user_attrs[DATA_ATTR] == data_sizes(data)
+    other = _data_from(workdir, "b", cfg, monkeypatch)
+    with pytest.raises(ConfigError, match=r"n_train 135 \(study: 180\)"):
+        open_study(cfg, space, 1, other)
+
+
+@pytest.mark.parametrize("key", ["settings", "data"])
+def test_two_workers_making_one_journal_study_at_once_cannot_both_write_theirs(workdir, monkeypatch, key):
+    """A journal file has no insert-if-absent: a worker that read no settings (or data sizes) and then wrote
+    its own could go over those of a worker that wrote in between, and both searched one study. The read and
+    the write are now one hold of the journal's lock: the other worker, a real thread with its own store,
+    starts while the first is about to write and must wait for it, then is refused."""
     import threading
 
-    journal = workdir / "t.log"
-    optuna.create_study(study_name="t", storage=open_storage(str(journal)))
-    dead = _hold_the_lock(journal, "die")
-    dead.wait()
-    signature = (workdir / "t.log.lock.owner").read_text(encoding="utf-8")
-    os.unlink(f"{journal}.lock")
-    os.symlink(str(journal), f"{journal}.lock")  # a live Optuna writer's lock, unsigned
-    with open(f"{journal}.lock.owner", "w", encoding="utf-8") as f:
-        f.write(signature)
-    writer = threading.Thread(
-        target=lambda: optuna.create_study(study_name="u", storage=open_storage(str(journal)))
+    from optuna.storages.journal import JournalStorage
+
+    import hpsearch.study as study_module
+    from hpsearch.space import parse_space
+    from hpsearch.study import CONFIG_ATTR, DATA_ATTR, data_sizes, open_study, record_data
+
+    config, url = str(_two_data_folders(workdir)), f"journal:{workdir}/race.log"
+    epochs = {"settings": (3, 2), "data": (3, 3)}[key]
+    first, second = (
+        load_config(config, overrides={"storage": url, "name": "race"}, sets=[f"train.n_epochs={n}"])
+        for n in epochs
     )
-    writer.start()
-    writer.join(2.0)
-    assert writer.is_alive() and os.path.lexists(f"{journal}.lock")
-    os.unlink(f"{journal}.lock")  # that writer lets go
-    writer.join(30)
-    assert not writer.is_alive()
+    data = {"a": _data_from(workdir, "a", first, monkeypatch)}
+    data["b"] = _data_from(workdir, "b", first, monkeypatch) if key == "data" else data["a"]
+    space = parse_space(first.search_space, first.source)
+    attr = CONFIG_ATTR if key == "settings" else DATA_ATTR
+    real = JournalStorage.set_study_user_attr
+    outcome: dict[str, object] = {}
+
+    def the_second_worker():
+        try:
+            record_data(open_study(second, space, 1, data["b"]), data["b"], second)
+            outcome["second"] = "went on"
+        except ConfigError as exc:
+            outcome["second"] = str(exc)
+
+    def about_to_write(storage, study_id, name, value):
+        if name == attr and threading.current_thread() is threading.main_thread() and "thread" not in outcome:
+            outcome["thread"] = threading.Thread(target=the_second_worker)
+            outcome["thread"].start()
+            outcome["thread"].join(timeout=3)  # before, it ran start to end here; now it waits for the lock
+        return real(storage, study_id, name, value)
+
+    monkeypatch.setattr(study_module, "check_resumable", lambda cfg, data=None: None)  # both listed first
+    monkeypatch.setattr(study_module, "_summaries", lambda storage: [])
+    monkeypatch.setattr(JournalStorage, "set_study_user_attr", about_to_write)
+    with quiet_optuna_warnings():
+        record_data(open_study(first, space, 0, data["a"]), data["a"], first)
+        outcome["thread"].join(timeout=60)
+    monkeypatch.undo()
+    expected = {
+        "settings": "train.n_epochs is 2 but study 'race' was created with 3",
+        "data": "differ from those study 'race' was measured on: n_train 135 (study: 180)",
+    }[key]
+    assert expected in outcome["second"], outcome["second"]
+    attrs = optuna.load_study(study_name="race", storage=open_storage(url, create=False)).user_attrs
+    assert attrs[CONFIG_ATTR]["train"]["n_epochs"] == 3 and attrs[DATA_ATTR] == data_sizes(data["a"])
