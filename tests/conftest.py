@@ -71,6 +71,18 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
+def two_data_folders(workdir: Path) -> Path:
+    """A tiny config reading ``train.tsv`` from the current folder, and folders ``a`` (200 rows) and ``b``
+    (150) holding other rows: two workers of one study reading one relative path from other folders."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    for folder, n in (("a", 200), ("b", 150)):
+        (workdir / folder).mkdir()
+        body = "".join(f"{words[i % 10]} {words[(i * 3) % 10]} row {i}\t{i % 2}\n" for i in range(n))
+        (workdir / folder / "train.tsv").write_text("sentence\tlabel\n" + body, encoding="utf-8")
+    data = {"name": None, "train_file": "train.tsv", "text_column": "sentence"}
+    return write_config(workdir / "study.yaml", tiny_config(data=None) | {"data": data})
+
+
 @pytest.fixture
 def make_config(workdir):
     """``make_config(study={...}, train={...})`` writes a tiny config in the work dir and returns its path."""

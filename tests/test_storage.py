@@ -7,7 +7,7 @@ import time
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import tiny_config, write_config
+from conftest import two_data_folders
 from optuna.trial import TrialState
 
 from hpsearch.cli import cli
@@ -753,17 +753,6 @@ def test_two_workers_making_one_study_at_once_cannot_both_write_their_settings(
     assert stored["train"]["n_epochs"] == 2 and not cue
 
 
-def _two_data_folders(workdir):
-    """A config reading ``train.tsv`` from the current folder, and folders a and b holding other rows."""
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
-    for folder, n in (("a", 200), ("b", 150)):
-        (workdir / folder).mkdir()
-        body = "".join(f"{words[i % 10]} {words[(i * 3) % 10]} row {i}\t{i % 2}\n" for i in range(n))
-        (workdir / folder / "train.tsv").write_text("sentence\tlabel\n" + body, encoding="utf-8")
-    data = {"name": None, "train_file": "train.tsv", "text_column": "sentence"}
-    return write_config(workdir / "study.yaml", tiny_config(data=None) | {"data": data})
-
-
 def _data_from(workdir, folder, cfg, monkeypatch):
     from hpsearch.data import load_data
 
@@ -780,7 +769,7 @@ def test_a_journal_study_records_the_data_it_was_measured_on(workdir, monkeypatc
     from hpsearch.space import parse_space
     from hpsearch.study import DATA_ATTR, data_sizes, open_study, record_data
 
-    cfg = load_config(str(_two_data_folders(workdir)), overrides={"storage": f"journal:{workdir}/j.log"})
+    cfg = load_config(str(two_data_folders(workdir)), overrides={"storage": f"journal:{workdir}/j.log"})
     space = parse_space(cfg.search_space, cfg.source)
     data = _data_from(workdir, "a", cfg, monkeypatch)
     with quiet_optuna_warnings():
@@ -808,7 +797,7 @@ def test_two_workers_making_one_journal_study_at_once_cannot_both_write_theirs(w
     from hpsearch.space import parse_space
     from hpsearch.study import CONFIG_ATTR, DATA_ATTR, data_sizes, open_study, record_data
 
-    config, url = str(_two_data_folders(workdir)), f"journal:{workdir}/race.log"
+    config, url = str(two_data_folders(workdir)), f"journal:{workdir}/race.log"
     epochs = {"settings": (3, 2), "data": (3, 3)}[key]
     first, second = (
         load_config(config, overrides={"storage": url, "name": "race"}, sets=[f"train.n_epochs={n}"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT, tiny_config, write_config
+from conftest import ROOT, tiny_config, two_data_folders, write_config
 
 from hpsearch.cli import cli
 
@@ -295,14 +295,7 @@ def test_two_workers_on_other_data_files_cannot_both_record_their_data(workdir, 
     from hpsearch.space import parse_space
     from hpsearch.study import DATA_ATTR, data_sizes, open_study, record_data
 
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
-    for folder, n in (("a", 200), ("b", 150)):
-        (workdir / folder).mkdir()
-        body = "".join(f"{words[i % 10]} {words[(i * 3) % 10]} row {i}\t{i % 2}\n" for i in range(n))
-        (workdir / folder / "train.tsv").write_text("sentence\tlabel\n" + body, encoding="utf-8")
-    data = {"name": None, "train_file": "train.tsv", "text_column": "sentence"}
-    config = write_config(workdir / "study.yaml", tiny_config(data=None) | {"data": data})
-    cfg = load_config(str(config), overrides={"storage": f"sqlite:///{workdir}/t.db"})
+    cfg = load_config(str(two_data_folders(workdir)), overrides={"storage": f"sqlite:///{workdir}/t.db"})
     space = parse_space(cfg.search_space, cfg.source)
     loaded = {}
     for folder in ("a", "b"):
