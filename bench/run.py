@@ -1371,17 +1371,20 @@ def retrain_best(
 
 def merge_into(path: Path, other_path: Path) -> int:
     """Add ``other_path``'s seeds (and progress lines) to the result at ``path``; figures recomputed."""
+    from hpsearch.config import config_from_dict
     from hpsearch.errors import ConfigError
 
     other = read_result(other_path, "--merge")
     result = read_result(path, "--out (the result to merge into)")
 
     def key(r):  # what must match; each run's temporary store and first seed (its study.seed) differ
-        study = {**r["resolved_config"]["study"], "storage": None, "seed": None}
-        resolved = {**r["resolved_config"], "study": study}
+        # the settings it ran with, as this version reads them: a setting added since (at its default, which
+        # keeps the old behaviour) or a config file at another path (a clone elsewhere) is the same run
+        resolved = config_from_dict(r["resolved_config"], source=str(r["config"])).to_dict()
+        resolved["study"] = {**resolved["study"], "storage": None, "seed": None}
         # results from before 12-03 carry no recipe: they retrained to the best epoch
         recipe = r.get("retrain_epochs", "best"), r.get("retrain_pick", "best")
-        return r["config"], r["overrides"], r["arms"], resolved, recipe
+        return r["overrides"], r["arms"], resolved, recipe
 
     if key(result) != key(other) or set(result["seeds"]) & set(other["seeds"]):
         raise ConfigError(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
 from bench import run as bench  # noqa: E402
+from hpsearch.errors import ConfigError  # noqa: E402
 
 N_TRIALS, N_EPOCHS = 3, 3
 
@@ -189,31 +191,53 @@ def test_a_figure_not_measured_is_an_n_a_row_not_a_missing_one():
     assert _target(bench.aggregate(per_seed, ["A", "C"]), name)["met"] is True
 
 
+def _part(tmp_path, seeds, config="bench/configs/sst2.yaml", **resolved) -> Path:
+    """A result file of arms A and C for ``seeds``, as a run of ``bench.run`` writes it."""
+    result = {
+        "command": "python -m bench.run",
+        "config": config,
+        "overrides": [],
+        "resolved_config": {
+            "study": {"storage": f"sqlite:////tmp/s{seeds[0]}/w.db", "seed": seeds[0]},
+            **resolved,
+        },
+        "arms": {"A": bench.ARMS["A"], "C": bench.ARMS["C"]},
+        "seeds": seeds,
+        "total_seconds": 1.0,
+        "throughput": None,
+        "per_seed": {str(s): {"A": _seed_summary(60, 144), "C": _seed_summary(10, 40)} for s in seeds},
+        "per_seed_data": {
+            str(s): {"n_train": 100, "n_validation": 50, "majority_val_error": 0.5} for s in seeds
+        },
+    }
+    path = tmp_path / f"from-seed{seeds[0]}.json"
+    path.write_text(json.dumps(result))
+    path.with_suffix(".progress.txt").write_text(f"seeds {seeds}\n")
+    return path
+
+
 def test_merge_takes_a_run_whose_first_seed_differs(tmp_path):
     """Each run records its first seed as study.seed (`--seeds 3,4` records 3): merging the two documented runs
     must not be refused for it."""
-    paths = []
-    for seeds in ([0, 1], [3]):
-        result = {
-            "command": "python -m bench.run",
-            "config": "bench/configs/sst2.yaml",
-            "overrides": [],
-            "resolved_config": {"study": {"storage": f"sqlite:////tmp/s{seeds[0]}/w.db", "seed": seeds[0]}},
-            "arms": {"A": bench.ARMS["A"], "C": bench.ARMS["C"]},
-            "seeds": seeds,
-            "total_seconds": 1.0,
-            "throughput": None,
-            "per_seed": {str(s): {"A": _seed_summary(60, 144), "C": _seed_summary(10, 40)} for s in seeds},
-            "per_seed_data": {
-                str(s): {"n_train": 100, "n_validation": 50, "majority_val_error": 0.5} for s in seeds
-            },
-        }
-        paths.append(tmp_path / f"from-seed{seeds[0]}.json")
-        paths[-1].write_text(json.dumps(result))
-        paths[-1].with_suffix(".progress.txt").write_text(f"seeds {seeds}\n")
+    paths = [_part(tmp_path, [0, 1]), _part(tmp_path, [3])]
     assert bench.merge_into(*paths) == 0
     merged = json.loads(paths[0].read_text())
     assert merged["seeds"] == [0, 1, 3] and merged["aggregate"]["C"]["reached_target"] == "3/3"
+
+
+def test_merge_takes_seeds_run_later_by_a_version_with_more_settings_or_from_another_folder(tmp_path):
+    """A result stores the settings it ran with; seeds added later by a version that has a setting more (at the
+    default, the old behaviour) or by a clone in another folder ran the same search and are merged. Other
+    settings are refused."""
+    earlier = _part(tmp_path, [0, 1], train={"n_epochs": 9})
+    later = _part(
+        tmp_path, [4], "/tmp/clone/bench/configs/sst2.yaml", train={"n_epochs": 9, "early_eval": None}
+    )
+    assert bench.merge_into(earlier, later) == 0
+    assert json.loads(earlier.read_text())["seeds"] == [0, 1, 4]
+    other = _part(tmp_path, [5], train={"n_epochs": 3})
+    with pytest.raises(ConfigError, match="must come from the same config"):
+        bench.merge_into(earlier, other)
 
 
 @pytest.mark.slow
