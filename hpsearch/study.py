@@ -508,6 +508,8 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
                     continue
                 if _server_away(first):
                     raise
+                if path is None and hasattr(exc, "orig"):  # the database server's own answer
+                    raise _refused(url, str(exc.orig)) from None
                 raise ConfigError(f"storage: cannot open {describe_storage(url)}: {first}") from None
         raise AssertionError("unreachable")
 
@@ -1019,6 +1021,25 @@ def _server_away(message: str) -> bool:
     return any(sign in message.lower() for sign in _AWAY + _RESTARTING)
 
 
+# What a database server (or the name lookup before it) answers for a wrong part of the URL, and the fix.
+_WRONG_PART = (
+    (("resolve host", "translate host name", "name or service not known", "unknown mysql server host"),
+     "check the host name in the URL"),
+    (("password", "access denied"), "check the user and password in the URL"),
+    (('role "',), "check the user name in the URL"),
+    (("database", "unknown database"), "create the database, or fix its name in the URL"),
+)  # fmt: skip
+
+
+def _refused(url: str, message: str) -> ConfigError:
+    """The one line for a database that cannot be used as given, alike from every command: the server's (or
+    the name lookup's) first line and what to fix."""
+    first = message.strip().splitlines()[0][:300] if message.strip() else "no answer"
+    low = first.lower()
+    fix = next((f for signs, f in _WRONG_PART if any(sign in low for sign in signs)), "check --storage")
+    return ConfigError(f"storage: cannot reach {describe_storage(url)}: {first}; {fix}")
+
+
 def _wait_for_server(url: str, attempt: Callable[[], Any], wait: float | None) -> Any:
     """``attempt()`` until it does not fail for a database server that is away (1 s, 2 s, ... up to 10 s apart),
     with one warning at once. For up to ``wait`` seconds (``study.store_wait``); when that is None (not set),
@@ -1034,7 +1055,7 @@ def _wait_for_server(url: str, attempt: Callable[[], Any], wait: float | None) -
         except Exception as exc:
             first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
             if not _server_away(first):
-                raise ConfigError(f"storage: cannot reach {describe_storage(url)}: {first}") from None
+                raise _refused(url, first) from None
             # once seen restarting, a refusal next is the same restart (shutting down, then down, then up)
             restarting = restarting or any(sign in first.lower() for sign in _RESTARTING)
             limit = wait if wait is not None else OUTAGE_SECONDS if restarting else 0

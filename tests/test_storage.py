@@ -11,7 +11,7 @@ from conftest import two_data_folders
 from optuna.trial import TrialState
 
 from hpsearch.cli import cli
-from hpsearch.config import load_config
+from hpsearch.config import load_config, mask_password
 from hpsearch.errors import ConfigError
 from hpsearch.results import running_status, visible_trials
 from hpsearch.study import (
@@ -176,6 +176,33 @@ def test_missing_postgresql_database_is_one_line_and_creates_nothing(make_config
     with psycopg.connect(pg_server.libpq_url) as con:
         names = {r[0] for r in con.execute("SELECT datname FROM pg_database")}
     assert "no_such_db" not in names
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", ["search", "show", "studies"])
+@pytest.mark.parametrize(
+    "wrong, fix",
+    [
+        ("database", "create the database, or fix its name in the URL"),
+        ("user", "check the user name in the URL"),
+        ("host", "check the host name in the URL"),
+    ],
+)
+def test_a_wrong_database_user_or_host_reads_alike_from_every_command(
+    make_config, pg_server, command, wrong, fix
+):
+    """The same wrong URL gave "cannot reach ...: connection failed: ..." from `search` and "cannot open ...:
+    (psycopg.OperationalError) ..." with no fix from the read-only commands. One form now, naming the part."""
+    base = pg_server.url.rsplit("/", 1)[0]
+    url = {
+        "database": f"{base}/no_such_db",
+        "user": base.split("://")[0] + "://nobody_here:secret@" + base.split("@", 1)[1] + "/postgres",
+        "host": "postgresql+psycopg://hp:secret@no-such-host.invalid/hpsearch",
+    }[wrong]
+    args = [str(make_config())] if command == "search" else ["demo"] if command == "show" else []
+    line = _one_line_error(CliRunner().invoke(cli, [command, *args, "--storage", url]))
+    assert line.startswith(f"hpsearch: error: storage: cannot reach {mask_password(url)}: "), line
+    assert line.endswith(f"; {fix}") and "OperationalError" not in line and "secret" not in line, line
 
 
 @pytest.mark.postgres
