@@ -1382,6 +1382,7 @@ def merge_into(path: Path, other_path: Path) -> int:
         # keeps the old behaviour) or a config file at another path (a clone elsewhere) is the same run
         resolved = config_from_dict(r["resolved_config"], source=str(r["config"])).to_dict()
         resolved["study"] = {**resolved["study"], "storage": None, "seed": None}
+        resolved["train"] = {**resolved["train"], "save_best": None}  # read and ignored since 12-03
         # results from before 12-03 carry no recipe: they retrained to the best epoch
         recipe = r.get("retrain_epochs", "best"), r.get("retrain_pick", "best")
         return r["overrides"], r["arms"], resolved, recipe

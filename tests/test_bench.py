@@ -227,9 +227,9 @@ def test_merge_takes_a_run_whose_first_seed_differs(tmp_path):
 
 def test_merge_takes_seeds_run_later_by_a_version_with_more_settings_or_from_another_folder(tmp_path):
     """A result stores the settings it ran with; seeds added later by a version that has a setting more (at the
-    default, the old behaviour) or by a clone in another folder ran the same search and are merged. Other
-    settings are refused."""
-    earlier = _part(tmp_path, [0, 1], train={"n_epochs": 9})
+    default, the old behaviour) or reads one no more (train.save_best), or by a clone in another folder, ran
+    the same search and are merged. Other settings are refused."""
+    earlier = _part(tmp_path, [0, 1], train={"n_epochs": 9, "save_best": False})
     later = _part(
         tmp_path, [4], "/tmp/clone/bench/configs/sst2.yaml", train={"n_epochs": 9, "early_eval": None}
     )
