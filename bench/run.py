@@ -786,6 +786,24 @@ def check_targets(agg: dict[str, Any], throughput: dict[str, Any] | None) -> lis
             "the GPU-hours of the whole search",
         )
 
+    def paired(figure: str):
+        """Seed by seed (the arms of a seed share its sample of rows and its trial seeds): the median of C's
+        ``figure`` minus ``arm``'s, and on how many seeds C's was the lower or equal."""
+
+        def against(arm: str) -> str | None:
+            if arm not in agg or figure not in agg[arm] or figure not in agg["C"]:
+                return None
+            pairs = zip(agg["C"][figure]["values"], agg[arm][figure]["values"], strict=True)
+            gaps = [c - o for c, o in pairs if c is not None and o is not None]
+            if not gaps:
+                return None
+            return (
+                f"paired by seed, C - {arm}: median {statistics.median(gaps):+.4f}, C lower or equal on"
+                f" {sum(g <= 0 for g in gaps)}/{len(gaps)}"
+            )
+
+        return against
+
     def no_worse(name: str, figure: str, note: str) -> None:
         """C's median ``figure`` minus the better of A's and D's, within the 0.5-point margin (n/a, not left
         out, when C's or theirs was not measured: no retraining, or no complete trial)."""
@@ -795,7 +813,7 @@ def check_targets(agg: dict[str, Any], throughput: dict[str, Any] | None) -> lis
         others = [v for v in (med(a, figure) for a in ("A", "D")) if v is not None]
         if others and c is not None:
             gap = round(c - min(others), 4)
-            add(name, gap, gap <= TARGET_MARGIN, note)
+            add(name, gap, gap <= TARGET_MARGIN, "; ".join([note, *filter(None, map(paired(figure), "AD"))]))
         else:
             add(name, None, None, "not measured (--retrain-seeds 0, or no complete trial to retrain)")
 

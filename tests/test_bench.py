@@ -216,6 +216,25 @@ def _part(tmp_path, seeds, config="bench/configs/sst2.yaml", **resolved) -> Path
     return path
 
 
+def test_the_no_worse_targets_also_compare_seed_by_seed():
+    """The arms of a seed share its rows and trial seeds, so the note pairs them: medians of arms can differ
+    while C is ahead on most seeds (here C's median is worse than D's, yet C is lower on 2 seeds of 3)."""
+    per_seed = {
+        s: {"A": _seed_summary(60, 144), "C": _seed_summary(10, 40), "D": _seed_summary(30, 90)}
+        for s in range(3)
+    }
+    for s, (c, d) in enumerate([(0.30, 0.31), (0.33, 0.34), (0.40, 0.32)]):
+        per_seed[s]["C"]["retrained_best"], per_seed[s]["D"]["retrained_best"] = {"mean": c}, {"mean": d}
+        per_seed[s]["A"]["retrained_best"] = {"mean": 0.5}
+    target = _target(
+        bench.aggregate(per_seed, ["A", "C", "D"]),
+        "C best configuration, retrained, no worse than A's and D's (within 0.5 points)",
+    )
+    assert target["value"] == 0.01 and target["met"] is False  # medians: C 0.33, D 0.32
+    assert "C - D: median -0.0100, C lower or equal on 2/3" in target["note"]
+    assert "C - A: median -0.1700, C lower or equal on 3/3" in target["note"]
+
+
 def test_merge_takes_a_run_whose_first_seed_differs(tmp_path):
     """Each run records its first seed as study.seed (`--seeds 3,4` records 3): merging the two documented runs
     must not be refused for it."""
