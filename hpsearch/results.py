@@ -161,7 +161,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 f"{r['epochs']:.2f}".removesuffix(".00"),
                 "" if r["duration_s"] is None else f"{r['duration_s']:.0f}s",
                 params,
-                note[:80],
+                note if len(note) <= 80 else f"{note[:79]}…",  # whole in `show --json`
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]

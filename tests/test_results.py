@@ -232,3 +232,23 @@ def test_a_study_that_searched_nothing_names_no_empty_params_before_the_noise():
         line
         == "best: trial 0, val_error 0.4500 ± 0.0497 (± is one standard error on 100 validation examples)"
     )
+
+
+def test_a_note_cut_to_fit_the_table_says_it_was_cut():
+    """`show` keeps the note column to 80 characters; a longer reason ended mid-word with nothing to say so
+    ("... is worse than a uniform"). It now ends with an ellipsis; `show --json` has it whole."""
+    from hpsearch.results import format_table
+
+    reason = "diverged: median training loss 0.812 over the last 64 steps of epoch 1 is worse than a uniform guess (0.797)"
+    row = {"number": 4, "state": "PRUNED", "value": 0.49, "epochs": 0.4, "duration_s": 3.0, "epochs_run": 0}
+    row |= {
+        "params": {"batch_size": 8},
+        "reason": reason,
+        "continued_by": None,
+        "continues": None,
+        "retry_of": None,
+    }
+    line = format_table([row]).splitlines()[1]
+    assert line.endswith(f"{reason[:79]}…") and len(line.split("  ")[-1]) == 80
+    short = format_table([row | {"reason": "pruned at epoch 1"}]).splitlines()[1]
+    assert short.endswith("pruned at epoch 1")
