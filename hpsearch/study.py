@@ -238,12 +238,23 @@ def _check_optuna_file(path: Path, allow_empty: bool = False) -> None:
     other SQLite file with Optuna would write its 13 tables (and WAL mode) into it."""
     from urllib.parse import quote
 
-    try:
-        con = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)  # `#`, `?`, `%` are the name's
+    def read(mode: str) -> set[str]:
+        con = sqlite3.connect(f"file:{quote(str(path))}?{mode}", uri=True)  # `#`, `?`, `%` are the name's
         try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
             con.close()
+
+    try:
+        # A read-only connection to a WAL store creates its -wal and -shm files and cannot remove them, so a
+        # refused command left both behind. With neither there, no write is pending: the file alone is read.
+        side = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
+        tables = None
+        if not any(f.exists() for f in side) and os.access(path.parent, os.W_OK):
+            with contextlib.suppress(sqlite3.DatabaseError):  # a writer started meanwhile: read as below
+                tables = read("immutable=1")
+        if tables is None:
+            tables = read("mode=ro")
     except sqlite3.DatabaseError as exc:
         if isinstance(exc, sqlite3.OperationalError):  # a SQLite file this process cannot open
             raise ConfigError(f"storage: cannot open {path} ({exc}): {_why_unopenable(path)}") from None

@@ -311,3 +311,16 @@ def test_two_workers_on_other_data_files_cannot_both_record_their_data(workdir, 
     assert optuna.load_study(study_name="t", storage=cfg.study.storage).user_attrs[DATA_ATTR] == data_sizes(
         loaded["b"]
     )
+
+
+def test_a_refused_search_leaves_no_sqlite_side_files_behind(workdir):
+    """A search refused after its store check (here a data column that is not there) left the WAL store's
+    -wal and -shm files, made by the check's read-only connection, which cannot remove them."""
+    write_config(workdir / "study.yaml", tiny_config(study={"n_trials": 1}, train={"n_epochs": 1}))
+    assert invoke("search", "study.yaml").exit_code == 0
+    store = workdir / "studies" / "t.db"
+    before, files = store.read_bytes(), sorted(os.listdir(store.parent))
+    assert files == ["t.db"]  # the search closed its store: SQLite removed its side files
+    one_line_error(invoke("search", "study.yaml", "--set", "data.text_column=nope"), "no column 'nope'")
+    assert sorted(os.listdir(store.parent)) == files and store.read_bytes() == before
+    assert invoke("show", "t").exit_code == 0 and sorted(os.listdir(store.parent)) == files
