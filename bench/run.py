@@ -1607,10 +1607,10 @@ def print_summary(result: dict[str, Any], stream) -> None:
         "\nMedian (min-max) over seeds; s and epochs to target over the seeds that reached it (reached: how"
         " many); the targets below count every seed.\n"
     )
-    w("\n| target | value | met |\n|---|---|---|\n")
+    w("\n| target | value | met | note |\n|---|---|---|---|\n")
     for t in result["targets"]:
         verdict = "n/a" if t["met"] is None else "met" if t["met"] else "MISSED"
-        w(f"| {t['target']} | {t['value']} | {verdict} |\n")
+        w(f"| {t['target']} | {t['value']} | {verdict} | {t.get('note', '')} |\n")
     if result.get("same_compute"):
         sc = result["same_compute"]
         w(
