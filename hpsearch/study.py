@@ -446,7 +446,14 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
             raise ConfigError(f"storage: journal file {journal} does not exist; check --storage")
         if Path(journal).is_file():
             _check_journal_file(Path(journal))
-        Path(journal).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(journal).parent
+        if not folder.exists():  # a journal is the store of a shared file system: is it mounted here?
+            _log.warning(
+                "storage: made folder %s for a new journal; if it should be on a shared file system, that is not"
+                " mounted on this node, and this worker's trials stay here",
+                folder,
+            )
+        folder.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         try:

@@ -242,13 +242,18 @@ def test_a_password_in_the_url_is_masked_and_the_paste_lines_say_so(make_config,
 
 
 @pytest.mark.parametrize("form", ["path", "journal-url"])
-def test_journal_file_store_holds_a_study(make_config, workdir, form):
+def test_journal_file_store_holds_a_study(make_config, workdir, form, caplog):
     path = workdir / "shared" / "studies.log"
     storage = str(path) if form == "path" else f"journal:{path}"
     config = make_config(study={"n_trials": 2}, train={"n_epochs": 1})
     result = CliRunner().invoke(cli, ["search", str(config), "--storage", storage])
     assert result.exit_code == 0, result.output
     assert path.is_file() and not (workdir / "studies").exists()
+    # the folder was made: a node where the shared file system is not mounted would search on its own
+    assert f"storage: made folder {path.parent} for a new journal" in caplog.text
+    caplog.clear()
+    again = CliRunner().invoke(cli, ["search", str(config), "--storage", storage])  # done: opens, ends
+    assert again.exit_code == 0 and "made folder" not in caplog.text, again.output
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     study = optuna.load_study(study_name="t", storage=JournalStorage(JournalFileBackend(str(path))))
