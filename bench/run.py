@@ -786,23 +786,19 @@ def check_targets(agg: dict[str, Any], throughput: dict[str, Any] | None) -> lis
             "the GPU-hours of the whole search",
         )
 
-    def paired(figure: str):
+    def paired(figure: str, arm: str) -> str | None:
         """Seed by seed (the arms of a seed share its sample of rows and its trial seeds): the median of C's
         ``figure`` minus ``arm``'s, and on how many seeds C's was the lower or equal."""
-
-        def against(arm: str) -> str | None:
-            if arm not in agg or figure not in agg[arm] or figure not in agg["C"]:
-                return None
-            pairs = zip(agg["C"][figure]["values"], agg[arm][figure]["values"], strict=True)
-            gaps = [c - o for c, o in pairs if c is not None and o is not None]
-            if not gaps:
-                return None
-            return (
-                f"paired by seed, C - {arm}: median {statistics.median(gaps):+.4f}, C lower or equal on"
-                f" {sum(g <= 0 for g in gaps)}/{len(gaps)}"
-            )
-
-        return against
+        if arm not in agg or figure not in agg[arm] or figure not in agg["C"]:
+            return None
+        pairs = zip(agg["C"][figure]["values"], agg[arm][figure]["values"], strict=True)
+        gaps = [c - o for c, o in pairs if c is not None and o is not None]
+        if not gaps:
+            return None
+        return (
+            f"paired by seed, C - {arm}: median {statistics.median(gaps):+.4f}, C lower or equal on"
+            f" {sum(g <= 0 for g in gaps)}/{len(gaps)}"
+        )
 
     def no_worse(name: str, figure: str, note: str) -> None:
         """C's median ``figure`` minus the better of A's and D's, within the 0.5-point margin (n/a, not left
@@ -813,7 +809,12 @@ def check_targets(agg: dict[str, Any], throughput: dict[str, Any] | None) -> lis
         others = [v for v in (med(a, figure) for a in ("A", "D")) if v is not None]
         if others and c is not None:
             gap = round(c - min(others), 4)
-            add(name, gap, gap <= TARGET_MARGIN, "; ".join([note, *filter(None, map(paired(figure), "AD"))]))
+            add(
+                name,
+                gap,
+                gap <= TARGET_MARGIN,
+                "; ".join(filter(None, [note, *(paired(figure, a) for a in "AD")])),
+            )
         else:
             add(name, None, None, "not measured (--retrain-seeds 0, or no complete trial to retrain)")
 
@@ -986,15 +987,25 @@ def read_result(path: Path, flag: str) -> dict[str, Any]:
         raise ConfigError(f"{flag} {path}: not a readable result JSON ({exc})") from None
 
 
+def comparable(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The settings a run used (its stored ``resolved_config``) as this version reads them, less what differs
+    between runs of one search: each run's temporary store, its first seed (the study seed) and
+    ``train.save_best`` (read and ignored since 12-03). A setting added since, at the default that keeps the
+    old behaviour, reads the same."""
+    from hpsearch.config import config_from_dict
+
+    d = config_from_dict(resolved).to_dict()
+    d["study"] = {**d["study"], "storage": None, "seed": None}
+    d["train"] = {**d["train"], "save_best": None}
+    return d
+
+
 def result_config(config: Path | None, result: dict[str, Any], flag: str):
     """The config an earlier result ran with, rebuilt from the copy it stored (``resolved_config``, overrides
     applied), so neither the file nor the flags of that run are needed; ``config`` (--config), when given,
     must resolve to the same."""
     from hpsearch.config import config_from_dict, load_config
     from hpsearch.errors import ConfigError
-
-    def comparable(d):  # each run has its own temporary store, and the first seed is the study seed
-        return {**d, "study": {**d["study"], "storage": None, "seed": None}}
 
     stored = config_from_dict(result["resolved_config"], source=str(result["config"]))
     if config is not None:
@@ -1389,21 +1400,15 @@ def retrain_best(
 
 def merge_into(path: Path, other_path: Path) -> int:
     """Add ``other_path``'s seeds (and progress lines) to the result at ``path``; figures recomputed."""
-    from hpsearch.config import config_from_dict
     from hpsearch.errors import ConfigError
 
     other = read_result(other_path, "--merge")
     result = read_result(path, "--out (the result to merge into)")
 
-    def key(r):  # what must match; each run's temporary store and first seed (its study.seed) differ
-        # the settings it ran with, as this version reads them: a setting added since (at its default, which
-        # keeps the old behaviour) or a config file at another path (a clone elsewhere) is the same run
-        resolved = config_from_dict(r["resolved_config"], source=str(r["config"])).to_dict()
-        resolved["study"] = {**resolved["study"], "storage": None, "seed": None}
-        resolved["train"] = {**resolved["train"], "save_best": None}  # read and ignored since 12-03
+    def key(r):  # what must match
         # results from before 12-03 carry no recipe: they retrained to the best epoch
         recipe = r.get("retrain_epochs", "best"), r.get("retrain_pick", "best")
-        return r["overrides"], r["arms"], resolved, recipe
+        return r["overrides"], r["arms"], comparable(r["resolved_config"]), recipe
 
     if key(result) != key(other) or set(result["seeds"]) & set(other["seeds"]):
         raise ConfigError(

@@ -45,6 +45,7 @@ from hpsearch.study import (
     record_data,
     remaining_budget,
     search_notes,
+    store_method,
 )
 
 MAX_CONSECUTIVE_FAILURES = 3
@@ -263,9 +264,7 @@ def _heartbeat(study: optuna.Study, trial: optuna.Trial):
 def _record_heartbeat(trial_id: int, heartbeat, stop_event: threading.Event) -> None:
     interval = heartbeat.get_heartbeat_interval()
     # one try each time on a database server: this loop tries again every second by itself
-    beat = getattr(
-        getattr(heartbeat, "_backend", heartbeat), "record_heartbeat_once", heartbeat.record_heartbeat
-    )
+    beat = store_method(heartbeat, "record_heartbeat_once") or heartbeat.record_heartbeat
     while True:
         try:
             beat(trial_id)
@@ -285,15 +284,15 @@ def _fail_stale(study: optuna.Study) -> None:
     if not is_heartbeat_enabled(storage):
         return
     retry = storage.get_heartbeat_stale_trial_callback()
-    backend = getattr(storage, "_backend", storage)  # the RDBStorage under Optuna's cache
+    fail_stale_trial = store_method(storage, "fail_stale_trial")
     with quiet_optuna_warnings():
-        if not isinstance(retry, RetryTrial) or not hasattr(backend, "fail_stale_trial"):
+        if not isinstance(retry, RetryTrial) or fail_stale_trial is None:
             optuna.storages.fail_stale_trials(study)
             return
         for trial_id in storage._get_stale_trial_ids(study._study_id):
             # read before the commit that fails the trial: a store call inside it would commit it early
             template = functools.partial(retry.template, study, reasons=retry.fail_reasons(study))
-            done = backend.fail_stale_trial(trial_id, template)
+            done = fail_stale_trial(trial_id, template)
             if done is not None and done[1] is not None:
                 retry.note(study, *done)
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
+from optuna.storages.journal._file import get_lock_file
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import HYPERPARAMETERS, Config, check_writable, mask_password
@@ -81,108 +83,119 @@ def quiet_optuna_warnings():
         yield
 
 
-def journal_lock(path: str):
-    """The lock a journal file's writers share: Optuna's symlink lock, whose holder signs it."""
-    from optuna.storages.journal import JournalFileSymlinkLock
+class SignedSymlinkLock(JournalFileSymlinkLock):
+    """Optuna's symlink lock (the same ``.lock`` link to the journal, so Optuna's own writers, such as
+    optuna-dashboard, share it) whose holder writes ``host:pid`` beside it, in ``.lock.owner``, with the
+    link's inode and time, so a signature left by an earlier holder is never taken for this one's. A lock
+    left by a process of this machine that is no longer running (a worker killed in the middle of a write)
+    is cleared at once, with one line saying so, instead of after Optuna's 30 s of raw warnings. An
+    unsigned lock, or one held on another machine, is waited out as Optuna does. Unlike Optuna's, a Ctrl-C
+    while waiting leaves the holder's lock alone. The thread holding it may take it again
+    (:class:`ClaimingJournalStorage` reads and writes under one hold; the write takes the lock itself)."""
 
-    class SignedSymlinkLock(JournalFileSymlinkLock):
-        """Optuna's symlink lock (the same ``.lock`` link to the journal, so Optuna's own writers, such as
-        optuna-dashboard, share it) whose holder writes ``host:pid`` beside it, in ``.lock.owner``, with the
-        link's inode and time, so a signature left by an earlier holder is never taken for this one's. A lock
-        left by a process of this machine that is no longer running (a worker killed in the middle of a write)
-        is cleared at once, with one line saying so, instead of after Optuna's 30 s of raw warnings. An
-        unsigned lock, or one held on another machine, is waited out as Optuna does. Unlike Optuna's, a Ctrl-C
-        while waiting leaves the holder's lock alone. The thread holding it may take it again (``claim``
-        reads and writes under one hold; the write takes the lock itself)."""
+    holder: int | None = None
+    depth = 0
 
-        holder: int | None = None
-        depth = 0
-
-        def acquire(self) -> bool:
-            if self.holder == threading.get_ident():
-                self.depth += 1
+    def acquire(self) -> bool:
+        if self.holder == threading.get_ident():
+            self.depth += 1
+            return True
+        pause, seen, changed = 0.001, None, time.monotonic()
+        while True:
+            try:
+                os.symlink(self._lock_target_file, self._lock_file)
+            except FileExistsError:
+                pass
+            else:
+                self._sign()
+                self.holder, self.depth = threading.get_ident(), 1
                 return True
-            pause, seen, changed = 0.001, None, time.monotonic()
-            while True:
-                try:
-                    os.symlink(self._lock_target_file, self._lock_file)
-                except FileExistsError:
-                    pass
-                else:
-                    self._sign()
-                    self.holder, self.depth = threading.get_ident(), 1
-                    return True
-                try:
-                    link = os.lstat(self._lock_file)
-                except OSError:
-                    continue  # released meanwhile
-                key = (link.st_ino, link.st_mtime_ns)
-                if key != seen:
-                    seen, changed = key, time.monotonic()
-                owner = self._owner(key)
-                dead = local_process(owner) is False
-                if dead or time.monotonic() - changed > (self.grace_period or 1e9):
-                    self._clear(key, owner if dead else None)
-                    pause = 0.001
-                    continue
-                time.sleep(pause)
-                pause = min(2 * pause, 0.5)
-
-        def release(self) -> None:
-            if self.holder == threading.get_ident() and self.depth > 1:
-                self.depth -= 1
-                return
-            self.holder, self.depth = None, 0
-            with contextlib.suppress(OSError):  # first: a signature must never outlive its lock's release
-                os.unlink(f"{self._lock_file}.owner")
-            super().release()
-
-        def _sign(self) -> None:
-            import socket
-
             try:
                 link = os.lstat(self._lock_file)
-                draft = f"{self._lock_file}.owner.{uuid.uuid4().hex}"
-                with open(draft, "w", encoding="utf-8") as f:
-                    f.write(f"{link.st_ino} {link.st_mtime_ns} {socket.gethostname()}:{os.getpid()}")
-                os.replace(draft, f"{self._lock_file}.owner")
-            except OSError:  # unsigned: waited out as Optuna's lock is
-                _log.debug("journal lock %s not signed", self._lock_file, exc_info=True)
-
-        def _owner(self, key: tuple[int, int]) -> str | None:
-            try:
-                with open(f"{self._lock_file}.owner", encoding="utf-8") as f:
-                    ino, mtime, owner = f.read().split(" ", 2)
-                return owner if (int(ino), int(mtime)) == key else None
-            except (OSError, ValueError):
-                return None
-
-        def _clear(self, key: tuple[int, int], dead: str | None) -> None:
-            """Remove the lock seen as ``key``, and only that one: another waiter may have cleared it and taken
-            the lock since this one looked. ``dead``: its holder, gone; None: held past the grace period."""
-            aside = f"{self._lock_file}{uuid.uuid4().hex}.rename"
-            try:
-                os.rename(self._lock_file, aside)
-                link = os.lstat(aside)
             except OSError:
-                return
-            if (link.st_ino, link.st_mtime_ns) != key:  # another's fresh lock: put it back
-                with contextlib.suppress(OSError):
-                    os.rename(aside, self._lock_file)
-                return
-            os.unlink(aside)
-            # the cleared lock's signature (or, rarely, that of a lock taken since: unsigned, it is waited out)
-            with contextlib.suppress(OSError):
-                os.unlink(f"{self._lock_file}.owner")
-            _log.warning(
-                "journal %s: cleared the lock left by %s",
-                self._lock_target_file,
-                f"{dead}, a process no longer running"
-                if dead
-                else f"a writer that held it for over {self.grace_period} s",
-            )
+                continue  # released meanwhile
+            key = (link.st_ino, link.st_mtime_ns)
+            if key != seen:
+                seen, changed = key, time.monotonic()
+            owner = self._owner(key)
+            dead = local_process(owner) is False
+            if dead or time.monotonic() - changed > (self.grace_period or 1e9):
+                self._clear(key, owner if dead else None)
+                pause = 0.001
+                continue
+            time.sleep(pause)
+            pause = min(2 * pause, 0.5)
 
+    def release(self) -> None:
+        if self.holder == threading.get_ident() and self.depth > 1:
+            self.depth -= 1
+            return
+        self.holder, self.depth = None, 0
+        with contextlib.suppress(OSError):  # first: a signature must never outlive its lock's release
+            os.unlink(f"{self._lock_file}.owner")
+        super().release()
+
+    def _sign(self) -> None:
+        import socket
+
+        try:
+            link = os.lstat(self._lock_file)
+            draft = f"{self._lock_file}.owner.{uuid.uuid4().hex}"
+            with open(draft, "w", encoding="utf-8") as f:
+                f.write(f"{link.st_ino} {link.st_mtime_ns} {socket.gethostname()}:{os.getpid()}")
+            os.replace(draft, f"{self._lock_file}.owner")
+        except OSError:  # unsigned: waited out as Optuna's lock is
+            _log.debug("journal lock %s not signed", self._lock_file, exc_info=True)
+
+    def _owner(self, key: tuple[int, int]) -> str | None:
+        try:
+            with open(f"{self._lock_file}.owner", encoding="utf-8") as f:
+                ino, mtime, owner = f.read().split(" ", 2)
+            return owner if (int(ino), int(mtime)) == key else None
+        except (OSError, ValueError):
+            return None
+
+    def _clear(self, key: tuple[int, int], dead: str | None) -> None:
+        """Remove the lock seen as ``key``, and only that one: another waiter may have cleared it and taken
+        the lock since this one looked. ``dead``: its holder, gone; None: held past the grace period."""
+        aside = f"{self._lock_file}{uuid.uuid4().hex}.rename"
+        try:
+            os.rename(self._lock_file, aside)
+            link = os.lstat(aside)
+        except OSError:
+            return
+        if (link.st_ino, link.st_mtime_ns) != key:  # another's fresh lock: put it back
+            with contextlib.suppress(OSError):
+                os.rename(aside, self._lock_file)
+            return
+        os.unlink(aside)
+        # the cleared lock's signature (or, rarely, that of a lock taken since: unsigned, it is waited out)
+        with contextlib.suppress(OSError):
+            os.unlink(f"{self._lock_file}.owner")
+        _log.warning(
+            "journal %s: cleared the lock left by %s",
+            self._lock_target_file,
+            f"{dead}, a process no longer running"
+            if dead
+            else f"a writer that held it for over {self.grace_period} s",
+        )
+
+
+def journal_lock(path: str) -> SignedSymlinkLock:
+    """The lock a journal file's writers share: Optuna's symlink lock, whose holder signs it."""
     return SignedSymlinkLock(path)
+
+
+class ClaimingJournalStorage(JournalStorage):
+    """A journal store that claims a study attribute as :class:`BeatingRDBStorage` does: read and written under
+    one hold of the journal's lock, which every writer of the file takes (the write takes it again)."""
+
+    def claim_study_user_attr(self, study_id: int, key: str, value: Any) -> Any:
+        with get_lock_file(self._backend._lock):
+            there = self.get_study_user_attrs(study_id).get(key)  # read after the last write
+            if there is None:
+                self.set_study_user_attr(study_id, key, value)
+        return there
 
 
 def local_process(owner: str | None) -> bool | None:
@@ -311,8 +324,6 @@ def _check_journal_file(path: Path) -> None:
     damage = _journal_tail_damage(path)
     if damage is not None:
         try:  # a writer appends a whole operation under Optuna's lock: holding it, no write is half done
-            from optuna.storages.journal._file import get_lock_file
-
             with get_lock_file(journal_lock(str(path))):
                 damage = _journal_tail_damage(path)
         except OSError:
@@ -454,10 +465,8 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
                 folder,
             )
         folder.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
         try:
-            return JournalStorage(JournalFileBackend(journal, lock_obj=journal_lock(journal)))
+            return ClaimingJournalStorage(JournalFileBackend(journal, lock_obj=journal_lock(journal)))
         except ValueError as exc:  # a broken line before others (json.JSONDecodeError is a ValueError)
             _log.debug("journal %s unreadable: %s", journal, exc)
             raise ConfigError(f"storage: journal {journal}: {_journal_damage(Path(journal))}") from None
@@ -520,14 +529,12 @@ def open_storage(url: str, cfg: Config | None = None, create: bool = True) -> op
                     f"storage: {describe_storage(url)} needs a driver ({exc}); {_driver_hint(url)}"
                 ) from None
             except Exception as exc:  # sqlalchemy raises ArgumentError, OperationalError, ...
-                first = str(exc).strip().splitlines()[0][:300]
+                first = _first_line(exc)
                 if n < 5 and _is_schema_race(first):
                     time.sleep(0.2 + random.random())  # let the winner finish the tables
                     continue
-                if _server_away(first):
-                    raise
-                if path is None and hasattr(exc, "orig"):  # the database server's own answer
-                    raise _refused(url, str(exc.orig)) from None
+                if _server_away(first) or (path is None and hasattr(exc, "orig")):
+                    raise  # a database server's answer: _wait_for_server waits, or says what to fix
                 raise ConfigError(f"storage: cannot open {describe_storage(url)}: {first}") from None
         raise AssertionError("unreachable")
 
@@ -794,10 +801,9 @@ class PatientRDBStorage(BeatingRDBStorage):
                 self._down_seen_at = time.monotonic()
                 if time.monotonic() - self._warned_at > self.outage_seconds:
                     self._warned_at = time.monotonic()  # once per outage, not once per thread
-                    first = str(getattr(exc.__cause__, "orig", exc.__cause__) or exc).strip().splitlines()
                     _log.warning(
                         "storage: lost the database (%s); trying again for up to %.0f s",
-                        (first or ["?"])[0][:200],
+                        _first_line(getattr(exc.__cause__, "orig", exc.__cause__) or exc)[:200],
                         self.outage_seconds,
                     )
                 time.sleep(wait)
@@ -1035,6 +1041,12 @@ _RESTARTING = (
 )
 
 
+def _first_line(error: object) -> str:
+    """The first line of an error (or its text), short enough for a one-line message."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else "no answer"
+
+
 def _server_away(message: str) -> bool:
     return any(sign in message.lower() for sign in _AWAY + _RESTARTING)
 
@@ -1052,7 +1064,7 @@ _WRONG_PART = (
 def _refused(url: str, message: str) -> ConfigError:
     """The one line for a database that cannot be used as given, alike from every command: the server's (or
     the name lookup's) first line and what to fix."""
-    first = message.strip().splitlines()[0][:300] if message.strip() else "no answer"
+    first = _first_line(message)
     low = first.lower()
     fix = next((f for signs, f in _WRONG_PART if any(sign in low for sign in signs)), "check --storage")
     return ConfigError(f"storage: cannot reach {describe_storage(url)}: {first}; {fix}")
@@ -1071,7 +1083,7 @@ def _wait_for_server(url: str, attempt: Callable[[], Any], wait: float | None) -
         except ConfigError:
             raise
         except Exception as exc:
-            first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
+            first = _first_line(getattr(exc, "orig", exc))
             if not _server_away(first):
                 raise _refused(url, first) from None
             # once seen restarting, a refusal next is the same restart (shutting down, then down, then up)
@@ -1320,21 +1332,22 @@ def open_study(cfg: Config, space: SearchSpace, worker: int = 0, data: Any = Non
     return study
 
 
+def store_method(storage: optuna.storages.BaseStorage, name: str) -> Callable | None:
+    """``storage``'s own method ``name`` (one of the stores open_storage opens adds), looked for under Optuna's
+    cache too, which wraps a database store; None for a store without it."""
+    return getattr(storage, name, None) or getattr(getattr(storage, "_backend", None), name, None)
+
+
 def _claim(study: optuna.Study, key: str, value: Any) -> Any:
     """Store ``value`` as the study's ``key`` unless one is there: None when this one was stored, else the one
-    there. Atomic on a database store (one insert) and on a journal file (read and written under the
-    journal's lock, which every writer of the file takes); on any other store, a read, then a write."""
-    backend = getattr(study._storage, "_backend", study._storage)
-    if isinstance(backend, BeatingRDBStorage):
-        return backend.claim_study_user_attr(study._study_id, key, value)
-    from optuna.storages.journal._file import get_lock_file
-
-    lock = getattr(backend, "_lock", None)
-    hold = get_lock_file(lock) if hasattr(lock, "holder") else contextlib.nullcontext()
-    with hold:  # a journal opened by open_storage: held by this thread, the write below takes it again
-        there = study._storage.get_study_user_attrs(study._study_id).get(key)  # read after the last write
-        if there is None:
-            study._storage.set_study_user_attr(study._study_id, key, value)
+    there. Atomic on the stores open_storage opens (their ``claim_study_user_attr``); on any other store, a
+    read, then a write."""
+    claim = store_method(study._storage, "claim_study_user_attr")
+    if claim is not None:
+        return claim(study._study_id, key, value)
+    there = study.user_attrs.get(key)
+    if there is None:
+        study.set_user_attr(key, value)
     return there
 
 
@@ -1377,7 +1390,7 @@ def _summaries(storage) -> list[optuna.study.StudySummary]:
     try:
         return optuna.get_all_study_summaries(storage, include_best_trial=False)
     except Exception as exc:
-        raise StorageError(f"storage: could not list studies: {str(exc).splitlines()[0][:300]}") from None
+        raise StorageError(f"storage: could not list studies: {_first_line(exc)}") from None
 
 
 def load_existing_study(storage_url: str, name: str) -> optuna.Study:
