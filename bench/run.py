@@ -44,7 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "sst2.yaml"
 RESULTS = Path(__file__).resolve().parent / "results"
 F_EARLY_EVAL = 0.25  # arm F's share of epoch 1 for train.early_eval
-H_MIN_STEPS = 40  # arm H's study.min_rung_steps
 ARMS = {
     "A": "random search, no pruning",
     "B": "TPE, no pruning",
@@ -53,8 +52,6 @@ ARMS = {
     "E": "hpsearch default with A's compute: no trial limit, study.epoch_budget = A's epochs",
     "F": f"hpsearch default + an early evaluation (train.early_eval, {F_EARLY_EVAL} unless the config sets one)",
     "G": "hpsearch default + trials paused at rungs and continued when promoted (study.pause_at_rungs true)",
-    "H": "hpsearch default + no rung judges a trial before it has taken H_MIN_STEPS optimizer steps"
-    " (study.min_rung_steps)",
 }
 ISSUE_ARMS = ("A", "B", "C", "D")  # the arms whose best errors set the target
 E_TRIAL_FACTOR = 100  # arm E's trial limit, in units of the config's n_trials: the epoch budget decides
@@ -255,7 +252,6 @@ def arm_config(cfg, arm: str, seed: int, workdir: Path):
             pruner=defaults.pruner,
             reduction_factor=defaults.reduction_factor,
             pause_at_rungs=arm == "G" or defaults.pause_at_rungs,
-            min_rung_steps=H_MIN_STEPS if arm == "H" else defaults.min_rung_steps,
         )
         train = dataclasses.replace(train, divergence_stop=True)
         if arm == "E":  # the compute A spends on its trials, spent on as many trials as it buys

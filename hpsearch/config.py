@@ -54,10 +54,6 @@ class StudySection:
     # is continued once enough trials have reached the rung to rank it; false (default): decided at once, the
     # first ones at a rung going on unopposed (Optuna's rule). Off by default on evidence: BENCHMARKS.md
     pause_at_rungs: bool = False
-    # successive halving: a trial is not judged at a rung before it has taken this many optimizer steps (it goes
-    # on, its record counts for the others): on small data a large batch gets few steps an epoch (1,000 rows at
-    # batch 64: 16) and has not left the constant guess at epoch 1 when smaller batches have. 0: judge at every rung
-    min_rung_steps: int = 0
     seed: int | None = 0  # sampler seed; each extra worker adds its index so workers do not repeat each other
     heartbeat_interval: int = 30  # seconds between a running trial's heartbeats on an RDB store
     grace_period: int | None = None  # seconds without heartbeat before a trial is stale; None: 2 * interval
@@ -293,10 +289,6 @@ def _validate(cfg: Config) -> dict[str, Any]:
         raise ConfigError(
             f"{src}: study.reduction_factor must be >= 2 (got {s.reduction_factor}); 3 keeps a third per rung"
         )
-    if s.min_rung_steps < 0:
-        raise ConfigError(
-            f"{src}: study.min_rung_steps: must be >= 0 (0: judge every trial at every rung), got {s.min_rung_steps}"
-        )
     if s.max_retries < 0 or s.n_startup_trials < 0:
         raise ConfigError(f"{src}: study.max_retries and study.n_startup_trials must be >= 0")
     if s.store_wait is not None and s.store_wait < 0:
@@ -323,12 +315,6 @@ def _validate(cfg: Config) -> dict[str, Any]:
         raise ConfigError(
             f"{src}: study.pause_at_rungs: true pauses trials at successive halving's rungs, but study.pruner"
             f" is {s.pruner!r}, which would ignore it; use `pruner: successive-halving` or leave pause_at_rungs out"
-        )
-    if s.min_rung_steps and s.pruner != "successive-halving":
-        raise ConfigError(
-            f"{src}: study.min_rung_steps: {s.min_rung_steps} sets when successive halving's rungs may judge a"
-            f" trial, but study.pruner is {s.pruner!r}, which would ignore it; use `pruner: successive-halving` or"
-            " leave min_rung_steps out"
         )
     if t.early_eval is not None and s.pruner in ("none", "hyperband"):
         why = (

@@ -11,7 +11,6 @@ best epoch end.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import threading
@@ -28,7 +27,6 @@ from hpsearch.pruners import (
     EARLY_EVAL_ATTR,
     EARLY_STEP,
     PAUSED_ATTR,
-    STEPS_ATTR,
     TRAIN_LOSS_ATTR,
     resumed_trial,
 )
@@ -193,8 +191,7 @@ class Objective:
                         f" {result.epoch} (free space under train.checkpoint_dir)"
                     )
                 best_epoch = min(_epoch_ends(curve), key=lambda e: (curve[e], e))
-                steps = result.epoch * run.steps_per_epoch
-                self._record(trial, path, result, curve, best_epoch, val_losses, train_seconds, steps)
+                self._record(trial, path, result, curve, best_epoch, val_losses, train_seconds)
                 if self.reporter:
                     self.reporter.epoch(trial.number, hp, result, cfg.train.n_epochs)
                     if not_written:
@@ -236,7 +233,6 @@ class Objective:
         curve[EARLY_STEP] = result.val_error
         trial.set_user_attr(EARLY_EVAL_ATTR, share)
         trial.set_user_attr(TRAIN_LOSS_ATTR, round(result.train_loss, 5))
-        trial.set_user_attr(STEPS_ATTR, math.ceil(result.samples / int(hp["batch_size"])))
         if self.reporter:
             self.reporter.early(trial.number, hp, result, share)
         if trial.should_prune():
@@ -253,14 +249,13 @@ class Objective:
             raise optuna.TrialPruned(f"val_error {result.val_error:.4f} at {share:g} of epoch 1")
 
     @staticmethod
-    def _record(trial, path, result, curve, best_epoch, val_losses, train_seconds, steps) -> None:
+    def _record(trial, path, result, curve, best_epoch, val_losses, train_seconds) -> None:
         attrs = {
             CHECKPOINT_ATTR: str(path),
             "best_epoch": best_epoch,
             "epochs_run": result.epoch,
             "val_losses": val_losses,
             TRAIN_LOSS_ATTR: round(result.train_loss, 5),  # the pruner breaks ties in val_error with it
-            STEPS_ATTR: steps,  # the pruner does not judge a trial before study.min_rung_steps
             "train_seconds": round(train_seconds, 3),
             "samples_per_second": round(result.samples_per_second, 1),
             "padding_efficiency": round(result.real_tokens / max(1, result.padded_tokens), 4),

@@ -12,7 +12,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 TRAIN_LOSS_ATTR = "train_loss"  # user attribute: the mean training loss of the trial's last epoch
-STEPS_ATTR = "optimizer_steps"  # user attribute: the optimizer steps the trial has taken at its last report
 EARLY_STEP = 0  # train.early_eval reports the validation error part-way through epoch 1 at this step
 EARLY_RUNG_KEY = "completed_rung_early"  # its rung record, apart from Optuna's completed_rung_<k>
 EARLY_EVAL_ATTR = "early_eval_epochs"  # user attribute: the share of epoch 1 trained at that evaluation
@@ -78,9 +77,7 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
     (decided at once: there is no checkpoint inside an epoch to pause at).
     """
 
-    def __init__(
-        self, reduction_factor: int = 3, min_resource: int = 1, pause: bool = False, min_steps: int = 0
-    ):
+    def __init__(self, reduction_factor: int = 3, min_resource: int = 1, pause: bool = False):
         if not isinstance(reduction_factor, int) or reduction_factor < 2:
             raise ValueError(f"reduction_factor must be an integer >= 2, got {reduction_factor!r}")
         if not isinstance(min_resource, int) or min_resource < 1:
@@ -88,7 +85,6 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
         self._reduction_factor = reduction_factor
         self._min_resource = min_resource
         self._pause = pause
-        self._min_steps = min_steps
 
     @property
     def pauses(self) -> bool:
@@ -105,12 +101,8 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
             return False
         value = trial.intermediate_values[step]
         mine = (value, _train_loss(trial.user_attrs.get(TRAIN_LOSS_ATTR)))
-        # too few optimizer steps to judge: its record counts for the others, and it goes on (a NaN still stops)
-        grace = trial.user_attrs.get(STEPS_ATTR, math.inf) < self._min_steps
         if step == EARLY_STEP:  # train.early_eval: one more rung, part-way through epoch 1
-            return math.isnan(value) or (
-                not self._promotable(study, trial, EARLY_RUNG_KEY, mine) and not grace
-            )
+            return math.isnan(value) or not self._promotable(study, trial, EARLY_RUNG_KEY, mine)
         rung = _current_rung(trial)
         trials: list[FrozenTrial] | None = None
         while True:
@@ -120,7 +112,7 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
                 return True
             if trials is None:
                 trials = study.get_trials(deepcopy=False)
-            if not self._promotable(study, trial, _rung_key(rung), mine, trials, self._pause) and not grace:
+            if not self._promotable(study, trial, _rung_key(rung), mine, trials, self._pause):
                 return True
             rung += 1
 

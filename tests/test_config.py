@@ -184,16 +184,6 @@ BAD_CONFIGS = [
         ["study.pause_at_rungs", "study.pruner is 'hyperband'", "`pruner: successive-halving`"],
     ),
     (
-        "a step grace with a pruner that has no such rule",
-        "study: {pruner: median, min_rung_steps: 40}",
-        ["study.min_rung_steps: 40", "study.pruner is 'median'", "leave min_rung_steps out"],
-    ),
-    (
-        "a negative step grace",
-        "study: {min_rung_steps: -1}",
-        ["study.min_rung_steps: must be >= 0", "got -1"],
-    ),
-    (
         "early evaluation with no pruner",
         "study: {pruner: none}\ntrain: {early_eval: 0.25}",
         ["train.early_eval: 0.25", "'none' prunes nothing", "leave early_eval out"],

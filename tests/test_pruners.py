@@ -6,26 +6,16 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpsearch.pruners import (
-    EARLY_RUNG_KEY,
-    EARLY_STEP,
-    STEPS_ATTR,
-    TRAIN_LOSS_ATTR,
-    SuccessiveHalvingPruner,
-)
+from hpsearch.pruners import EARLY_RUNG_KEY, EARLY_STEP, TRAIN_LOSS_ATTR, SuccessiveHalvingPruner
 
 
-def run_trial(
-    study: optuna.Study, curve: list[tuple[float, float | None]], steps_per_epoch: int | None = None
-) -> int:
+def run_trial(study: optuna.Study, curve: list[tuple[float, float | None]]) -> int:
     """Report (val_error, train_loss) per epoch as hpsearch's objective does; the number of epochs trained."""
     trial = study.ask()
     for epoch, (error, loss) in enumerate(curve, start=1):
         trial.report(error, epoch)
         if loss is not None:
             trial.set_user_attr(TRAIN_LOSS_ATTR, loss)
-        if steps_per_epoch is not None:
-            trial.set_user_attr(STEPS_ATTR, epoch * steps_per_epoch)
         if epoch < len(curve) and trial.should_prune():
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return epoch
@@ -46,33 +36,6 @@ def test_a_tie_at_the_cutoff_is_broken_by_the_training_loss():
     assert run_trial(study, [(PLATEAU, 0.695), (0.45, 0.6), (0.40, 0.5)]) == 1
     # a lower training loss than the trial in front wins the tie
     assert run_trial(study, [(PLATEAU, 0.681), (0.31, 0.5), (0.29, 0.4)]) == 3
-
-
-LEARNER = [(0.22, 0.5), (0.20, 0.45), (0.18, 0.4), (0.17, 0.35)]
-
-
-@pytest.mark.parametrize("min_steps, epochs", [(0, 1), (40, 3), (50, 4)])
-def test_no_rung_judges_a_trial_before_it_has_taken_min_steps_optimizer_steps(min_steps, epochs):
-    """Batch 64 on 1,000 rows takes 16 steps an epoch and still predicts one class after epoch 1, where batch 8
-    (125 steps) has learned: the rung at epoch 1 pruned every such trial. With min_steps, the rungs it reaches with
-    fewer steps let it go on (its record still counts for the others) and the first one past them judges it."""
-    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3, min_steps=min_steps))
-    for _ in range(3):  # small batches: learned by epoch 1
-        run_trial(study, LEARNER, steps_per_epoch=125)
-    # large batch: the constant guess after epoch 1 (16 steps), behind at epoch 3 (48) too
-    slow = [(PLATEAU, 0.69), (0.30, 0.6), (0.25, 0.55), (0.24, 0.5)]
-    assert run_trial(study, slow, steps_per_epoch=16) == epochs
-    assert (
-        study.trials[-1].system_attrs["completed_rung_0"] == PLATEAU
-    )  # its record counts at the rung it passed
-
-
-def test_a_trial_without_a_step_count_is_judged_at_every_rung():
-    """Trials from a study begun before step counts were recorded are judged as before."""
-    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3, min_steps=40))
-    for _ in range(3):
-        run_trial(study, LEARNER, steps_per_epoch=125)
-    assert run_trial(study, [(PLATEAU, 0.69), (0.3, 0.6), (0.25, 0.55), (0.24, 0.5)]) == 1
 
 
 def test_a_lower_error_wins_whatever_the_training_loss():
