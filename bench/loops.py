@@ -33,8 +33,7 @@ from bench.run import (
     DEFAULT_CONFIG,
     RESULTS,
     arm_config,
-    hf_datasets,
-    hf_training_args,
+    hf_trainer,
     parse_seeds,
     per_seed_map,
 )
@@ -98,8 +97,7 @@ def train_with_hpsearch(cfg, data, factory, encoded, hp) -> tuple[list[float], l
 
 
 def train_with_trainer(cfg, data, factory, encoded, hp, workdir: Path) -> tuple[list[float], list[float]]:
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
-    from transformers.trainer_callback import PrinterCallback
+    from transformers import TrainerCallback
 
     errors, losses = [], []
 
@@ -110,26 +108,10 @@ def train_with_trainer(cfg, data, factory, encoded, hp, workdir: Path) -> tuple[
             if logs and "eval_error" in logs:
                 errors.append(round(float(logs["eval_error"]), 4))
 
-    def compute_metrics(prediction):
-        logits, labels = prediction.predictions, prediction.label_ids
-        return {"error": float((logits.argmax(-1) != labels).mean())}
+    def model_init(trial=None):  # as arm D's: the weights hpsearch's loop starts from
+        return factory.build(int(hp["seed"]), float(hp["dropout"]))
 
-    train_ds, val_ds = hf_datasets(data, encoded)
-    args = hf_training_args(
-        cfg, hp, workdir / "hf", cfg.train.n_epochs, eval_strategy="epoch", logging_strategy="epoch"
-    )
-    trainer = Trainer(
-        # as arm D's model_init: the weights hpsearch's loop starts from
-        model_init=lambda trial=None: factory.build(int(hp["seed"]), float(hp["dropout"])),
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=val_ds,
-        data_collator=DataCollatorWithPadding(factory.tokenizer),
-        compute_metrics=compute_metrics,
-        callbacks=[Record()],
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    hf_trainer(cfg, hp, data, factory, encoded, workdir, model_init, Record()).train()
     return errors, losses
 
 

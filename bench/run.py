@@ -342,16 +342,42 @@ def hf_training_args(cfg, hp: dict[str, Any], out: Path, epochs: int, **extra):
     )
 
 
+def hf_trainer(cfg, hp: dict[str, Any], data, factory, encoded, workdir: Path, model_init, callback):
+    """A ``Trainer`` on the config's rows with hpsearch's hyperparameters ``hp``, evaluated and logged every epoch
+    (metric ``eval_error``), its weights from ``model_init``; ``callback`` records what it needs. Arm D searches
+    with it, ``bench.loops`` trains one configuration with it."""
+    from transformers import DataCollatorWithPadding, Trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    def compute_metrics(prediction):
+        logits, labels = prediction.predictions, prediction.label_ids
+        return {"error": float((logits.argmax(-1) != labels).mean())}
+
+    train_ds, val_ds = hf_datasets(data, encoded)
+    trainer = Trainer(
+        model_init=model_init,
+        args=hf_training_args(
+            cfg, hp, workdir / "hf", cfg.train.n_epochs, eval_strategy="epoch", logging_strategy="epoch"
+        ),
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=DataCollatorWithPadding(factory.tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=[callback],
+    )
+    # its log dicts would land on stdout; the callback records what is wanted
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def run_trainer_arm(cfg, space, data, factory, encoded, seed: int, workdir: Path, log) -> Recorder:
     """Arm D: ``Trainer.hyperparameter_search(backend="optuna")`` as its documentation sets it up."""
     import optuna
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
-    from transformers.trainer_callback import PrinterCallback
+    from transformers import TrainerCallback
 
     from hpsearch.objective import TUNABLE
 
     recorder = Recorder(len(data.train))
-    train_ds, val_ds = hf_datasets(data, encoded)
     fixed = {name: getattr(cfg.train, name) for name in TUNABLE}
     fixed.update(space.fixed)
     fixed["seed"] = seed
@@ -374,10 +400,6 @@ def run_trainer_arm(cfg, space, data, factory, encoded, seed: int, workdir: Path
             return params[name].suggest(trial) if trial is not None and name in params else fixed[name]
 
         return factory.build(int(value("seed")), float(value("dropout")))
-
-    def compute_metrics(prediction):
-        logits, labels = prediction.predictions, prediction.label_ids
-        return {"error": float((logits.argmax(-1) != labels).mean())}
 
     class Record(TrainerCallback):
         def on_train_begin(self, args, st, control, **kw):
@@ -404,20 +426,7 @@ def run_trainer_arm(cfg, space, data, factory, encoded, seed: int, workdir: Path
             t["wall_seconds"] = time.monotonic() - state["t0"]
             t["rss_after"] = rss_bytes()
 
-    args = hf_training_args(
-        cfg, fixed, workdir / "hf", cfg.train.n_epochs, eval_strategy="epoch", logging_strategy="epoch"
-    )
-    trainer = Trainer(
-        model_init=model_init,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=val_ds,
-        data_collator=DataCollatorWithPadding(factory.tokenizer),
-        compute_metrics=compute_metrics,
-        callbacks=[Record()],
-    )
-    # its log dicts would land on stdout; Record writes them to the log
-    trainer.remove_callback(PrinterCallback)
+    trainer = hf_trainer(cfg, fixed, data, factory, encoded, workdir, model_init, Record())
     trainer.hyperparameter_search(
         hp_space=hp_space,
         n_trials=cfg.study.n_trials,
