@@ -197,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         if any(x not in LOOPS for x in loops) or len(set(loops)) < len(loops):
             raise ConfigError(f"--loops {args.loops!r}: choose some of {', '.join(LOOPS)}, each once")
         seeds = parse_seeds(args.seeds)
+        if args.jobs < 1 or args.threads < 0:
+            raise ConfigError(
+                f"--jobs {args.jobs} --threads {args.threads}: jobs must be >= 1, threads >= 0 (0: torch's choice)"
+            )
         grid = list(
             itertools.product(
                 numbers("--learning-rates", args.learning_rates, float, 0.0, "1e-4,1e-3"),
@@ -205,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         check_writable(args.out, "--out")
         cfg = load_config(args.config, sets=args.set)
+        if args.threads:  # this process runs the seeds itself with --jobs 1; spawned ones set it too
+            import torch
+
+            torch.set_num_threads(args.threads)
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="hpsearch-loops-") as tmp:
             by_seed = per_seed_map(

@@ -43,6 +43,8 @@ def test_every_loop_starts_from_the_same_weights_on_the_same_rows(tmp_path):
         ["--learning-rates=-1e-3"],
         ["--batch-sizes", "0"],
         ["--seeds", "0,0"],
+        ["--jobs", "0"],
+        ["--threads=-1"],
     ],
 )
 def test_a_bad_flag_is_one_line_and_exit_2(tmp_path, capsys, flags):
