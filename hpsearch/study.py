@@ -1061,10 +1061,9 @@ _WRONG_PART = (
 )  # fmt: skip
 
 
-def _refused(url: str, message: str) -> ConfigError:
+def _refused(url: str, first: str) -> ConfigError:
     """The one line for a database that cannot be used as given, alike from every command: the server's (or
-    the name lookup's) first line and what to fix."""
-    first = _first_line(message)
+    the name lookup's) ``first`` line and what to fix."""
     low = first.lower()
     fix = next((f for signs, f in _WRONG_PART if any(sign in low for sign in signs)), "check --storage")
     return ConfigError(f"storage: cannot reach {describe_storage(url)}: {first}; {fix}")
