@@ -267,6 +267,37 @@ class NoiseAwareHalving(SuccessiveHalvingPruner):
         return mine[0] <= error + margin and mine[0] < self.majority_error - margin
 
 
+class FirstRungByLoss(SuccessiveHalvingPruner):
+    """hpsearch's pruner, but its first rung (epoch 1) ranks trials by the epoch's mean training loss, the
+    validation error breaking ties (``blend``: by the sum of the two ranks). In epoch 1 every training example
+    is scored before the model has trained on it, so that mean is a held-out estimate over the whole epoch's
+    rows; from epoch 2 on it is not, and later rungs keep the validation error. Replayed here to decide whether
+    it should become hpsearch's rule (BENCHMARKS.md, "The first rung by training loss")."""
+
+    def __init__(self, blend: bool = False, reduction_factor: int = 3):
+        super().__init__(reduction_factor)
+        self.blend, self._first = blend, False
+
+    def _promotable(self, study, trial, key, mine, trials=None, pausing=False):
+        self._first = key == "completed_rung_0"
+        try:
+            return super()._promotable(study, trial, key, mine, trials, pausing)
+        finally:
+            self._first = False
+
+    def _in_best(self, mine: tuple[float, float], records: list[tuple[float, float]], pausing: bool) -> bool:
+        if not self._first:
+            return super()._in_best(mine, records, pausing)
+        if not self.blend:
+            return super()._in_best((mine[1], mine[0]), [(r[1], r[0]) for r in records], pausing)
+        errors, losses = sorted(r[0] for r in records), sorted(r[1] for r in records)
+
+        def score(r):  # the sum of the two ranks (ties share the lowest), then the error, then the loss
+            return (errors.index(r[0]) + losses.index(r[1]), *r)
+
+        return super()._in_best(score(mine), [score(r) for r in records], pausing)
+
+
 def pruners(study: Study) -> dict[str, optuna.pruners.BasePruner]:
     n_epochs = study.n_epochs
     out: dict[str, optuna.pruners.BasePruner] = {
@@ -283,6 +314,10 @@ def pruners(study: Study) -> dict[str, optuna.pruners.BasePruner]:
             )
     out.update(
         {
+            "hpsearch successive-halving, first rung by training loss (r=3)": FirstRungByLoss(),
+            "hpsearch successive-halving, first rung by the sum of error and loss ranks (r=3)": FirstRungByLoss(
+                blend=True
+            ),
             "optuna successive-halving (r=3)": optuna.pruners.SuccessiveHalvingPruner(
                 min_resource=1, reduction_factor=3
             ),

@@ -380,6 +380,20 @@ def test_noise_aware_promotion_lets_a_trial_within_one_standard_error_go_on():
     assert settled([(e, 1.0) for e in (0.9, 0.5, 0.4, 0.3, 0.2, 0.1)]) == pytest.approx(0.15)
 
 
+def test_first_rung_by_loss_ranks_epoch_1_by_training_loss_and_later_rungs_by_error():
+    from bench.replay_pruners import FirstRungByLoss, run
+    from hpsearch.pruners import SuccessiveHalvingPruner
+
+    # trial 0 goes on unopposed; trial 1 is ahead in error after epoch 1 but behind in training loss
+    curves = [[(0.45, 0.5), (0.40, 0.4), (0.35, 0.3)], [(0.40, 0.9), (0.30, 0.8), (0.20, 0.7)]]
+    assert run(curves, SuccessiveHalvingPruner(3))[-1][0] == 6  # by error: trial 1 goes on
+    assert run(curves, FirstRungByLoss())[-1][0] == 4  # by loss: cut after epoch 1
+    assert run(curves, FirstRungByLoss(blend=True))[-1][0] == 6  # rank sums tie; the error decides
+    # past epoch 1 the error decides, whatever the loss: a 9-epoch curve's rung at epoch 3
+    long = [[(0.5, 0.5)] * 2 + [(0.45, 0.1)] * 7, [(0.5, 0.4)] * 2 + [(0.30, 0.9)] * 7]
+    assert run(long, FirstRungByLoss())[-1][0] == 18  # trial 1 leads on loss at epoch 1, on error at 3
+
+
 def test_replay_pruners_compares_pruners_on_recorded_curves(tmp_path, capsys):
     from bench import replay_pruners
 
