@@ -18,6 +18,10 @@ EARLY_EVAL_ATTR = "early_eval_epochs"  # user attribute: the share of epoch 1 tr
 PAUSED_ATTR = "paused_at_epoch"  # user attribute of a trial paused at a rung (study.pause_at_rungs)
 CONTINUES_ATTR = "continues_trial"  # system attribute of the trial that continues a paused one: its number
 OVER_BUDGET_ATTR = "hpsearch_over_budget"  # user attribute of a trial asked past the budget and given back
+# study user attribute: the sizes of the data every val_error was measured on, so a reader can tell a real
+# difference between two trials from the noise of a few hundred validation examples (and a pausing pruner a
+# model that learned from one that answers the majority class)
+DATA_ATTR = "hpsearch_data"
 
 
 def continued(trials: list[FrozenTrial]) -> set[int]:
@@ -72,6 +76,13 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
     is ASHA as its paper describes it (promotions, Li et al. 2020); Optuna's pruner, and this one with
     ``pause=False``, decide once and let the first trials at each rung go on with nothing to compare.
 
+    One exception: a rung where no trial has yet done better than always answering the majority class (the
+    study's ``DATA_ATTR``) cannot rank trials at all; their training losses there differ by noise. A trial
+    no better than that goes on past such a rung instead of pausing, until ``reduction_factor`` trials have
+    gone on past it to show which configurations learn (:meth:`_unranked`). Without it, on a task where every
+    model still answers one class after epoch 1, pausing continued the trial with the lowest loss, a
+    learning rate too small to learn, and spent the budget on it (BENCHMARKS.md, "Pausing trials at rungs").
+
     With ``train.early_eval``, a trial also reports at step 0, part-way through epoch 1, and that step is one
     more rung with the same rule: only the best ``1/reduction_factor`` of the trials there train on to epoch 1
     (decided at once: there is no checkpoint inside an epoch to pause at).
@@ -112,7 +123,9 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
                 return True
             if trials is None:
                 trials = study.get_trials(deepcopy=False)
-            if not self._promotable(study, trial, _rung_key(rung), mine, trials, self._pause):
+            if not self._promotable(study, trial, _rung_key(rung), mine, trials, self._pause) and not (
+                self._pause and self._unranked(study, trial, rung, value, trials)
+            ):
                 return True
             rung += 1
 
@@ -129,6 +142,25 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
             _record(t, key) for t in _ranked(trials) if key in t.system_attrs and t.number != trial.number
         ]
         return self._in_best(mine, [*competing, mine], pausing)
+
+    def _unranked(self, study, trial, rung: int, value: float, trials: list[FrozenTrial]) -> bool:
+        """Can the rung ``rung`` not rank ``trial``, which scored ``value`` there? True when that and every
+        error recorded there are no better than always answering the majority class, and fewer than
+        ``reduction_factor`` other trials have gone on past the rung to find out which configurations learn.
+        False where the study does not record the majority class's error (one made by an older version)."""
+        sizes = study.user_attrs.get(DATA_ATTR) or {}
+        majority, n = sizes.get("majority_val_error"), sizes.get("n_validation")
+        if not isinstance(majority, (int, float)):
+            return False
+        # better than the constant guess by at least half an example (the stored error is rounded to 4 places)
+        floor = majority - max(0.5 / n if isinstance(n, int) and n > 0 else 0.0, 1e-4)
+        if value < floor:
+            return False
+        key, epoch = _rung_key(rung), self._min_resource * self._reduction_factor**rung
+        others = [t for t in _ranked(trials) if t.number != trial.number]
+        if any(t.system_attrs[key] < floor for t in others if key in t.system_attrs):
+            return False
+        return sum(1 for t in others if (t.last_step or 0) > epoch) < self._reduction_factor
 
     def _in_best(self, mine: tuple[float, float], records: list[tuple[float, float]], pausing: bool) -> bool:
         """Is ``mine`` among the best ``1/reduction_factor`` of ``records`` (which hold it)? With fewer records

@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import HYPERPARAMETERS, Config, check_writable, mask_password
 from hpsearch.errors import ConfigError, StorageError
-from hpsearch.pruners import CONTINUES_ATTR, OVER_BUDGET_ATTR, SuccessiveHalvingPruner, replaced
+from hpsearch.pruners import CONTINUES_ATTR, DATA_ATTR, OVER_BUDGET_ATTR, SuccessiveHalvingPruner, replaced
 from hpsearch.space import SearchSpace
 
 _log = logging.getLogger("hpsearch")
@@ -40,9 +40,6 @@ CONFIG_ATTR = "hpsearch_config"
 # two stores, or one deleted and made anew) never write, resume from or delete each other's checkpoints
 CHECKPOINT_KEY_ATTR = "checkpoint_key"
 PARTIAL_EPOCH_ATTR = "partial_epoch"  # user attribute: the share of an epoch trained before a divergence stop
-# study user attribute: the sizes of the data every val_error was measured on, so a reader can tell a real
-# difference between two trials from the noise of a few hundred validation examples
-DATA_ATTR = "hpsearch_data"
 # system attribute of a trial on a database server: a token of the write that made it or took it from the queue,
 # which finds that write's outcome when its answer was lost with the connection (PatientRDBStorage)
 TOKEN_ATTR = "hpsearch_write_token"

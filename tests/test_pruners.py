@@ -169,6 +169,47 @@ def test_a_pausing_pruner_lets_no_trial_past_a_rung_unopposed():
     assert [t.number for t in pausing.pruner.promotions(pausing.get_trials())] == [1]
 
 
+def test_a_rung_where_nothing_beat_a_constant_guess_sends_trials_on_instead_of_pausing():
+    """Demo seed 3: every trial still answered one class after epoch 1, so the training losses ranked noise and
+    pausing continued a learning rate too small to learn. Where no error at a rung beats the majority class,
+    a trial goes on past it, until reduction_factor trials have, to find out which configurations learn."""
+    from hpsearch.pruners import DATA_ATTR
+
+    def pausing(majority: float = PLATEAU) -> optuna.Study:
+        study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3, pause=True))
+        study.set_user_attr(DATA_ATTR, {"n_validation": 872, "majority_val_error": majority})
+        return study
+
+    def paused_at(study: optuna.Study, first: float, loss: float = 0.69) -> int | None:
+        trial = pause_trial(study, [(first, loss), (0.45, 0.6), (0.40, 0.5), (0.35, 0.4)])
+        return trial.user_attrs.get("paused_at_epoch")
+
+    study = pausing()
+    minority = 1 - PLATEAU  # every answer the other class: no better than a constant guess either
+    # each goes on past rung 0 (epoch 1); at rung 1 (epoch 3) the first two wait, the third is the best of 3
+    assert [paused_at(study, e) for e in (PLATEAU, minority, PLATEAU)] == [3, 3, None]
+    assert study.trials[2].state == optuna.trial.TrialState.COMPLETE
+    # three trials went on past rung 0: a fourth at the plateau waits there, ranked as ever
+    assert paused_at(study, PLATEAU, loss=0.70) == 1
+
+    # one trial better than the constant guess at a rung makes it rank: the next at the plateau waits there
+    study = pausing()
+    assert paused_at(study, 0.45) == 1
+    assert paused_at(study, PLATEAU) == 1
+    # the stored error is rounded (0.4908 for 428/872): the exact plateau is no better; one example better is
+    study = pausing(0.4908)
+    assert paused_at(study, 428 / 872) == 3
+    assert paused_at(study, 427 / 872) == 1
+    # without the data's sizes (a study made by an older version) every trial waits, as before
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3, pause=True))
+    assert paused_at(study, PLATEAU) == 1
+    # the deciding rule is unchanged: a second trial at the plateau, behind the first on loss, is pruned
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3))
+    study.set_user_attr(DATA_ATTR, {"n_validation": 872, "majority_val_error": PLATEAU})
+    assert run_trial(study, [(PLATEAU, 0.69), (0.45, 0.6), (0.40, 0.5)]) == 3
+    assert run_trial(study, [(PLATEAU, 0.70), (0.45, 0.6), (0.40, 0.5)]) == 1
+
+
 def test_a_continued_trial_is_ranked_once_and_the_last_trials_let_the_best_go_on():
     from hpsearch.pruners import replaced
     from hpsearch.search import continue_paused

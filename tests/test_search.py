@@ -463,16 +463,19 @@ def test_paused_trials_are_continued_from_their_checkpoints_and_count_once(make_
     from hpsearch.cost import compute_cost, epochs_spent, trial_epochs
     from hpsearch.dashboard import read_note
 
-    config = make_config(study={"n_trials": 7, "pause_at_rungs": True}, train={"n_epochs": 4})
+    config = make_config(
+        study={"n_trials": 7, "pause_at_rungs": True, "reduction_factor": 2}, train={"n_epochs": 4}
+    )
     result = invoke("search", config)
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{workdir}/studies/t.db")
     trials = study.trials
     continuations = [t for t in trials if "continues_trial" in t.system_attrs]
     assert continuations, result.output
-    assert (
-        "trial 0 pruned: paused by successive-halving after epoch 1" in result.output
-    )  # nothing to rank it by
+    # nothing learns on 300 rows in 4 epochs, so no rung can rank: the first 2 (reduction_factor) trials go on
+    # past each rung to find out, every later one waits at rung 0 (epoch 1) to be ranked by its training loss
+    assert [t.user_attrs["epochs_run"] for t in trials[:2]] == [4, 4], result.output
+    assert "trial 3 pruned: paused by successive-halving after epoch 1" in result.output
     for child in continuations:
         paused = trials[child.system_attrs["continues_trial"]]
         assert paused.state == TrialState.PRUNED and paused.params == child.params
@@ -545,16 +548,17 @@ def test_two_continuations_of_one_paused_trial_run_once(make_config, workdir):
     the other is given back untouched."""
     from hpsearch.search import continue_paused
 
-    config = make_config(study={"n_trials": 2, "pause_at_rungs": True}, train={"n_epochs": 3})
+    config = make_config(study={"n_trials": 4, "pause_at_rungs": True}, train={"n_epochs": 3})
     assert invoke("search", config).exit_code == 0
     url = f"sqlite:///{workdir}/studies/t.db"
     study = optuna.load_study(study_name="t", storage=url)
     paused = [
         t for t in finished(study) if t.state == TrialState.PRUNED and "paused_at_epoch" in t.user_attrs
     ]
-    assert paused, [t.user_attrs for t in finished(study)]  # 2 trials: one waits at rung 0 for good
+    # nothing learns on 300 rows: the first 3 go on past rung 0 to find out, the 4th waits there for good
+    assert paused, [t.user_attrs for t in finished(study)]
     first, second = continue_paused(study, paused[0]), continue_paused(study, paused[0])
-    result = invoke("search", config, "--n-trials", 3)
+    result = invoke("search", config, "--n-trials", 5)
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="t", storage=url)
     assert study.trials[first].state in FINISHED
@@ -562,7 +566,7 @@ def test_two_continuations_of_one_paused_trial_run_once(make_config, workdir):
     assert study.trials[second].user_attrs["hpsearch_over_budget"] == (
         f"another worker continued trial {paused[0].number} first"
     )
-    assert len(finished(study)) == 3
+    assert len(finished(study)) == 5
 
 
 def test_a_trials_value_is_its_lowest_epoch_end_and_its_best_epoch_the_first_to_reach_it(
