@@ -757,12 +757,15 @@ def test_a_stop_after_a_rung_epoch_lets_the_pruner_decide_first(make_config, wor
             super().epoch(number, hp, r, n_epochs)
             stop.set()  # as the signal handler would during the epoch: the pruner is asked after this line
 
-    # a pausing pruner pauses the first trial at rung 0 whatever it scored: there is nothing to rank it by
+    # a pausing pruner pauses the first trial at rung 0 once it beats a constant guess: alone at the rung,
+    # there is nothing to rank it by
     config = make_config(study={"n_trials": 2, "pause_at_rungs": True}, data={"demo_size": 200})
     cfg = load_config(config)
     result = run_search(cfg, reporter=StopInEpochOne(io.StringIO()), stop=stop)
     assert result.stopped_by == "signal" and result.trials_run == [0]
-    [trial] = _study(cfg.study.storage).trials
+    study = _study(cfg.study.storage)
+    [trial] = study.trials
+    assert trial.intermediate_values[1] < study.user_attrs["hpsearch_data"]["majority_val_error"]
     assert trial.state == TrialState.PRUNED and trial.user_attrs["paused_at_epoch"] == 1
 
 
