@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import json
 import math
@@ -1220,7 +1219,7 @@ def data_facts(data, length: str | None = None) -> dict[str, Any]:
         "n_train": len(data.train),
         "n_validation": len(data.validation),
         "majority_val_error": data.majority_error(),  # rounded in the result file
-        "constant_val_error": constant_error(data),
+        "constant_val_error": data.constant_error(),
         "length_note": length,
     }
 
@@ -1235,15 +1234,6 @@ def length_note(cfg, space, data, encoded) -> str | None:
         return None
     lengths = [len(x) for x in encoded[0]["input_ids"]]
     return length_grouping_note(lengths, data.train.labels, smallest_batch(cfg, space))
-
-
-def constant_error(data) -> float:
-    """The lowest validation error a constant prediction scores: 1 - the largest validation class's share. The
-    majority-class error predicts the training set's most common class; where the validation rows' most common
-    class is another (balanced classes, a small validation set), a model that collapsed onto that one scores
-    under it without learning anything."""
-    counts = collections.Counter(data.validation.labels)
-    return 1 - max(counts.values()) / len(data.validation)
 
 
 def in_process(threads: int, fn, *args):

@@ -70,6 +70,16 @@ class TextData:
         top = max(range(self.num_labels), key=counts.__getitem__)
         return 1 - sum(y == top for y in self.validation.labels) / len(self.validation)
 
+    def constant_error(self) -> float:
+        """The lowest validation error a constant prediction scores: 1 - the largest validation class's share.
+        Where the validation rows' most common class is not the training set's (balanced classes, a small
+        validation set), a model that collapsed onto it scores under the majority-class error without having
+        learned anything."""
+        counts = [0] * self.num_labels
+        for y in self.validation.labels:
+            counts[y] += 1
+        return 1 - max(counts) / len(self.validation)
+
 
 # --- the built-in demo data set ---------------------------------------------------------------------------
 

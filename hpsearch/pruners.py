@@ -76,8 +76,8 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
     is ASHA as its paper describes it (promotions, Li et al. 2020); Optuna's pruner, and this one with
     ``pause=False``, decide once and let the first trials at each rung go on with nothing to compare.
 
-    One exception: a rung where no trial has yet done better than always answering the majority class (the
-    study's ``DATA_ATTR``) cannot rank trials at all; their training losses there differ by noise. A trial
+    One exception: a rung where no trial has yet done better than always answering one class (the study's
+    ``DATA_ATTR``) cannot rank trials at all; their training losses there differ by noise. A trial
     no better than that goes on past such a rung instead of pausing, until ``reduction_factor`` trials have
     gone on past it to show which configurations learn (:meth:`_unranked`). Without it, on a task where every
     model still answers one class after epoch 1, pausing continued the trial with the lowest loss, a
@@ -145,15 +145,16 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
 
     def _unranked(self, study, trial, rung: int, value: float, trials: list[FrozenTrial]) -> bool:
         """Can the rung ``rung`` not rank ``trial``, which scored ``value`` there? True when that and every
-        error recorded there are no better than always answering the majority class, and fewer than
+        error recorded there are no better than the best constant answer (any one class, every time: on
+        balanced data the training set's majority class may be the validation set's minority), and fewer than
         ``reduction_factor`` other trials have gone on past the rung to find out which configurations learn.
-        False where the study does not record the majority class's error (one made by an older version)."""
+        False where the study does not record that error (one made by an older version)."""
         sizes = study.user_attrs.get(DATA_ATTR) or {}
-        majority, n = sizes.get("majority_val_error"), sizes.get("n_validation")
-        if not isinstance(majority, (int, float)):
+        constant, n = sizes.get("constant_val_error"), sizes.get("n_validation")
+        if not isinstance(constant, (int, float)):
             return False
         # better than the constant guess by at least half an example (the stored error is rounded to 4 places)
-        floor = majority - max(0.5 / n if isinstance(n, int) and n > 0 else 0.0, 1e-4)
+        floor = constant - max(0.5 / n if isinstance(n, int) and n > 0 else 0.0, 1e-4)
         if value < floor:
             return False
         key, epoch = _rung_key(rung), self._min_resource * self._reduction_factor**rung

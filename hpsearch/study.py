@@ -1462,6 +1462,7 @@ def data_sizes(data: Any) -> dict[str, Any]:
         "n_validation": len(data.validation),
         "n_classes": data.num_labels,
         "majority_val_error": round(data.majority_error(), 4),
+        "constant_val_error": round(data.constant_error(), 4),
     }
 
 

@@ -42,6 +42,15 @@ def test_demo_section_loads_with_a_carved_validation_split():
     assert 0.3 < data.majority_error() <= 0.5
 
 
+def test_the_best_constant_answer_may_be_another_class_than_the_training_majority():
+    """The demo's split for seed 3: the training set's majority class is the validation set's minority, so a
+    model that always answers the other class scores 0.49 without learning anything, under the 0.51 bar."""
+    data = load_data(DataSection(name="demo"), seed=3)
+    assert (round(data.majority_error(), 4), round(data.constant_error(), 4)) == (0.51, 0.49)
+    same = load_data(DataSection(name="demo"), seed=0)
+    assert same.constant_error() == same.majority_error()
+
+
 def write_table(path, rows, text="text", label="label"):
     import pandas as pd
 

@@ -765,7 +765,7 @@ def test_a_stop_after_a_rung_epoch_lets_the_pruner_decide_first(make_config, wor
     assert result.stopped_by == "signal" and result.trials_run == [0]
     study = _study(cfg.study.storage)
     [trial] = study.trials
-    assert trial.intermediate_values[1] < study.user_attrs["hpsearch_data"]["majority_val_error"]
+    assert trial.intermediate_values[1] < study.user_attrs["hpsearch_data"]["constant_val_error"]
     assert trial.state == TrialState.PRUNED and trial.user_attrs["paused_at_epoch"] == 1
 
 

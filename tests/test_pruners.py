@@ -171,13 +171,13 @@ def test_a_pausing_pruner_lets_no_trial_past_a_rung_unopposed():
 
 def test_a_rung_where_nothing_beat_a_constant_guess_sends_trials_on_instead_of_pausing():
     """Demo seed 3: every trial still answered one class after epoch 1, so the training losses ranked noise and
-    pausing continued a learning rate too small to learn. Where no error at a rung beats the majority class,
-    a trial goes on past it, until reduction_factor trials have, to find out which configurations learn."""
+    pausing continued a learning rate too small to learn. Where no error at a rung beats a constant answer, a
+    trial goes on past it, until reduction_factor trials have, to find out which configurations learn."""
     from hpsearch.pruners import DATA_ATTR
 
-    def pausing(majority: float = PLATEAU) -> optuna.Study:
+    def pausing(constant: float = PLATEAU) -> optuna.Study:
         study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3, pause=True))
-        study.set_user_attr(DATA_ATTR, {"n_validation": 872, "majority_val_error": majority})
+        study.set_user_attr(DATA_ATTR, {"n_validation": 872, "constant_val_error": constant})
         return study
 
     def paused_at(study: optuna.Study, first: float, loss: float = 0.69) -> int | None:
@@ -185,7 +185,7 @@ def test_a_rung_where_nothing_beat_a_constant_guess_sends_trials_on_instead_of_p
         return trial.user_attrs.get("paused_at_epoch")
 
     study = pausing()
-    minority = 1 - PLATEAU  # every answer the other class: no better than a constant guess either
+    minority = PLATEAU + 0.02  # every answer the training set's majority class, the validation set's minority
     # each goes on past rung 0 (epoch 1); at rung 1 (epoch 3) the first two wait, the third is the best of 3
     assert [paused_at(study, e) for e in (PLATEAU, minority, PLATEAU)] == [3, 3, None]
     assert study.trials[2].state == optuna.trial.TrialState.COMPLETE
@@ -205,7 +205,7 @@ def test_a_rung_where_nothing_beat_a_constant_guess_sends_trials_on_instead_of_p
     assert paused_at(study, PLATEAU) == 1
     # the deciding rule is unchanged: a second trial at the plateau, behind the first on loss, is pruned
     study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3))
-    study.set_user_attr(DATA_ATTR, {"n_validation": 872, "majority_val_error": PLATEAU})
+    study.set_user_attr(DATA_ATTR, {"n_validation": 872, "constant_val_error": PLATEAU})
     assert run_trial(study, [(PLATEAU, 0.69), (0.45, 0.6), (0.40, 0.5)]) == 3
     assert run_trial(study, [(PLATEAU, 0.70), (0.45, 0.6), (0.40, 0.5)]) == 1
 

@@ -100,6 +100,7 @@ def test_the_search_stores_its_data_sizes_and_gives_the_noise_of_its_best(demo):
         "n_validation": len(data.validation),
         "n_classes": 2,
         "majority_val_error": round(data.majority_error(), 4),
+        "constant_val_error": round(data.constant_error(), 4),
     }
     best = demo.study.best_value
     se = round(math.sqrt(best * (1 - best) / len(data.validation)), 4)
