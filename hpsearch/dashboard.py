@@ -224,8 +224,11 @@ def study_note_text(
         what += (
             f" ({len(data.train):,} train / {len(data.validation):,} validation examples,"
             f" {data.num_labels} classes; always answering the majority class gives val_error"
-            f" {data.majority_error():.4f})"
+            f" {data.majority_error():.4f}"
         )
+        if round(data.constant_error(), 4) < round(data.majority_error(), 4):
+            what += f", always answering the validation set's largest class {data.constant_error():.4f}"
+        what += ")"
     lines += [what + ", minimising **val_error** (the validation error rate) reported after every epoch.", ""]
     budget = f"{s.n_trials} finished trials, up to {t.n_epochs} epochs each"
     if s.epoch_budget:

@@ -533,6 +533,23 @@ def test_two_studies_of_one_name_in_two_stores_keep_their_own_checkpoints(make_c
     assert str(kept) not in others and kept.parent.parent == workdir / "checkpoints" / "t"  # t/KEY/trial-N.pt
 
 
+def test_the_search_names_the_bar_a_constant_answer_sets(make_config, workdir):
+    """Demo rows, seed 4: the training set's majority class is the validation set's minority, so always
+    answering the other class scores 0.40, under the majority-class error of 0.60; both are named."""
+    result = invoke("search", make_config(study={"n_trials": 1, "seed": 4}, train={"n_epochs": 1}))
+    assert result.exit_code == 0, result.output
+    assert (
+        "majority-class val_error 0.6000 (another class's: 0.4000, the validation set's largest)"
+        in result.output
+    )
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{workdir}/studies/t.db")
+    sizes = study.user_attrs["hpsearch_data"]
+    assert (sizes["majority_val_error"], sizes["constant_val_error"]) == (0.6, 0.4)
+    from hpsearch.dashboard import read_note  # the dashboard's study note says it too
+
+    assert "val_error 0.6000, always answering the validation set's largest class 0.4000)" in read_note(study)
+
+
 def test_without_pausing_the_first_trial_goes_on_unopposed(make_config, workdir):
     config = make_config(study={"n_trials": 3, "pause_at_rungs": False}, train={"n_epochs": 2})
     result = invoke("search", config)
