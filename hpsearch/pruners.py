@@ -76,10 +76,12 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
     is ASHA as its paper describes it (promotions, Li et al. 2020); Optuna's pruner, and this one with
     ``pause=False``, decide once and let the first trials at each rung go on with nothing to compare.
 
-    One exception: a rung where no trial has yet done better than always answering one class (the study's
-    ``DATA_ATTR``) cannot rank trials at all; their training losses there differ by noise. A trial
-    no better than that goes on past such a rung instead of pausing, until ``reduction_factor`` trials have
-    gone on past it to show which configurations learn (:meth:`_unranked`). Without it, on a task where every
+    One exception: a first rung where no trial has yet done better than always answering one class (the
+    study's ``DATA_ATTR``) cannot rank trials at all; their training losses there differ by noise. A trial
+    no better than that goes on past it instead of pausing, until ``reduction_factor`` trials have gone on
+    to show which configurations learn (:meth:`_unranked`). Only the first rung: a trial still answering one
+    class ``reduction_factor`` times as many epochs later has been given its chance, and letting it go on
+    from there trained learning rates too small to learn to the end (SST-2, seed 5). Without it, on a task where every
     model still answers one class after epoch 1, pausing continued the trial with the lowest loss, a
     learning rate too small to learn, and spent the budget on it (BENCHMARKS.md, "Pausing trials at rungs").
 
@@ -144,11 +146,14 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
         return self._in_best(mine, [*competing, mine], pausing)
 
     def _unranked(self, study, trial, rung: int, value: float, trials: list[FrozenTrial]) -> bool:
-        """Can the rung ``rung`` not rank ``trial``, which scored ``value`` there? True when that and every
-        error recorded there are no better than the best constant answer (any one class, every time: on
-        balanced data the training set's majority class may be the validation set's minority), and fewer than
-        ``reduction_factor`` other trials have gone on past the rung to find out which configurations learn.
-        False where the study does not record that error (one made by an older version)."""
+        """Can the rung ``rung`` not rank ``trial``, which scored ``value`` there? True at the first rung when
+        that and every error recorded there are no better than the best constant answer (any one class, every
+        time: on balanced data the training set's majority class may be the validation set's minority), and
+        fewer than ``reduction_factor`` other trials have gone on past the rung to find out which
+        configurations learn. False where the study does not record that error (one made by an older
+        version)."""
+        if rung != 0:
+            return False
         sizes = study.user_attrs.get(DATA_ATTR) or {}
         constant, n = sizes.get("constant_val_error"), sizes.get("n_validation")
         if not isinstance(constant, (int, float)):
@@ -157,7 +162,7 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
         floor = constant - max(0.5 / n if isinstance(n, int) and n > 0 else 0.0, 1e-4)
         if value < floor:
             return False
-        key, epoch = _rung_key(rung), self._min_resource * self._reduction_factor**rung
+        key, epoch = _rung_key(rung), self._min_resource
         others = [t for t in _ranked(trials) if t.number != trial.number]
         if any(t.system_attrs[key] < floor for t in others if key in t.system_attrs):
             return False

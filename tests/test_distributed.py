@@ -752,21 +752,24 @@ def test_a_stop_after_a_rung_epoch_lets_the_pruner_decide_first(make_config, wor
 
     stop = threading.Event()
 
-    class StopInEpochOne(Reporter):
+    class StopInEpochTwo(Reporter):
         def epoch(self, number, hp, r, n_epochs):
             super().epoch(number, hp, r, n_epochs)
-            stop.set()  # as the signal handler would during the epoch: the pruner is asked after this line
+            if r.epoch == 2:
+                stop.set()  # as the signal handler would during the epoch: the pruner is asked after this line
 
-    # a pausing pruner pauses the first trial at rung 0 once it beats a constant guess: alone at the rung,
-    # there is nothing to rank it by
-    config = make_config(study={"n_trials": 2, "pause_at_rungs": True}, data={"demo_size": 200})
+    # nothing learns in epoch 1 on 180 rows, so the first rung cannot rank and the trial goes on past it; at
+    # the second rung (epoch 2) a pausing pruner pauses it whatever it scored: alone, nothing to rank it by
+    config = make_config(
+        study={"n_trials": 2, "pause_at_rungs": True, "reduction_factor": 2},
+        data={"demo_size": 200},
+        train={"n_epochs": 4},
+    )
     cfg = load_config(config)
-    result = run_search(cfg, reporter=StopInEpochOne(io.StringIO()), stop=stop)
+    result = run_search(cfg, reporter=StopInEpochTwo(io.StringIO()), stop=stop)
     assert result.stopped_by == "signal" and result.trials_run == [0]
-    study = _study(cfg.study.storage)
-    [trial] = study.trials
-    assert trial.intermediate_values[1] < study.user_attrs["hpsearch_data"]["constant_val_error"]
-    assert trial.state == TrialState.PRUNED and trial.user_attrs["paused_at_epoch"] == 1
+    [trial] = _study(cfg.study.storage).trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["paused_at_epoch"] == 2
 
 
 def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_and_no_partial_file(workdir):

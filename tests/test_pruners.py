@@ -192,6 +192,11 @@ def test_a_rung_where_nothing_beat_a_constant_guess_sends_trials_on_instead_of_p
     # three trials went on past rung 0: a fourth at the plateau waits there, ranked as ever
     assert paused_at(study, PLATEAU, loss=0.70) == 1
 
+    # only the first rung: a trial still at the plateau 3 epochs later waits at rung 1, though none learned
+    study = pausing()
+    trial = pause_trial(study, [(PLATEAU, 0.69), (PLATEAU, 0.69), (PLATEAU, 0.69), (0.35, 0.4)])
+    assert trial.user_attrs["paused_at_epoch"] == 3
+
     # one trial better than the constant guess at a rung makes it rank: the next at the plateau waits there
     study = pausing()
     assert paused_at(study, 0.45) == 1

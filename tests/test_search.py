@@ -473,10 +473,11 @@ def test_paused_trials_are_continued_from_their_checkpoints_and_count_once(make_
     trials = study.trials
     continuations = [t for t in trials if "continues_trial" in t.system_attrs]
     assert continuations, result.output
-    # nothing learns on 300 rows in 4 epochs, so no rung can rank: the first 2 (reduction_factor) trials go on
-    # past each rung to find out, every later one waits at rung 0 (epoch 1) to be ranked by its training loss
-    assert [t.user_attrs["epochs_run"] for t in trials[:2]] == [4, 4], result.output
-    assert "trial 3 pruned: paused by successive-halving after epoch 1" in result.output
+    # nothing learns on 300 rows in 4 epochs, so the first rung cannot rank: the first 2 (reduction_factor)
+    # trials go on past it to find out, and wait at the next (epoch 2); later ones wait at epoch 1, ranked by
+    # their training loss
+    assert [t.user_attrs.get("paused_at_epoch") for t in trials[:2]] == [2, 2], result.output
+    assert "trial 4 pruned: paused by successive-halving after epoch 1" in result.output
     for child in continuations:
         paused = trials[child.system_attrs["continues_trial"]]
         assert paused.state == TrialState.PRUNED and paused.params == child.params
