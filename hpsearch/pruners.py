@@ -20,7 +20,7 @@ CONTINUES_ATTR = "continues_trial"  # system attribute of the trial that continu
 OVER_BUDGET_ATTR = "hpsearch_over_budget"  # user attribute of a trial asked past the budget and given back
 # study user attribute: the sizes of the data every val_error was measured on, so a reader can tell a real
 # difference between two trials from the noise of a few hundred validation examples (and a pausing pruner a
-# model that learned from one that answers the majority class)
+# model that learned from one that answers one class whatever it reads)
 DATA_ATTR = "hpsearch_data"
 
 
@@ -76,14 +76,14 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
     is ASHA as its paper describes it (promotions, Li et al. 2020); Optuna's pruner, and this one with
     ``pause=False``, decide once and let the first trials at each rung go on with nothing to compare.
 
-    One exception: a first rung where no trial has yet done better than always answering one class (the
-    study's ``DATA_ATTR``) cannot rank trials at all; their training losses there differ by noise. A trial
-    no better than that goes on past it instead of pausing, until ``reduction_factor`` trials have gone on
-    to show which configurations learn (:meth:`_unranked`). Only the first rung: a trial still answering one
-    class ``reduction_factor`` times as many epochs later has been given its chance, and letting it go on
-    from there trained learning rates too small to learn to the end (SST-2, seed 5). Without it, on a task where every
-    model still answers one class after epoch 1, pausing continued the trial with the lowest loss, a
-    learning rate too small to learn, and spent the budget on it (BENCHMARKS.md, "Pausing trials at rungs").
+    One exception, the first rung when no trial there has yet done better than always answering one class
+    (the study's ``DATA_ATTR``): it cannot rank trials, whose training losses then differ by noise. A trial no
+    better than that goes on past it instead of pausing, until ``reduction_factor`` trials have, to find out
+    which configurations learn (:meth:`_unranked`). Without it, where every model still answered one class
+    after epoch 1, pausing continued the one with the lowest loss, a learning rate too small to learn, and
+    spent the budget on it. Only the first rung: ``reduction_factor`` times the epochs later a trial has had
+    its chance, and passing later rungs too trained such learning rates to the end (BENCHMARKS.md, "The
+    first-rung guard").
 
     With ``train.early_eval``, a trial also reports at step 0, part-way through epoch 1, and that step is one
     more rung with the same rule: only the best ``1/reduction_factor`` of the trials there train on to epoch 1
