@@ -76,14 +76,14 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
     is ASHA as its paper describes it (promotions, Li et al. 2020); Optuna's pruner, and this one with
     ``pause=False``, decide once and let the first trials at each rung go on with nothing to compare.
 
-    One exception, the first rung when no trial there has yet done better than always answering one class
-    (the study's ``DATA_ATTR``): it cannot rank trials, whose training losses then differ by noise. A trial no
-    better than that goes on past it instead of pausing, until ``reduction_factor`` trials have, to find out
-    which configurations learn (:meth:`_unranked`). Without it, where every model still answered one class
-    after epoch 1, pausing continued the one with the lowest loss, a learning rate too small to learn, and
-    spent the budget on it. Only the first rung: ``reduction_factor`` times the epochs later a trial has had
-    its chance, and passing later rungs too trained such learning rates to the end (BENCHMARKS.md, "The
-    first-rung guard").
+    Where a trial is no better than always answering one class (the best constant answer, from the study's
+    ``DATA_ATTR``), the ranking says nothing, and pausing does otherwise (:meth:`_past_constant`). At the
+    first rung, when no trial there has done better either, the training losses differ by noise: such a trial
+    goes on past it instead of pausing, until ``reduction_factor`` trials have, to find out which
+    configurations learn. At a later rung it waits whatever its rank, and is not promoted until the search
+    ends: it had ``reduction_factor`` times the epochs to learn. Without this, where every model still
+    answered one class after epoch 1, pausing continued the one with the lowest loss, a learning rate too
+    small to learn, and spent the budget on it (BENCHMARKS.md, "The first-rung guard").
 
     With ``train.early_eval``, a trial also reports at step 0, part-way through epoch 1, and that step is one
     more rung with the same rule: only the best ``1/reduction_factor`` of the trials there train on to epoch 1
@@ -125,9 +125,10 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
                 return True
             if trials is None:
                 trials = study.get_trials(deepcopy=False)
-            if not self._promotable(study, trial, _rung_key(rung), mine, trials, self._pause) and not (
-                self._pause and self._unranked(study, trial, rung, value, trials)
-            ):
+            go_on = self._promotable(study, trial, _rung_key(rung), mine, trials, self._pause)
+            if self._pause:
+                go_on = self._past_constant(study, trial, rung, value, trials, go_on)
+            if not go_on:
                 return True
             rung += 1
 
@@ -145,28 +146,29 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
         ]
         return self._in_best(mine, [*competing, mine], pausing)
 
-    def _unranked(self, study, trial, rung: int, value: float, trials: list[FrozenTrial]) -> bool:
-        """Can the rung ``rung`` not rank ``trial``, which scored ``value`` there? True at the first rung when
-        that and every error recorded there are no better than the best constant answer (any one class, every
-        time: on balanced data the training set's majority class may be the validation set's minority), and
-        fewer than ``reduction_factor`` other trials have gone on past the rung to find out which
-        configurations learn. False where the study does not record that error (one made by an older
-        version)."""
-        if rung != 0:
+    def _past_constant(self, study, trial, rung: int, value: float, trials, ranked_in: bool) -> bool:
+        """A pausing pruner's verdict for ``trial``, which scored ``value`` at ``rung`` and ranked in there or not
+        (``ranked_in``), where that is no better than the best constant answer (``constant_floor``): at the
+        first rung it goes on if the rung cannot rank (:meth:`_unranked`); at a later rung it waits, whatever
+        its rank, for it has had ``reduction_factor`` times the epochs to learn, and its rank among others
+        that have not learned either is noise (at the end of the search the best of a rung still goes on:
+        :meth:`promotions` with ``last``)."""
+        floor = constant_floor(study)
+        if floor is None or value < floor:
+            return ranked_in
+        if rung > 0:
             return False
-        sizes = study.user_attrs.get(DATA_ATTR) or {}
-        constant, n = sizes.get("constant_val_error"), sizes.get("n_validation")
-        if not isinstance(constant, (int, float)):
-            return False
-        # better than the constant guess by at least half an example (the stored error is rounded to 4 places)
-        floor = constant - max(0.5 / n if isinstance(n, int) and n > 0 else 0.0, 1e-4)
-        if value < floor:
-            return False
-        key, epoch = _rung_key(rung), self._min_resource
+        return ranked_in or self._unranked(trial, trials, floor)
+
+    def _unranked(self, trial, trials: list[FrozenTrial], floor: float) -> bool:
+        """Can the first rung not rank ``trial`` (no better than ``floor`` there)? True when no error recorded
+        there is better either, and fewer than ``reduction_factor`` other trials have gone on past it to find
+        out which configurations learn."""
+        key = _rung_key(0)
         others = [t for t in _ranked(trials) if t.number != trial.number]
         if any(t.system_attrs[key] < floor for t in others if key in t.system_attrs):
             return False
-        return sum(1 for t in others if (t.last_step or 0) > epoch) < self._reduction_factor
+        return sum(1 for t in others if (t.last_step or 0) > self._min_resource) < self._reduction_factor
 
     def _in_best(self, mine: tuple[float, float], records: list[tuple[float, float]], pausing: bool) -> bool:
         """Is ``mine`` among the best ``1/reduction_factor`` of ``records`` (which hold it)? With fewer records
@@ -182,17 +184,22 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
             return None
         return sorted(records)[max(n_best - 1, 0)]
 
-    def promotions(self, trials: list[FrozenTrial], last: bool = False) -> list[FrozenTrial]:
+    def promotions(
+        self, trials: list[FrozenTrial], last: bool = False, floor: float | None = None
+    ) -> list[FrozenTrial]:
         """The paused trials that are now in the best ``1/reduction_factor`` at the rung they wait at: the
-        highest rung first, then the best first (the order ASHA promotes in).
+        highest rung first, then the best first (the order ASHA promotes in). ``floor``: the study's
+        ``constant_floor``; a trial no better than that at a rung past the first is not among them.
 
         ``last``: no new trial will start (the trial budget is used up and none is running): as in synchronous
-        successive halving, a rung with fewer than ``reduction_factor`` trials lets its best one go on, so the
-        search ends with a trial trained to the end."""
+        successive halving, a rung with fewer than ``reduction_factor`` trials lets its best one go on, and a
+        trial that has not beaten the constant answer may too, so the search ends with a trial trained to the
+        end."""
         found = [
             (-rung, mine, t.number, t)
             for t, rung, mine, records in _waiting(_ranked(trials))
             if self._in_best(mine, records, pausing=not last)
+            and (last or rung == 0 or floor is None or mine[0] < floor)
         ]
         return [t for *_, t in sorted(found, key=lambda f: f[:3])]
 
@@ -216,6 +223,18 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
             if sum(r < mine for r in records) >= max(at_most // self._reduction_factor, 1):
                 out.add(t.number)
         return out
+
+
+def constant_floor(study: optuna.Study) -> float | None:
+    """The validation error a trial must beat to have learned anything: the best constant answer's (any one
+    class, every time; on balanced data the training set's majority class may be the validation set's
+    minority), less half a validation example, as the study's ``DATA_ATTR`` records them (rounded to 4
+    places). None where the study does not record it (one made by an older version)."""
+    sizes = study.user_attrs.get(DATA_ATTR) or {}
+    constant, n = sizes.get("constant_val_error"), sizes.get("n_validation")
+    if not isinstance(constant, (int, float)):
+        return None
+    return constant - max(0.5 / n if isinstance(n, int) and n > 0 else 0.0, 1e-4)
 
 
 def _waiting(live: list[FrozenTrial]):

@@ -25,7 +25,7 @@ from hpsearch.cost import epochs_spent
 from hpsearch.dashboard import write_study_note, write_trial_note
 from hpsearch.errors import StorageError, TrialFailure
 from hpsearch.objective import CHECKPOINT_ATTR, Interrupted, Objective
-from hpsearch.pruners import CONTINUES_ATTR, PAUSED_ATTR, replaced
+from hpsearch.pruners import CONTINUES_ATTR, PAUSED_ATTR, constant_floor, replaced
 from hpsearch.results import best_summary, requeue_command
 from hpsearch.space import SearchSpace, parse_space
 from hpsearch.study import (
@@ -170,7 +170,7 @@ def promote_paused(study: optuna.Study, reporter: Reporter, last: bool = False) 
     if not getattr(pruner, "pauses", False):
         return 0
     queued = 0
-    for paused in pruner.promotions(study.get_trials(deepcopy=False), last):
+    for paused in pruner.promotions(study.get_trials(deepcopy=False), last, constant_floor(study)):
         path = paused.user_attrs.get(CHECKPOINT_ATTR)
         if not path or not Path(path).is_file():
             continue

@@ -173,7 +173,7 @@ def test_a_rung_where_nothing_beat_a_constant_guess_sends_trials_on_instead_of_p
     """Demo seed 3: every trial still answered one class after epoch 1, so the training losses ranked noise and
     pausing continued a learning rate too small to learn. Where no error at a rung beats a constant answer, a
     trial goes on past it, until reduction_factor trials have, to find out which configurations learn."""
-    from hpsearch.pruners import DATA_ATTR
+    from hpsearch.pruners import DATA_ATTR, constant_floor
 
     def pausing(constant: float = PLATEAU) -> optuna.Study:
         study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3, pause=True))
@@ -192,10 +192,17 @@ def test_a_rung_where_nothing_beat_a_constant_guess_sends_trials_on_instead_of_p
     # three trials went on past rung 0: a fourth at the plateau waits there, ranked as ever
     assert paused_at(study, PLATEAU, loss=0.70) == 1
 
-    # only the first rung: a trial still at the plateau 3 epochs later waits at rung 1, though none learned
+    # only the first rung: at a later one a trial no better than a constant answer waits whatever its rank,
+    # after 3x the epochs; ranked among others that have not learned either, it would go on by noise
     study = pausing()
-    trial = pause_trial(study, [(PLATEAU, 0.69), (PLATEAU, 0.69), (PLATEAU, 0.69), (0.35, 0.4)])
-    assert trial.user_attrs["paused_at_epoch"] == 3
+    losses = (0.69, 0.68, 0.67)  # the third is the best of 3 at rung 1 (epoch 3)
+    flat = [pause_trial(study, [(PLATEAU, loss)] * 3 + [(0.35, 0.4)]) for loss in losses]
+    assert [t.user_attrs.get("paused_at_epoch") for t in flat] == [3, 3, 3]
+    floor = constant_floor(study)
+    assert floor == pytest.approx(PLATEAU - 0.5 / 872)
+    assert study.pruner.promotions(study.get_trials(), floor=floor) == []
+    # at the end of the search the best of the rung goes on all the same, so a trial is trained to the end
+    assert [t.number for t in study.pruner.promotions(study.get_trials(), last=True, floor=floor)] == [2]
 
     # one trial better than the constant guess at a rung makes it rank: the next at the plateau waits there
     study = pausing()
