@@ -51,9 +51,10 @@ class StudySection:
     pruner: str = "successive-halving"  # successive-halving (ASHA) | hyperband | median | percentile | none
     reduction_factor: int = 3  # successive halving / hyperband: a third of a rung's trials go on to the next
     # successive halving: true: a trial not (yet) in the best third at a rung pauses there (checkpointed) and
-    # is continued once enough trials have reached the rung to rank it (at a first rung where none beats a
-    # constant answer, up to reduction_factor go on to find out); false (default): decided at once, the first
-    # ones at a rung going on unopposed (Optuna's rule). Off by default on evidence: BENCHMARKS.md
+    # is continued once enough trials have reached the rung to rank it (trials no better than a constant
+    # answer: up to reduction_factor go on past a first rung where none beats it, and at later rungs they wait
+    # until the budget is met); false (default): decided at once, the first ones at a rung going on unopposed
+    # (Optuna's rule). Off by default on evidence: BENCHMARKS.md
     pause_at_rungs: bool = False
     seed: int | None = 0  # sampler seed; each extra worker adds its index so workers do not repeat each other
     heartbeat_interval: int = 30  # seconds between a running trial's heartbeats on an RDB store
