@@ -226,8 +226,8 @@ def study_note_text(
             f" {data.num_labels} classes; always answering the majority class gives val_error"
             f" {data.majority_error():.4f}"
         )
-        if round(data.constant_error(), 4) < round(data.majority_error(), 4):
-            what += f", always answering the validation set's largest class {data.constant_error():.4f}"
+        if (other := data.other_constant_error()) is not None:
+            what += f", always answering the validation set's largest class {other:.4f}"
         what += ")"
     lines += [what + ", minimising **val_error** (the validation error rate) reported after every epoch.", ""]
     budget = f"{s.n_trials} finished trials, up to {t.n_epochs} epochs each"

@@ -80,6 +80,12 @@ class TextData:
             counts[y] += 1
         return 1 - max(counts) / len(self.validation)
 
+    def other_constant_error(self) -> float | None:
+        """``constant_error`` where it is under the majority-class error (to the 4 places shown), so a report
+        names both bars; None where the two are the same."""
+        constant = self.constant_error()
+        return constant if round(constant, 4) < round(self.majority_error(), 4) else None
+
 
 # --- the built-in demo data set ---------------------------------------------------------------------------
 

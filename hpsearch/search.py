@@ -389,8 +389,8 @@ def run_search(
     study = open_study(cfg, space, worker, data)
     record_data(study, data, cfg)
     bar = f"majority-class val_error {data.majority_error():.4f}"
-    if round(data.constant_error(), 4) < round(data.majority_error(), 4):
-        bar += f" (another class's: {data.constant_error():.4f}, the validation set's largest)"
+    if (other := data.other_constant_error()) is not None:
+        bar += f" (another class's: {other:.4f}, the validation set's largest)"
     reporter.line(
         f"study '{cfg.study.name}' in {describe_storage(cfg.study.storage)}: {len(data.train)} train /"
         f" {len(data.validation)} validation examples, {data.num_labels} classes, model {cfg.model.name}; {bar}"

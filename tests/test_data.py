@@ -47,8 +47,9 @@ def test_the_best_constant_answer_may_be_another_class_than_the_training_majorit
     model that always answers the other class scores 0.49 without learning anything, under the 0.51 bar."""
     data = load_data(DataSection(name="demo"), seed=3)
     assert (round(data.majority_error(), 4), round(data.constant_error(), 4)) == (0.51, 0.49)
+    assert data.other_constant_error() == data.constant_error()  # reports name both bars
     same = load_data(DataSection(name="demo"), seed=0)
-    assert same.constant_error() == same.majority_error()
+    assert same.constant_error() == same.majority_error() and same.other_constant_error() is None
 
 
 def write_table(path, rows, text="text", label="label"):
