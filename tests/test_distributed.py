@@ -241,10 +241,11 @@ def test_kill_9_mid_trial_then_a_new_worker_resumes_it_from_its_checkpoint(make_
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_sigterm_to_workers_checkpoints_requeues_and_a_rerun_resumes(make_config, workdir, postgres_url):
-    # Three trials: the second worker starts once the first has opened the study; the first usually goes on to
-    # a second trial, so one or two trials are mid-way when the signal comes.
+    # Six trials: the second worker starts once the first has opened the study, and one or two trials are
+    # mid-way when the signal comes. With three, a machine busy enough to delay the second worker's start let
+    # the first finish the whole budget before it (twice, beside two benchmark jobs on two cores).
     # No trial goes stale here: a long grace period keeps a heartbeat delayed by the load from failing one.
-    study = {**SLOW_TRIAL["study"], "n_trials": 3, "grace_period": 15}
+    study = {**SLOW_TRIAL["study"], "n_trials": 6, "grace_period": 15}
     config = make_config(**{**SLOW_TRIAL, "study": study})
     parent = _start(
         workdir, "stopped.log", "search", str(config), "--storage", postgres_url, "--workers", "2"
@@ -277,7 +278,7 @@ def test_sigterm_to_workers_checkpoints_requeues_and_a_rerun_resumes(make_config
     study = _study(postgres_url)
     for t in stopped:
         _assert_resumed(study, t, output, n_epochs=4)
-    _assert_budget_exact(study, 3)
+    _assert_budget_exact(study, 6)
 
 
 # What `kill -9` leaves when it lands in `study.ask()` (the sampler drawing), before the worker's heartbeat thread
