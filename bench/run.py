@@ -46,11 +46,12 @@ F_EARLY_EVAL = 0.25  # arm F's share of epoch 1 for train.early_eval
 ARMS = {
     "A": "random search, no pruning",
     "B": "TPE, no pruning",
-    "C": "hpsearch default: TPE + successive halving (ASHA) + divergence stop",
+    "C": "hpsearch default: TPE + successive halving (ASHA, trials paused at rungs) + divergence stop",
     "D": "Trainer.hyperparameter_search (optuna, default pruner)",
     "E": "hpsearch default with A's compute: no trial limit, study.epoch_budget = A's epochs",
     "F": f"hpsearch default + an early evaluation (train.early_eval, {F_EARLY_EVAL} unless the config sets one)",
-    "G": "hpsearch default + trials paused at rungs and continued when promoted (study.pause_at_rungs true)",
+    "G": "hpsearch default with study.pause_at_rungs true: trials paused at rungs, continued when promoted (= C since 2026-12-07)",
+    "I": "hpsearch default, rungs deciding at once (study.pause_at_rungs false: the default until 2026-12-07)",
 }
 ISSUE_ARMS = ("A", "B", "C", "D")  # the arms whose best errors set the target
 E_TRIAL_FACTOR = 100  # arm E's trial limit, in units of the config's n_trials: the epoch budget decides
@@ -250,7 +251,7 @@ def arm_config(cfg, arm: str, seed: int, workdir: Path):
             sampler=defaults.sampler,
             pruner=defaults.pruner,
             reduction_factor=defaults.reduction_factor,
-            pause_at_rungs=arm == "G" or defaults.pause_at_rungs,
+            pause_at_rungs={"G": True, "I": False}.get(arm, defaults.pause_at_rungs),
         )
         train = dataclasses.replace(train, divergence_stop=True)
         if arm == "E":  # the compute A spends on its trials, spent on as many trials as it buys

@@ -50,12 +50,12 @@ class StudySection:
     sampler: str = "tpe"  # tpe | random | grid | cmaes | gp | qmc
     pruner: str = "successive-halving"  # successive-halving (ASHA) | hyperband | median | percentile | none
     reduction_factor: int = 3  # successive halving / hyperband: a third of a rung's trials go on to the next
-    # successive halving: true: a trial not (yet) in the best third at a rung pauses there (checkpointed) and
-    # is continued once enough trials have reached the rung to rank it (trials no better than a constant
-    # answer: up to reduction_factor go on past a first rung where none beats it, and at later rungs they wait
-    # until the budget is met); false (default): decided at once, the first ones at a rung going on unopposed
-    # (Optuna's rule). Off by default on evidence: BENCHMARKS.md
-    pause_at_rungs: bool = False
+    # successive halving: true (what null, the default, means there): a trial not (yet) in the best third at a
+    # rung pauses there (checkpointed) and is continued once enough trials have reached the rung to rank it
+    # (trials no better than a constant answer: up to reduction_factor go on past a first rung where none
+    # beats it, and at later rungs they wait until the budget is met); false: decided at once, the first ones
+    # at a rung going on unopposed (Optuna's rule, the default until 2026-12-07). Evidence: BENCHMARKS.md
+    pause_at_rungs: bool | None = None
     seed: int | None = 0  # sampler seed; each extra worker adds its index so workers do not repeat each other
     heartbeat_interval: int = 30  # seconds between a running trial's heartbeats on an RDB store
     grace_period: int | None = None  # seconds without heartbeat before a trial is stale; None: 2 * interval

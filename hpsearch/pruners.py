@@ -68,7 +68,7 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
     closer to the best than Optuna's pruner on those curves and on MiniLM's (BENCHMARKS.md, "Pruning ties").
     A trial without a recorded training loss (one from an older study) ranks after those with one.
 
-    With ``pause=True`` (``study.pause_at_rungs``; off by default, see BENCHMARKS.md), a trial that is not in the best
+    With ``pause=True`` (``study.pause_at_rungs``, on by default since 2026-12-07; BENCHMARKS.md), a trial that is not in the best
     ``1/reduction_factor`` at a rung is not stopped for good but paused there: the objective keeps its
     checkpoint and ends it as pruned, and once enough trials have reached the rung to rank it among the best
     (:meth:`promotions`), the search loop queues a trial that continues it from that checkpoint. No trial goes

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import json
 import logging
@@ -1236,7 +1237,9 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_epochs, reduction_factor=r)
     if name == "successive-halving":
-        return SuccessiveHalvingPruner(reduction_factor=r, min_resource=1, pause=cfg.study.pause_at_rungs)
+        return SuccessiveHalvingPruner(
+            reduction_factor=r, min_resource=1, pause=cfg.study.pause_at_rungs is not False
+        )
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.study.n_startup_trials, n_warmup_steps=0)
     if name == "percentile":
@@ -1291,6 +1294,22 @@ def _set_back(cfg: Config, key: str, old: Any) -> str:
     return f"set it back to {value} in {cfg.source}"
 
 
+def keep_rung_rule(cfg: Config, stored: dict[str, Any], study: optuna.Study) -> Config:
+    """A study made while successive halving decided at once at its rungs (``pause_at_rungs: false``, stored
+    by every study before pausing became the default on 2026-12-07) keeps that rule when ``cfg`` leaves the
+    key out: its pruned trials have no checkpoints to continue, and its workers should not rank by two rules.
+    Sets ``study``'s pruner to match; returns the config to store and search with."""
+    if not (
+        cfg.study.pause_at_rungs is None
+        and cfg.study.pruner == "successive-halving"
+        and stored.get("study", {}).get("pause_at_rungs") is False
+    ):
+        return cfg
+    cfg = dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, pause_at_rungs=False))
+    study.pruner = make_pruner(cfg)
+    return cfg
+
+
 def open_study(cfg: Config, space: SearchSpace, worker: int = 0, data: Any = None) -> optuna.Study:
     """Create or resume the study described by ``cfg`` (explicit name, ``load_if_exists``, direction,
     heartbeat and retry), after checking that a resumed study measures the same thing (with ``data``, the
@@ -1320,6 +1339,7 @@ def open_study(cfg: Config, space: SearchSpace, worker: int = 0, data: Any = Non
     stored = _claim(study, CONFIG_ATTR, cfg.to_dict())
     if stored is not None:  # the settings there now, which another worker may have written since the checks
         _check_same_study(cfg, stored, name)
+        cfg = keep_rung_rule(cfg, stored, study)
     study.set_user_attr(CONFIG_ATTR, cfg.to_dict())  # a resumed study keeps the latest (budget, timeout, ...)
     if CHECKPOINT_KEY_ATTR not in study.user_attrs:
         # Two workers creating the study at once may both write one; the last wins, and a trial records the

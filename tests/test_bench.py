@@ -320,7 +320,7 @@ def test_unknown_arm_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert bench.main(["--arms", "A,Z", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --arms: unknown arm(s) Z; choose from A, B, C, D, E, F, G"]
+    assert err == ["error: --arms: unknown arm(s) Z; choose from A, B, C, D, E, F, G, I"]
     assert not out.exists()
 
 
@@ -786,15 +786,19 @@ def test_the_configs_epoch_budget_and_early_evaluation_do_not_change_the_arms(tm
     its epochs (and A's "epochs" were the budget); E alone has one, A's. A and B prune nothing, so an early
     evaluation would only cost them a validation."""
     from hpsearch.config import load_config
+    from hpsearch.study import make_pruner
 
     sets = ["study.epoch_budget=5", "study.n_trials=4", "train.n_epochs=3", "train.early_eval=0.3"]
     cfg = load_config(ROOT / "studies" / "demo.yaml", sets=sets)
-    arms = {arm: bench.arm_config(cfg, arm, 0, tmp_path) for arm in "ABCEFG"}
-    assert {arm: c.study.epoch_budget for arm, c in arms.items()} == {**dict.fromkeys("ABCFG"), "E": 12.0}
+    arms = {arm: bench.arm_config(cfg, arm, 0, tmp_path) for arm in "ABCEFGI"}
+    assert {arm: c.study.epoch_budget for arm, c in arms.items()} == {**dict.fromkeys("ABCFGI"), "E": 12.0}
     assert {arm: c.train.early_eval for arm, c in arms.items()} == {
         **dict.fromkeys("AB"),
-        **dict.fromkeys("CEFG", 0.3),
+        **dict.fromkeys("CEFGI", 0.3),
     }
+    # C is the default, which pauses trials at rungs; I is the rule that decides at once, the default before
+    pauses = {arm: getattr(make_pruner(c), "pauses", False) for arm, c in arms.items()}
+    assert pauses == {**dict.fromkeys("ABI", False), **dict.fromkeys("CEFG", True)}
 
 
 def test_a_trial_stuck_on_a_constant_guess_has_not_learned(tmp_path):

@@ -331,6 +331,19 @@ def test_pause_and_early_eval_go_with_the_pruners_that_use_them(tmp_path):
         load_text(tmp_path, "", sets=["study.pause_at_rungs=true"], overrides={"pruner": "median"})
 
 
+def test_successive_halving_pauses_by_default_and_other_pruners_need_no_setting(tmp_path):
+    """Pausing at rungs is the default since 2026-12-07 (BENCHMARKS.md): left out, successive halving pauses and
+    another pruner is not refused for it; false is the rule that decides at once."""
+    from hpsearch.study import make_pruner
+
+    assert make_pruner(load_text(tmp_path, "")).pauses
+    assert not make_pruner(load_text(tmp_path, "", sets=["study.pause_at_rungs=false"])).pauses
+    for pruner in ("median", "percentile", "hyperband", "none"):
+        assert not getattr(
+            make_pruner(load_text(tmp_path, "", overrides={"pruner": pruner})), "pauses", False
+        )
+
+
 def test_set_typo_in_key_gets_did_you_mean(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'n_epoch' in train; did you mean 'n_epochs'"):
         load_text(tmp_path, "", sets=["train.n_epoch=2"])

@@ -562,6 +562,41 @@ def test_without_pausing_the_first_trial_goes_on_unopposed(make_config, workdir)
     )
 
 
+def test_trials_pause_at_rungs_by_default_but_a_study_made_deciding_at_once_keeps_that_rule(
+    make_config, workdir
+):
+    """Pausing is the default since 2026-12-07. A study made before (its stored settings say
+    pause_at_rungs: false, as every older study's do) keeps the rule it was made with when the config leaves
+    the key out, and the search says so: its pruned trials have no checkpoints to continue."""
+
+    def paused(study):
+        return [t.number for t in study.trials if "paused_at_epoch" in t.user_attrs]
+
+    fresh = make_config("fresh.yaml", study={"name": "fresh", "n_trials": 4}, train={"n_epochs": 3})
+    result = invoke("search", fresh)
+    assert result.exit_code == 0, result.output
+    assert "keeps that rule" not in result.output
+    study = optuna.load_study(study_name="fresh", storage=f"sqlite:///{workdir}/studies/fresh.db")
+    assert paused(study), result.output  # nothing learns on 300 rows: the 4th trial waits at epoch 1
+    assert study.user_attrs["hpsearch_config"]["study"]["pause_at_rungs"] is None
+
+    old = {"name": "old", "n_trials": 4, "pause_at_rungs": False}
+    assert invoke("search", make_config("old.yaml", study=old, train={"n_epochs": 3})).exit_code == 0
+    resumed = make_config("resumed.yaml", study={"name": "old", "n_trials": 6}, train={"n_epochs": 3})
+    result = invoke("search", resumed)
+    assert result.exit_code == 0, result.output
+    assert (
+        "study 'old' was made when successive halving decided at once at its rungs (study.pause_at_rungs"
+        " false, the default before 2026-12-07), so it keeps that rule" in result.output
+    )
+    study = optuna.load_study(study_name="old", storage=f"sqlite:///{workdir}/studies/old.db")
+    assert len(study.trials) == 6 and not paused(study)
+    assert study.user_attrs["hpsearch_config"]["study"]["pause_at_rungs"] is False
+    # said explicitly, the config wins
+    result = invoke("search", resumed, "--n-trials", 8, "--set", "study.pause_at_rungs=true")
+    assert result.exit_code == 0 and "keeps that rule" not in result.output, result.output
+
+
 def test_two_continuations_of_one_paused_trial_run_once(make_config, workdir):
     """Two workers may queue a continuation of the same paused trial at once: the first one numbered runs,
     the other is given back untouched."""
