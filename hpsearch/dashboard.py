@@ -202,6 +202,12 @@ def _distribution(spec: Any) -> str:
     return f"{spec.get('type')} in [{spec.get('low'):g}, {spec.get('high'):g}]{scale}"
 
 
+RUNG_RULES = {  # the study note's words for study.pause_at_rungs
+    True: "; a trial not yet among the best at a rung pauses there and is continued once it is",
+    False: "; each rung decides at once",
+}
+
+
 def study_note_text(
     cfg: Config,
     command: str = "",
@@ -241,6 +247,7 @@ def study_note_text(
         f"| sampler | {s.sampler} (seed {s.seed}, {s.n_startup_trials} startup trials) |",
         f"| pruner | {s.pruner}"
         + (" (epochs are the resource)" if s.pruner in ("hyperband", "successive-halving") else "")
+        + (RUNG_RULES[s.pause_at_rungs is not False] if s.pruner == "successive-halving" else "")
         + " |",
         f"| budget | {budget} |",
         f"| device / precision | {t.device} / {t.precision} |",

@@ -7,6 +7,7 @@ mistake costs no GPU time and writes nothing; the store is checked before trial 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 import signal
@@ -397,16 +398,17 @@ def run_search(
     )
     for note in search_notes(cfg, space):
         reporter.line(note)
-    if (
-        cfg.study.pause_at_rungs is None
-        and cfg.study.pruner == "successive-halving"
-        and not study.pruner.pauses
-    ):
-        reporter.line(
-            f"study '{cfg.study.name}' was made when successive halving decided at once at its rungs"
-            " (study.pause_at_rungs false, the default before 2026-12-07), so it keeps that rule; give --set"
-            " study.pause_at_rungs=true to pause trials at rungs from now on"
+    if cfg.study.pruner == "successive-halving" and cfg.study.pause_at_rungs is None:
+        # the rule this study runs by: the default's, or the one it was made with (study.keep_rung_rule)
+        cfg = dataclasses.replace(
+            cfg, study=dataclasses.replace(cfg.study, pause_at_rungs=study.pruner.pauses)
         )
+        if not study.pruner.pauses:
+            reporter.line(
+                f"study '{cfg.study.name}' was made when successive halving decided at once at its rungs"
+                " (study.pause_at_rungs false, the default before 2026-12-07), so it keeps that rule; give"
+                " --set study.pause_at_rungs=true to pause trials at rungs from now on"
+            )
     if seen := data.validation_seen_in_train():
         reporter.line(
             f"data: {seen} of {len(data.validation)} validation examples ({seen / len(data.validation):.1%}) are"

@@ -579,6 +579,9 @@ def test_trials_pause_at_rungs_by_default_but_a_study_made_deciding_at_once_keep
     study = optuna.load_study(study_name="fresh", storage=f"sqlite:///{workdir}/studies/fresh.db")
     assert paused(study), result.output  # nothing learns on 300 rows: the 4th trial waits at epoch 1
     assert study.user_attrs["hpsearch_config"]["study"]["pause_at_rungs"] is None
+    from hpsearch.dashboard import read_note
+
+    assert "pauses there and is continued once it is" in read_note(study)  # the study note says which rule
 
     old = {"name": "old", "n_trials": 4, "pause_at_rungs": False}
     assert invoke("search", make_config("old.yaml", study=old, train={"n_epochs": 3})).exit_code == 0
@@ -592,6 +595,7 @@ def test_trials_pause_at_rungs_by_default_but_a_study_made_deciding_at_once_keep
     study = optuna.load_study(study_name="old", storage=f"sqlite:///{workdir}/studies/old.db")
     assert len(study.trials) == 6 and not paused(study)
     assert study.user_attrs["hpsearch_config"]["study"]["pause_at_rungs"] is False
+    assert "each rung decides at once" in read_note(study)
     # said explicitly, the config wins
     result = invoke("search", resumed, "--n-trials", 8, "--set", "study.pause_at_rungs=true")
     assert result.exit_code == 0 and "keeps that rule" not in result.output, result.output
