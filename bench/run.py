@@ -50,7 +50,7 @@ ARMS = {
     "D": "Trainer.hyperparameter_search (optuna, default pruner)",
     "E": "hpsearch default with A's compute: no trial limit, study.epoch_budget = A's epochs",
     "F": f"hpsearch default + an early evaluation (train.early_eval, {F_EARLY_EVAL} unless the config sets one)",
-    "G": "hpsearch default with study.pause_at_rungs true: trials paused at rungs, continued when promoted (= C since 2026-12-07)",
+    "G": "hpsearch default with study.pause_at_rungs true (trials paused at rungs; = C since 2026-12-07)",
     "I": "hpsearch default, rungs deciding at once (study.pause_at_rungs false: the default until 2026-12-07)",
 }
 ISSUE_ARMS = ("A", "B", "C", "D")  # the arms whose best errors set the target

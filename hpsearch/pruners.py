@@ -68,12 +68,12 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
     closer to the best than Optuna's pruner on those curves and on MiniLM's (BENCHMARKS.md, "Pruning ties").
     A trial without a recorded training loss (one from an older study) ranks after those with one.
 
-    With ``pause=True`` (``study.pause_at_rungs``, on by default since 2026-12-07; BENCHMARKS.md), a trial that is not in the best
-    ``1/reduction_factor`` at a rung is not stopped for good but paused there: the objective keeps its
-    checkpoint and ends it as pruned, and once enough trials have reached the rung to rank it among the best
-    (:meth:`promotions`), the search loop queues a trial that continues it from that checkpoint. No trial goes
-    past a rung unopposed: with fewer than ``reduction_factor`` trials at a rung, all of them wait there. This
-    is ASHA as its paper describes it (promotions, Li et al. 2020); Optuna's pruner, and this one with
+    With ``pause=True`` (``study.pause_at_rungs``, on by default since 2026-12-07; BENCHMARKS.md), a trial that
+    is not in the best ``1/reduction_factor`` at a rung is not stopped for good but paused there: the objective
+    keeps its checkpoint and ends it as pruned, and once enough trials have reached the rung to rank it among
+    the best (:meth:`promotions`), the search loop queues a trial that continues it from that checkpoint. No
+    trial goes past a rung unopposed: with fewer than ``reduction_factor`` trials at a rung, all of them wait
+    there. This is ASHA as its paper describes it (promotions, Li et al. 2020); Optuna's pruner, and this one with
     ``pause=False``, decide once and let the first trials at each rung go on with nothing to compare.
 
     Where a trial is no better than always answering one class (the best constant answer, from the study's

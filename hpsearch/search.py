@@ -399,7 +399,7 @@ def run_search(
     for note in search_notes(cfg, space):
         reporter.line(note)
     if cfg.study.pruner == "successive-halving" and cfg.study.pause_at_rungs is None:
-        # the rule this study runs by: the default's, or the one it was made with (study.keep_rung_rule)
+        # the rule this study runs by: the default's, or the one it was made with (keep_rung_rule)
         cfg = dataclasses.replace(
             cfg, study=dataclasses.replace(cfg.study, pause_at_rungs=study.pruner.pauses)
         )
