@@ -135,7 +135,13 @@ class Objective:
             self.factory.tokenizer.pad_token_id,
             device,
         )
-        resumed = load_checkpoint(frozen.user_attrs.get(CHECKPOINT_ATTR, ""))
+        expected = frozen.user_attrs.get(CHECKPOINT_ATTR, "")  # set when this trial retries or continues one
+        resumed = load_checkpoint(expected)
+        if resumed is None and expected and self.reporter:
+            self.reporter.line(
+                f"trial {trial.number}: checkpoint {expected} is gone or on another machine's disk, so it trains"
+                " from epoch 1; put train.checkpoint_dir on a filesystem every worker sees"
+            )
         if resumed is not None:
             run.load_state_dict(resumed)
             trial.set_user_attr("resumed_from_epoch", run.epoch)

@@ -627,6 +627,30 @@ def test_two_continuations_of_one_paused_trial_run_once(make_config, workdir):
     assert len(finished(study)) == 5
 
 
+def test_a_continuation_whose_checkpoint_is_not_there_says_so_and_trains_from_the_start(make_config, workdir):
+    """Pausing is the default, so a paused trial's continuation may run on a node that cannot see the
+    checkpoint (a checkpoint_dir on local disk): it trains from epoch 1 and names the cause and the fix."""
+    from hpsearch.search import continue_paused
+
+    config = make_config(study={"n_trials": 4}, train={"n_epochs": 3})
+    assert invoke("search", config).exit_code == 0
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{workdir}/studies/t.db")
+    paused = [t for t in finished(study) if "paused_at_epoch" in t.user_attrs]
+    assert paused, [t.user_attrs for t in finished(study)]
+    number = continue_paused(study, paused[0])
+    checkpoint = Path(paused[0].user_attrs["checkpoint_path"])
+    # the search's end deleted the paused checkpoints; another node would not see a node-local one either
+    checkpoint.unlink(missing_ok=True)
+    result = invoke("search", config, "--n-trials", 5)
+    assert result.exit_code == 0, result.output
+    assert (
+        f"trial {number}: checkpoint {checkpoint} is gone or on another machine's disk, so it trains from"
+        " epoch 1; put train.checkpoint_dir on a filesystem every worker sees" in result.output
+    )
+    assert f"trial {number} epoch 1/3" in result.output
+    assert f"trial {number} continues trial" not in result.output
+
+
 def test_a_trials_value_is_its_lowest_epoch_end_and_its_best_epoch_the_first_to_reach_it(
     make_config, workdir
 ):
