@@ -154,7 +154,7 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
         that have not learned either is noise (at the end of the search the best of a rung still goes on:
         :meth:`promotions` with ``last``)."""
         floor = constant_floor(study)
-        if floor is None or value < floor:
+        if not _learned_nothing(value, floor):
             return ranked_in
         if rung > 0:
             return False
@@ -199,7 +199,7 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
             (-rung, mine, t.number, t)
             for t, rung, mine, records in _waiting(_ranked(trials))
             if self._in_best(mine, records, pausing=not last)
-            and (last or rung == 0 or floor is None or mine[0] < floor)
+            and (last or rung == 0 or not _learned_nothing(mine[0], floor))
         ]
         return [t for *_, t in sorted(found, key=lambda f: f[:3])]
 
@@ -235,6 +235,12 @@ def constant_floor(study: optuna.Study) -> float | None:
     if not isinstance(constant, (int, float)):
         return None
     return constant - max(0.5 / n if isinstance(n, int) and n > 0 else 0.0, 1e-4)
+
+
+def _learned_nothing(value: float, floor: float | None) -> bool:
+    """Is a validation error of ``value`` no better than the ``constant_floor`` (None: not recorded, so no)?
+    Such a trial waits at a rung past the first whatever its rank: the pruner's verdict and its promotions."""
+    return floor is not None and value >= floor
 
 
 def _waiting(live: list[FrozenTrial]):
