@@ -78,8 +78,8 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
 
     Where a trial is no better than always answering one class (the best constant answer, from the study's
     ``DATA_ATTR``), the ranking says nothing, and pausing does otherwise (:meth:`_past_constant`). At the
-    first rung, when no trial there has done better either, the training losses differ by noise: such a trial
-    goes on past it instead of pausing, until ``reduction_factor`` trials have, to find out which
+    first rung, while no trial has done better either (at any epoch), the training losses differ by noise: such
+    a trial goes on past it instead of pausing, until ``reduction_factor`` trials have, to find out which
     configurations learn. At a later rung it waits whatever its rank, and is not promoted until the search
     ends: it had ``reduction_factor`` times the epochs to learn. Without this, where every model still
     answered one class after epoch 1, pausing continued the one with the lowest loss, a learning rate too
@@ -161,12 +161,11 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
         return ranked_in or self._unranked(trial, trials, floor)
 
     def _unranked(self, trial, trials: list[FrozenTrial], floor: float) -> bool:
-        """Can the first rung not rank ``trial`` (no better than ``floor`` there)? True when no error recorded
-        there is better either, and fewer than ``reduction_factor`` other trials have gone on past it to find
-        out which configurations learn."""
-        key = _rung_key(0)
+        """Can the first rung not rank ``trial`` (no better than ``floor`` there)? True while no other trial has
+        done better at any epoch (once one has, some configuration learns, and the rung ranks as ever), and fewer
+        than ``reduction_factor`` other trials have gone on past it to find out which configurations learn."""
         others = [t for t in _ranked(trials) if t.number != trial.number]
-        if any(t.system_attrs[key] < floor for t in others if key in t.system_attrs):
+        if any(v < floor for t in others for v in t.intermediate_values.values()):
             return False
         return sum(1 for t in others if (t.last_step or 0) > self._min_resource) < self._reduction_factor
 
