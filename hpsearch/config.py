@@ -52,9 +52,10 @@ class StudySection:
     reduction_factor: int = 3  # successive halving / hyperband: a third of a rung's trials go on to the next
     # successive halving: true (what null, the default, means there): a trial not (yet) in the best third at a
     # rung pauses there (checkpointed) and is continued once enough trials have reached the rung to rank it
-    # (trials no better than a constant answer: up to reduction_factor go on past a first rung where none
-    # beats it, and at later rungs they wait until the budget is met); false: decided at once, the first ones
-    # at a rung going on unopposed (Optuna's rule, the default until 2026-12-07). Evidence: BENCHMARKS.md
+    # (trials no better than a constant answer: up to reduction_factor go on past the first rung while no
+    # trial has beaten it, and at later rungs they wait until the budget is met); false: decided at once, the
+    # first ones at a rung going on unopposed (Optuna's rule, the default until 2026-12-07). Evidence:
+    # BENCHMARKS.md
     pause_at_rungs: bool | None = None
     seed: int | None = 0  # sampler seed; each extra worker adds its index so workers do not repeat each other
     heartbeat_interval: int = 30  # seconds between a running trial's heartbeats on an RDB store
