@@ -165,7 +165,7 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
         done better at any epoch (once one has, some configuration learns, and the rung ranks as ever), and fewer
         than ``reduction_factor`` other trials have gone on past it to find out which configurations learn."""
         others = [t for t in _ranked(trials) if t.number != trial.number]
-        if any(v < floor for t in others for v in t.intermediate_values.values()):
+        if any(not _learned_nothing(v, floor) for t in others for v in t.intermediate_values.values()):
             return False
         return sum(1 for t in others if (t.last_step or 0) > self._min_resource) < self._reduction_factor
 
@@ -238,7 +238,9 @@ def constant_floor(study: optuna.Study) -> float | None:
 
 def _learned_nothing(value: float, floor: float | None) -> bool:
     """Is a validation error of ``value`` no better than the ``constant_floor`` (None: not recorded, so no)?
-    Such a trial waits at a rung past the first whatever its rank: the pruner's verdict and its promotions."""
+    Such a trial waits at a rung past the first whatever its rank (the pruner's verdict and its promotions), and
+    while every error of the study is, the first-rung guard sends trials on
+    (:meth:`SuccessiveHalvingPruner._unranked`)."""
     return floor is not None and value >= floor
 
 
