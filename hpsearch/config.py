@@ -71,6 +71,12 @@ class StudySection:
         """The grace period in force: ``grace_period``, or two heartbeat intervals."""
         return self.grace_period or 2 * self.heartbeat_interval
 
+    @property
+    def pauses_at_rungs(self) -> bool:
+        """The rung rule in force: successive halving pauses trials at its rungs unless ``pause_at_rungs`` is
+        false (left out, it is true); no other pruner pauses."""
+        return self.pruner == "successive-halving" and self.pause_at_rungs is not False
+
 
 @dataclass(frozen=True)
 class ModelSection:

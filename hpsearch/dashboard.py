@@ -247,7 +247,7 @@ def study_note_text(
         f"| sampler | {s.sampler} (seed {s.seed}, {s.n_startup_trials} startup trials) |",
         f"| pruner | {s.pruner}"
         + (" (epochs are the resource)" if s.pruner in ("hyperband", "successive-halving") else "")
-        + (RUNG_RULES[s.pause_at_rungs is not False] if s.pruner == "successive-halving" else "")
+        + (RUNG_RULES[s.pauses_at_rungs] if s.pruner == "successive-halving" else "")
         + " |",
         f"| budget | {budget} |",
         f"| device / precision | {t.device} / {t.precision} |",

@@ -1237,9 +1237,7 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_epochs, reduction_factor=r)
     if name == "successive-halving":
-        return SuccessiveHalvingPruner(
-            reduction_factor=r, min_resource=1, pause=cfg.study.pause_at_rungs is not False
-        )
+        return SuccessiveHalvingPruner(reduction_factor=r, min_resource=1, pause=cfg.study.pauses_at_rungs)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.study.n_startup_trials, n_warmup_steps=0)
     if name == "percentile":
