@@ -11,6 +11,9 @@ Arms, all on the same data, model, search space, trial budget, epochs and seeds:
      the question a user who pays for GPU-hours asks
   F  C with an early evaluation part-way through epoch 1 (train.early_eval, 0.25 unless the config sets one);
      not in the default arms: it pays off on large training sets only (BENCHMARKS.md, "Early evaluation")
+  P  C run by --workers worker processes sharing its study (2 unless given), as `hpsearch search --workers`
+     runs it: does the default keep its savings when several GPUs work on one study? Not in the default arms;
+     give --jobs 1, for its workers take the cores
 
 Each arm runs once per study seed, arms interleaved seed by seed so a busy machine slows them alike. Then the
 throughput of hpsearch's loop and the Trainer's on the same model, data and batch size.
@@ -52,8 +55,10 @@ ARMS = {
     "F": f"hpsearch default + an early evaluation (train.early_eval, {F_EARLY_EVAL} unless the config sets one)",
     "G": "hpsearch default with study.pause_at_rungs true (trials paused at rungs; = C since 2026-12-07)",
     "I": "hpsearch default, rungs deciding at once (study.pause_at_rungs false: the default until 2026-12-07)",
+    "P": "hpsearch default, run by --workers worker processes sharing its study (as hpsearch search --workers)",
 }
 ISSUE_ARMS = ("A", "B", "C", "D")  # the arms whose best errors set the target
+P_WORKERS = 2  # arm P's worker processes unless --workers says
 E_TRIAL_FACTOR = 100  # arm E's trial limit, in units of the config's n_trials: the epoch budget decides
 TARGET_MARGIN = 0.005  # "within 0.5 points of the best found by any arm"
 # the issue's proxy: a trial with learning rate >= 1e-3 (or a NaN loss) counts as diverging
@@ -91,6 +96,7 @@ class Recorder:
         self.events: list[dict[str, Any]] = []  # one per epoch end (or early stop), in time order
         self.early_counted: dict[int, list[float]] = {}  # per trial: what its early evaluation recorded
         self.continues: dict[int, int] = {}  # trial number -> the first trial of its configuration
+        self.at: float | None = None  # a replayed call's time.monotonic() (arm P's workers), else now
 
     def trial(self, number: int, hp: dict[str, Any]) -> dict[str, Any]:
         """The record of ``number``'s configuration: a trial that continues a paused one adds to its record."""
@@ -157,12 +163,59 @@ class Recorder:
             t["train_losses"].append(train_loss if math.isfinite(train_loss) else None)
         if val_error is not None:
             t["val_errors"].append(val_error)
+        now = time.monotonic() if self.at is None else self.at
         self.events.append(
-            {"t": time.monotonic() - self.started, "trial": number, "epochs": epochs, "val_error": val_error}
+            {"t": now - self.started, "trial": number, "epochs": epochs, "val_error": val_error}
         )
 
+    def observed(self, number: int, hp: dict[str, Any], divergence: str) -> None:
+        """The divergence rule fired on ``number`` but did not stop it (the arm records the rule only)."""
+        self.trial(number, hp)["divergence_observed"] = divergence
 
-def make_reporter(recorder: Recorder, log):
+    def stopped(self, number: int, hp: dict[str, Any], reason: str) -> None:
+        """The divergence rule stopped ``number`` (its epoch so far is recorded by :meth:`epoch`)."""
+        self.trial(number, hp)["stopped_diverging"] = reason
+
+    def continued(self, number: int, paused: int) -> None:
+        """Trial ``number`` continues the paused trial ``paused``: its epochs add to that configuration's."""
+        self.continues[number] = self.continues.get(paused, paused)
+
+    def finished(self, number: int, state: str, wall: float, rss: int, device: int | None, micro) -> None:
+        """Trial ``number`` (or a part of a paused configuration) ended in ``state`` after ``wall`` seconds."""
+        t = self.trials.get(self.continues.get(number, number))
+        if t is not None:
+            t["state"] = state
+            t["wall_seconds"] = t.get("wall_seconds", 0.0) + wall  # every part of a paused trial
+            t["rss_after"] = rss
+            t["device_bytes_after"] = device
+            t["micro_batch_size"] = micro
+
+
+class CallLog:
+    """Stands in for a :class:`Recorder` in arm P's worker processes: keeps each call with its time, for the
+    parent to replay into one Recorder in the order the calls happened (``replay``)."""
+
+    def __init__(self, n_train: int):
+        self.n_train = n_train
+        self.calls: list[tuple[float, str, tuple]] = []
+
+    def __getattr__(self, name: str):
+        if name not in ("epoch", "observed", "stopped", "continued", "finished"):
+            raise AttributeError(name)
+        return lambda *args: self.calls.append((time.monotonic(), name, args))
+
+
+def replay(calls: list[tuple[float, str, tuple]], recorder: Recorder) -> Recorder:
+    """Feed the calls of several :class:`CallLog` s to ``recorder`` in time order (``time.monotonic`` is one
+    clock for every process of the machine), as if one process had made them."""
+    for at, name, args in sorted(calls, key=lambda c: c[0]):
+        recorder.at = at
+        getattr(recorder, name)(*args)
+    recorder.at = None
+    return recorder
+
+
+def make_reporter(recorder: Recorder | CallLog, log):
     from hpsearch.search import Reporter
 
     def record(number, hp, r, val_error, epochs, train_loss, early=False):
@@ -178,7 +231,7 @@ def make_reporter(recorder: Recorder, log):
             r.real_tokens,
             r.padded_tokens,
             r.train_seconds,
-            early=early,
+            early,
         )
 
     class BenchReporter(Reporter):
@@ -188,7 +241,7 @@ def make_reporter(recorder: Recorder, log):
             super().epoch(number, hp, r, n_epochs)
             record(number, hp, r, r.val_error, 1.0, r.train_loss)
             if r.divergence:
-                recorder.trial(number, hp)["divergence_observed"] = r.divergence
+                recorder.observed(number, hp, r.divergence)
 
         def early(self, number, hp, r, share):
             super().early(number, hp, r, share)
@@ -198,22 +251,22 @@ def make_reporter(recorder: Recorder, log):
             super().diverged(number, hp, r)
             nan = r.reason.startswith("loss became")  # NaN or infinite
             record(number, hp, r, None, r.samples / recorder.n_train, math.nan if nan else None)
-            recorder.trial(number, hp)["stopped_diverging"] = r.reason
+            recorder.stopped(number, hp, r.reason)
 
         def continued(self, number, epoch, paused):
             super().continued(number, epoch, paused)
-            recorder.continues[number] = recorder.continues.get(paused, paused)
+            recorder.continued(number, paused)
 
         def finished(self, trial):
             super().finished(trial)
-            t = recorder.trials.get(recorder.continues.get(trial.number, trial.number))
-            if t is not None:
-                t["state"] = trial.state.name
-                wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
-                t["wall_seconds"] = t.get("wall_seconds", 0.0) + wall  # every part of a paused trial
-                t["rss_after"] = rss_bytes()
-                t["device_bytes_after"] = device_bytes()
-                t["micro_batch_size"] = trial.user_attrs.get("micro_batch_size")
+            recorder.finished(
+                trial.number,
+                trial.state.name,
+                (trial.datetime_complete - trial.datetime_start).total_seconds(),
+                rss_bytes(),
+                device_bytes(),
+                trial.user_attrs.get("micro_batch_size"),
+            )
 
     return BenchReporter(stream=log)
 
@@ -281,6 +334,48 @@ def run_hpsearch_arm(cfg, arm: str, seed: int, workdir: Path, n_train: int, log)
         )
     recorder.wall = time.monotonic() - recorder.started
     return recorder
+
+
+def run_worker(cfg, worker: int, n_train: int, log_path: Path) -> tuple[list, str]:
+    """One of arm P's workers, in its own process: ``run_search`` as ``hpsearch search --worker-index WORKER``
+    runs it (the sampler seed offset by the worker's number), its figures kept as calls to replay."""
+    from hpsearch.search import run_search
+
+    calls = CallLog(n_train)
+    with open(log_path, "w", encoding="utf-8") as log:
+        result = run_search(cfg, worker=worker, reporter=make_reporter(calls, log))
+    return calls.calls, result.stopped_by
+
+
+def run_parallel_arm(cfg, seed: int, workdir: Path, n_train: int, log, workers: int) -> Recorder:
+    """Arm P: hpsearch's default run by ``workers`` processes on one SQLite study, as ``hpsearch search
+    --workers N`` runs it (a trial paused by one worker may be continued by another), each with this process's
+    torch threads; their figures are replayed into one Recorder in the order they happened."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    arm_cfg = arm_config(cfg, "P", seed, workdir)
+    recorder = Recorder(n_train)
+    parts = [workdir / f"P-seed{seed}-worker{k}.txt" for k in range(workers)]
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=die_with_parent) as pool:
+        futures = [
+            pool.submit(in_process, torch.get_num_threads(), run_worker, arm_cfg, k, n_train, parts[k])
+            for k in range(workers)
+        ]
+        done = [f.result() for f in futures]
+    recorder.wall = time.monotonic() - recorder.started
+    for k, part in enumerate(parts):
+        log.writelines(f"[worker {k}] {line}" for line in part.read_text(encoding="utf-8").splitlines(True))
+        part.unlink()
+    stopped = {how for _, how in done}
+    if "signal" in stopped:
+        raise KeyboardInterrupt
+    if "failures" in stopped:
+        raise ArmStopped(f"seed {seed} arm P: trials failed in a row; their reasons are in the trial log")
+    return replay([c for calls, _ in done for c in calls], recorder)
 
 
 HF_ARGS = {
@@ -940,6 +1035,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seeds run side by side, one process each (default: one per CPU core on a CPU, 1 on a GPU)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=P_WORKERS,
+        help=f"arm P's worker processes on its one study (default {P_WORKERS}; each takes --threads threads)",
+    )
+    p.add_argument(
         "--retrain-seeds",
         type=int,
         default=3,
@@ -1086,6 +1187,8 @@ def check_flags(args: argparse.Namespace) -> None:
     ):
         if value is not None and value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value} (leave it out to keep the config's value)")
+    if args.workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
     if args.threads < 0:
         raise ConfigError(f"--threads: must be >= 0 (0: torch's choice), got {args.threads}")
 
@@ -1182,7 +1285,7 @@ def check_seeds_data(cfg, seeds: list[int]) -> None:
 
 
 def run_seed(
-    cfg, seed: int, arms: list[str], workdir: Path, log_path: Path, retrain: Retrain
+    cfg, seed: int, arms: list[str], workdir: Path, log_path: Path, retrain: Retrain, workers: int = P_WORKERS
 ) -> tuple[dict[str, Recorder], dict[str, Any]]:
     """Every arm of one study seed, in turn, then each arm's best configuration retrained; progress lines go
     to ``log_path``."""
@@ -1197,6 +1300,8 @@ def run_seed(
             t = time.monotonic()
             if arm == "D":
                 rec = run_trainer_arm(cfg, space, data, factory, encoded, seed, workdir, log)
+            elif arm == "P":
+                rec = run_parallel_arm(cfg, seed, workdir, len(data.train), log, workers)
             else:
                 rec = run_hpsearch_arm(cfg, arm, seed, workdir, len(data.train), log)
             recs[arm] = rec
@@ -1489,6 +1594,7 @@ def run_all(
             workdir,
             log_path.with_suffix(f".seed{s}.txt"),
             Retrain.of(args),
+            args.workers,
         ),
     )
     per_seed = {s: recs for s, (recs, *_) in runs.items()}

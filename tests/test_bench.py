@@ -320,7 +320,7 @@ def test_unknown_arm_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert bench.main(["--arms", "A,Z", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --arms: unknown arm(s) Z; choose from A, B, C, D, E, F, G, I"]
+    assert err == ["error: --arms: unknown arm(s) Z; choose from A, B, C, D, E, F, G, I, P"]
     assert not out.exists()
 
 
@@ -960,3 +960,68 @@ def test_throughput_is_measured_at_a_batch_size_the_space_holds():
     choices = {"batch_size": {"type": "categorical", "choices": [8, 16]}}
     assert bench._batch_sizes(parse_space(choices)) == [8, 16]
     assert bench._batch_sizes(parse_space({"batch_size": 12})) == [12]
+
+
+def test_calls_of_several_workers_replay_into_one_record_in_the_order_they_happened():
+    """Arm P: worker 1 continues the trial worker 0 paused; replayed, the configuration's record holds both
+    parts in order, as one process recording both would have."""
+    hp = {"learning_rate": 1e-3, "batch_size": 8}
+    direct = bench.Recorder(n_train=100)
+    w0, w1 = bench.CallLog(100), bench.CallLog(100)
+    script = [
+        (w0, "epoch", (0, hp, 0.49, 1.0, 0.69, 2.0, 100, 900, 1000, 1.5, False)),
+        (w1, "epoch", (1, hp, 0.45, 1.0, 0.66, 2.0, 100, 900, 1000, 1.5, False)),
+        (w0, "finished", (0, "PRUNED", 2.5, 1, None, 8)),  # paused at the rung
+        (w1, "continued", (2, 0)),  # trial 2 continues trial 0, on the other worker
+        (w0, "stopped", (3, hp, "loss became NaN")),
+        (w1, "epoch", (2, hp, 0.40, 1.0, 0.55, 2.0, 100, 900, 1000, 1.5, False)),
+        (w1, "finished", (2, "COMPLETE", 2.4, 1, None, 8)),
+    ]
+    for log, name, args in script:
+        getattr(log, name)(*args)
+        getattr(direct, name)(*args)
+    replayed = bench.replay(w1.calls + w0.calls, bench.Recorder(n_train=100))
+    assert replayed.trials == direct.trials
+    assert replayed.trials[0]["val_errors"] == [0.49, 0.40] and replayed.trials[0]["state"] == "COMPLETE"
+    assert replayed.trials[0]["wall_seconds"] == pytest.approx(4.9) and 2 not in replayed.trials
+    drop_t = [{k: v for k, v in e.items() if k != "t"} for e in replayed.events]
+    assert drop_t == [{k: v for k, v in e.items() if k != "t"} for e in direct.events]  # in time order
+    assert [e["t"] for e in replayed.events] == sorted(
+        e["t"] for e in replayed.events
+    ) and replayed.at is None
+    with pytest.raises(AttributeError):
+        w0.trial  # noqa: B018 (only the recording calls are logged; a read would see nothing)
+
+
+@pytest.mark.slow
+def test_arm_p_runs_the_default_with_workers_sharing_one_study(tmp_path):
+    """Two worker processes on one study: every trial of the study is recorded once, by whichever worker ran
+    it, the study's budget holds across both, and the log has each worker's lines."""
+    out = tmp_path / "p.json"
+    argv = [
+        "--config", str(ROOT / "studies" / "demo.yaml"), "--arms", "C,P", "--seeds", "0", "--n-trials", "5",
+        "--n-epochs", "3", "--throughput-repeats", "0", "--retrain-seeds", "1", "--jobs", "1",
+        "--workers", "2", "--set", "data.demo_size=300", "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    r = json.loads(out.read_text())
+    p = r["per_seed"]["0"]["P"]
+    log = out.with_suffix(".progress.txt").read_text()
+    assert "[worker 0] study 'bench-P-seed0'" in log and "[worker 1] study 'bench-P-seed0'" in log
+    worker_of = {}
+    for line in log.splitlines():
+        if line.startswith("[worker ") and " trial " in line and " epoch 1/" in line:
+            worker_of[int(line.split(" trial ")[1].split()[0])] = line[8]
+    assert set(worker_of.values()) == {"0", "1"}  # both workers trained trials
+    assert p["n_trials"] == 5 and sorted(t["number"] for t in p["trials"]) == sorted(worker_of)
+    assert sum(p["trial_states"].values()) == 5 and p["trial_states"].get("COMPLETE", 0) >= 1
+    assert p["total_epochs"] == pytest.approx(sum(t["epochs"] for t in p["trials"]))
+    assert all(
+        t["epochs"] == pytest.approx(len(t["val_errors"])) for t in p["trials"] if not t["stopped_diverging"]
+    )
+    assert p["retrained_best"]["trial"] in worker_of and p["wall_seconds"] > 0
+
+
+def test_arm_p_workers_must_be_at_least_one(capsys):
+    assert bench.main(["--arms", "P", "--workers", "0", "--out", "/tmp/never.json"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --workers: must be >= 1, got 0"
