@@ -167,7 +167,16 @@ class SuccessiveHalvingPruner(optuna.pruners.BasePruner):
         others = [t for t in _ranked(trials) if t.number != trial.number]
         if any(not _learned_nothing(v, floor) for t in others for v in t.intermediate_values.values()):
             return False
-        return sum(1 for t in others if (t.last_step or 0) > self._min_resource) < self._reduction_factor
+        return sum(1 for t in others if self._went_on(t)) < self._reduction_factor
+
+    def _went_on(self, t: FrozenTrial) -> bool:
+        """Has ``t`` gone on past the first rung: trained beyond it, or still running after its record there?
+        The second counts the trials other workers sent on a moment ago: with two workers, the first trials
+        reach the rung together, and counting only those that had reported a later epoch sent 5 or 6 on where
+        3 should go (SST-2, arm P)."""
+        if (t.last_step or 0) > self._min_resource:
+            return True
+        return t.state == TrialState.RUNNING and _rung_key(0) in t.system_attrs
 
     def _in_best(self, mine: tuple[float, float], records: list[tuple[float, float]], pausing: bool) -> bool:
         """Is ``mine`` among the best ``1/reduction_factor`` of ``records`` (which hold it)? With fewer records

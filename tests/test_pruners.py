@@ -373,3 +373,26 @@ def test_a_paused_trial_whose_checkpoint_is_gone_stays_pruned(tmp_path):
     files[0].unlink()
     assert promote_paused(study, Reporter(io.StringIO())) == 0
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.PRUNED] * 3
+
+
+def test_the_first_rung_guard_counts_trials_other_workers_sent_on_a_moment_ago():
+    """Several workers: the first trials reach epoch 1 together, all at the plateau. Counting only the trials
+    that had reported a later epoch, none had, and every one went on (SST-2 with 2 workers: 5 or 6 where 3
+    should). A trial still running after its record at the rung has gone on too."""
+    from hpsearch.pruners import DATA_ATTR
+
+    study = optuna.create_study(pruner=SuccessiveHalvingPruner(reduction_factor=3, pause=True))
+    study.set_user_attr(DATA_ATTR, {"n_validation": 872, "constant_val_error": PLATEAU})
+    running = [study.ask() for _ in range(5)]  # five workers, each with a trial in epoch 1
+    went_on = []
+    for k, trial in enumerate(running):
+        trial.report(PLATEAU, 1)
+        trial.set_user_attr(TRAIN_LOSS_ATTR, 0.69 + k / 1000)  # each later one behind on loss
+        went_on.append(not trial.should_prune())
+    assert went_on == [True, True, True, False, False]
+    # a trial that waits at the rung (paused, so no longer running) is not one that went on
+    study.tell(running[3], state=optuna.trial.TrialState.PRUNED)
+    late = study.ask()
+    late.report(PLATEAU, 1)
+    late.set_user_attr(TRAIN_LOSS_ATTR, 0.70)
+    assert late.should_prune()
