@@ -999,7 +999,7 @@ def test_arm_p_runs_the_default_with_workers_sharing_one_study(tmp_path):
     it, the study's budget holds across both, and the log has each worker's lines."""
     out = tmp_path / "p.json"
     argv = [
-        "--config", str(ROOT / "studies" / "demo.yaml"), "--arms", "C,P", "--seeds", "0", "--n-trials", "5",
+        "--config", str(ROOT / "studies" / "demo.yaml"), "--arms", "P", "--seeds", "0", "--n-trials", "5",
         "--n-epochs", "3", "--throughput-repeats", "0", "--retrain-seeds", "1", "--jobs", "1",
         "--workers", "2", "--set", "data.demo_size=300", "--out", str(out),
     ]  # fmt: skip
