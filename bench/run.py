@@ -323,17 +323,19 @@ def run_hpsearch_arm(cfg, arm: str, seed: int, workdir: Path, n_train: int, log)
 
     recorder = Recorder(n_train)
     result = run_search(arm_config(cfg, arm, seed, workdir), reporter=make_reporter(recorder, log))
-    # run_search takes Ctrl-C (SIGINT, SIGTERM) as "stop this search": the benchmark went on to the next arm and
-    # wrote a result whose interrupted arm had only part of its trials
-    if result.stopped_by == "signal":
-        raise KeyboardInterrupt
-    if result.stopped_by == "failures":
-        raise ArmStopped(
-            f"seed {seed} arm {arm}: trials failed in a row after {len(recorder.trials)} trial(s); their"
-            " reasons are in the trial log"
-        )
+    check_stopped(result.stopped_by, f"seed {seed} arm {arm}", f" after {len(recorder.trials)} trial(s)")
     recorder.wall = time.monotonic() - recorder.started
     return recorder
+
+
+def check_stopped(stopped_by: str, arm: str, after: str = "") -> None:
+    """run_search takes Ctrl-C (SIGINT, SIGTERM) as "stop this search": the benchmark went on to the next arm
+    and wrote a result whose interrupted arm had only part of its trials. Stop the benchmark instead, and on
+    trials failing in a row too (a partial arm compared as whole)."""
+    if stopped_by == "signal":
+        raise KeyboardInterrupt
+    if stopped_by == "failures":
+        raise ArmStopped(f"{arm}: trials failed in a row{after}; their reasons are in the trial log")
 
 
 def run_worker(cfg, worker: int, n_train: int, log_path: Path) -> tuple[list, str]:
@@ -351,16 +353,12 @@ def run_parallel_arm(cfg, seed: int, workdir: Path, n_train: int, log, workers: 
     """Arm P: hpsearch's default run by ``workers`` processes on one SQLite study, as ``hpsearch search
     --workers N`` runs it (a trial paused by one worker may be continued by another), each with this process's
     torch threads; their figures are replayed into one Recorder in the order they happened."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     import torch
 
     arm_cfg = arm_config(cfg, "P", seed, workdir)
     recorder = Recorder(n_train)
     parts = [workdir / f"P-seed{seed}-worker{k}.txt" for k in range(workers)]
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn, initializer=die_with_parent) as pool:
+    with spawned_pool(workers) as pool:
         futures = [
             pool.submit(in_process, torch.get_num_threads(), run_worker, arm_cfg, k, n_train, parts[k])
             for k in range(workers)
@@ -370,11 +368,8 @@ def run_parallel_arm(cfg, seed: int, workdir: Path, n_train: int, log, workers: 
     for k, part in enumerate(parts):
         log.writelines(f"[worker {k}] {line}" for line in part.read_text(encoding="utf-8").splitlines(True))
         part.unlink()
-    stopped = {how for _, how in done}
-    if "signal" in stopped:
-        raise KeyboardInterrupt
-    if "failures" in stopped:
-        raise ArmStopped(f"seed {seed} arm P: trials failed in a row; their reasons are in the trial log")
+    for how in sorted({how for _, how in done}, key=lambda how: how != "signal"):  # Ctrl-C first
+        check_stopped(how, f"seed {seed} arm P")
     return replay([c for calls, _ in done for c in calls], recorder)
 
 
@@ -1374,13 +1369,19 @@ def per_seed_map(jobs: int, threads: int, fn, seeds: list[int], args_of) -> dict
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(seeds)))
     if jobs == 1:
         return {s: fn(*args_of(s)) for s in seeds}
+    with spawned_pool(jobs) as pool:
+        futures = {s: pool.submit(in_process, threads, fn, *args_of(s)) for s in seeds}
+        return {s: f.result() for s, f in futures.items()}
+
+
+def spawned_pool(n: int):
+    """A pool of ``n`` spawned processes (a forked torch can hang) that die with this one."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn, initializer=die_with_parent) as pool:
-        futures = {s: pool.submit(in_process, threads, fn, *args_of(s)) for s in seeds}
-        return {s: f.result() for s, f in futures.items()}
+    return ProcessPoolExecutor(
+        max_workers=n, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+    )
 
 
 RETRAIN_SEED = 1000  # retraining seeds start here, away from every study seed's train.seed

@@ -1022,6 +1022,8 @@ def test_arm_p_runs_the_default_with_workers_sharing_one_study(tmp_path):
     assert p["retrained_best"]["trial"] in worker_of and p["wall_seconds"] > 0
 
 
-def test_arm_p_workers_must_be_at_least_one(capsys):
-    assert bench.main(["--arms", "P", "--workers", "0", "--out", "/tmp/never.json"]) == 2
+def test_arm_p_workers_must_be_at_least_one(tmp_path, capsys):
+    out = tmp_path / "never.json"
+    assert bench.main(["--arms", "P", "--workers", "0", "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == "error: --workers: must be >= 1, got 0"
+    assert not out.exists()
